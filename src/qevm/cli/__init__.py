@@ -1,0 +1,121 @@
+"""The ``qevm`` command line: thin subcommands over the Python API.
+
+Each module of this package registers its subcommands with :func:`command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..errors import QevmError
+
+#: subcommand name -> (setup(parser), run(args))
+COMMANDS: dict[
+    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {}
+
+
+def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None] | None = None):
+    """Register ``run`` as subcommand ``name``; ``setup`` adds its options."""
+
+    def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        run.help = help  # type: ignore[attr-defined]
+        COMMANDS[name] = (setup or (lambda p: None), run)
+        return run
+
+    return deco
+
+
+def add_input(p: argparse.ArgumentParser, desc: bool = True) -> None:
+    """The options every command that reads a stream takes."""
+    p.add_argument(
+        "file", help="stream, compressed stream, libvirt image or qcow2 image; - for stdin"
+    )
+    p.add_argument(
+        "--format",
+        default="auto",
+        help="force the input format: stream, libvirt, qcow2, gzip, xz, bzip2, zstd, lzop "
+        "(default: detect from content)",
+    )
+    p.add_argument("--snapshot", metavar="NAME|ID", help="qcow2: the internal snapshot to read")
+    if desc:
+        p.add_argument(
+            "--desc",
+            metavar="FILE",
+            help="take the JSON description from FILE (another stream of the same QEMU "
+            "build and machine, or saved `qevm desc` output) for streams without one",
+        )
+
+
+def open_stream(args: argparse.Namespace, **kw: Any):
+    """``qevm.open`` with the common options."""
+    from .. import open as qopen
+
+    return qopen(
+        args.file,
+        desc=getattr(args, "desc", None),
+        format=args.format,
+        snapshot=args.snapshot,
+        **kw,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import inspect  # noqa: F401  (modules register their subcommands)
+
+    parser = argparse.ArgumentParser(
+        prog="qevm",
+        description="Decode, extract and rewrite QEMU migration streams.",
+    )
+    parser.add_argument("--version", action="version", version=f"qevm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (setup, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=run.help, description=run.help)  # type: ignore[attr-defined]
+        setup(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except QevmError as e:
+        if args.debug:
+            raise
+        print(f"qevm: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `qevm state ... | head`): not an error.
+        sys.stderr.close()
+        return 0
+    except OSError as e:
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"qevm: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: say so in one line
+        if args.debug:
+            raise
+        print(
+            f"qevm: internal error: {type(e).__name__}: {e} (run with --debug for a traceback; "
+            "please report it)",
+            file=sys.stderr,
+        )
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""``qevm info``, ``qevm state`` and ``qevm desc``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..migration import Migration
+from ..render import compat, jsonout, native, text
+from ..stream import DescriptionRecord, SectionRecord, TrailingRecord
+from . import add_input, command, open_stream
+
+
+def info_json(mig: Migration) -> dict[str, Any]:
+    """Everything ``qevm info`` reports, as JSON."""
+    src = mig.source
+    out: dict[str, Any] = {
+        "file": src.name,
+        "container": src.container,
+    }
+    if src.info:
+        out["container_info"] = src.info
+    out.update(
+        machine=mig.machine,
+        page_size=mig.page_size,
+        capabilities=sorted(mig.capabilities),
+        section_footers=mig.footers,
+    )
+    desc_rec = next((r for r in mig.records if isinstance(r, DescriptionRecord)), None)
+    out["description"] = (
+        {"present": True, "offset": desc_rec.offset, "length": desc_rec.length}
+        if desc_rec
+        else {"present": False, "supplied": mig.description is not None}
+    )
+    out["commands"] = [
+        {"offset": c.offset, "name": c.name, **({"info": c.info} if c.info else {})}
+        for c in mig.commands()
+    ]
+    sections = []
+    for entry in mig.entries.values():
+        recs = [
+            {"type": r.type_name, "offset": r.offset, "length": r.end - r.offset}
+            for r in entry.records
+        ]
+        sections.append(
+            {
+                "section_id": entry.section_id,
+                "name": entry.idstr,
+                "instance_id": entry.instance_id,
+                "version": entry.version,
+                "kind": entry.handler.title if entry.handler else "device",
+                "offset": entry.records[0].offset,
+                "length": sum(r["length"] for r in recs),
+                "records": recs,
+            }
+        )
+    out["sections"] = sections
+    out["ram_blocks"] = [ram_block_json(b) for b in mig.ram_blocks]
+    trailing = [r for r in mig.records if isinstance(r, TrailingRecord)]
+    if trailing:
+        out["trailing"] = {
+            "offset": trailing[0].offset,
+            "length": trailing[0].end - trailing[0].offset,
+        }
+    out["warnings"] = mig.warnings
+    return out
+
+
+def ram_block_json(b: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": b.name, "size": b.used_length, "offset": b.offset}
+    if b.page_size is not None:
+        d["host_page_size"] = b.page_size
+    if b.mr_addr is not None:
+        d["mr_addr"] = b.mr_addr
+    if b.mapped is not None:
+        d["mapped_ram"] = {
+            "bitmap_offset": b.mapped.bitmap_offset,
+            "pages_offset": b.mapped.pages_offset,
+        }
+    d["in_stream"] = b.in_stream
+    d["pages"] = dict(b.records)
+    return d
+
+
+def _print_info(mig: Migration, out: Any) -> None:
+    j = info_json(mig)
+    w = out.write
+    w(f"file          {j['file']} ({j['container']})\n")
+    for k, v in j.get("container_info", {}).items():
+        if not isinstance(v, (dict, list)):
+            w(f"  {k:12}{v}\n")
+    w(f"machine       {j['machine'] or '(no configuration section)'}\n")
+    w(f"page size     {j['page_size']}\n")
+    w(f"capabilities  {', '.join(j['capabilities']) or '(none)'}\n")
+    w(f"footers       {'yes' if j['section_footers'] else 'no'}\n")
+    d = j["description"]
+    if d["present"]:
+        w(f"description   yes, {d['length']} bytes at {d['offset']:#x}\n")
+    else:
+        w(
+            "description   none in the stream"
+            + (" (one was supplied)" if d["supplied"] else "")
+            + "\n"
+        )
+    if j["commands"]:
+        w("commands\n")
+        for c in j["commands"]:
+            extra = f"  {c['info']}" if "info" in c else ""
+            w(f"  {c['offset']:#12x}  {c['name']}{extra}\n")
+    w("sections\n")
+    w(f"  {'id':>4}  {'name':40} {'inst':>4} {'ver':>4} {'offset':>12} {'length':>12}  records\n")
+    for s in j["sections"]:
+        kinds: dict[str, int] = {}
+        for r in s["records"]:
+            kinds[r["type"]] = kinds.get(r["type"], 0) + 1
+        recs = " ".join(f"{k}" if n == 1 else f"{k}x{n}" for k, n in kinds.items())
+        w(
+            f"  {s['section_id']:>4}  {s['name']:40} {s['instance_id']:>4} {s['version']:>4} "
+            f"{s['offset']:#12x} {s['length']:>12}  {recs}\n"
+        )
+    if j["ram_blocks"]:
+        w("RAM blocks\n")
+        w(f"  {'name':40} {'size':>12}  pages\n")
+        for b in j["ram_blocks"]:
+            pages = (
+                ", ".join(f"{k} {v}" for k, v in sorted(b["pages"].items())) or "not in the stream"
+            )
+            extra = f"  mr_addr {b['mr_addr']:#x}" if "mr_addr" in b else ""
+            w(f"  {b['name']:40} {b['size']:#12x}  {pages}{extra}\n")
+    if "trailing" in j:
+        t = j["trailing"]
+        w(f"trailing      {t['length']} bytes at {t['offset']:#x} after the stream\n")
+    for msg in j["warnings"]:
+        w(f"warning       {msg}\n")
+
+
+def _setup_info(p: argparse.ArgumentParser) -> None:
+    add_input(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("info", "machine, capabilities, sections and RAM blocks of a stream", _setup_info)
+def run_info(args: argparse.Namespace) -> int:
+    with open_stream(args, decode_devices=False) as mig:
+        if args.json:
+            jsonout.dump(info_json(mig), sys.stdout, indent=2)
+        else:
+            _print_info(mig, sys.stdout)
+    return 0
+
+
+def device_json(dev: Any) -> dict[str, Any]:
+    rec: SectionRecord = dev.record
+    out: dict[str, Any] = {
+        "name": dev.name,
+        "instance_id": dev.instance_id,
+        "section_id": dev.section_id,
+        "version": dev.version,
+    }
+    st = dev.state
+    if st is not None and st.vmsd_name:
+        out["vmsd_name"] = st.vmsd_name
+    out["offset"] = rec.body_offset
+    out["size"] = rec.body_size
+    if st is not None:
+        body = native.node_json(st)
+        out["fields"] = {k: v for k, v in body.items() if k != "subsections"}
+        if "subsections" in body:
+            out["subsections"] = body["subsections"]
+    if rec.content is not None and st is not rec.content:
+        out["decoded"] = rec.content
+    if st is None and rec.content is None:
+        out["opaque"] = True
+    return out
+
+
+def state_json(mig: Migration, pattern: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": mig.machine, "page_size": mig.page_size}
+    out["devices"] = [device_json(d) for d in mig.devices(pattern)]
+    live = []
+    for entry in mig.entries.values():
+        if entry.handler is None or not any(r.type != 4 for r in entry.records):
+            continue
+        if pattern and not _match(entry.idstr, pattern):
+            continue
+        live.append(
+            {
+                "name": entry.idstr,
+                "instance_id": entry.instance_id,
+                "section_id": entry.section_id,
+                "version": entry.version,
+                "kind": entry.handler.title,
+                "records": [
+                    {
+                        "type": r.type_name,
+                        "offset": r.body_offset,
+                        "size": r.body_size,
+                        "content": entry.handler.to_json(entry, r),
+                    }
+                    for r in entry.records
+                ],
+            }
+        )
+    out["live_sections"] = live
+    return out
+
+
+def _match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _setup_state(p: argparse.ArgumentParser) -> None:
+    add_input(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print JSON")
+    g.add_argument(
+        "--compat",
+        action="store_true",
+        help="print exactly what QEMU's analyze-migration.py -d state prints",
+    )
+    p.add_argument("--device", metavar="GLOB", help="only sections whose name matches GLOB")
+
+
+@command("state", "decoded device state", _setup_state)
+def run_state(args: argparse.Namespace) -> int:
+    with open_stream(args) as mig:
+        if args.compat:
+            data = compat.state_compat(mig)
+            if args.device:
+                data = {k: v for k, v in data.items() if _match(k.rsplit(" (", 1)[0], args.device)}
+            jsonout.dump(data, sys.stdout, indent=4)
+        elif args.json:
+            jsonout.dump(state_json(mig, args.device), sys.stdout, indent=2)
+        else:
+            out = sys.stdout
+            for dev in mig.devices(args.device):
+                text.write_device(dev, out)
+            if mig.description is None:
+                out.write(
+                    "note: the stream has no JSON description; device sections are shown "
+                    "as opaque bytes (use --desc FILE)\n"
+                )
+    return 0
+
+
+def _setup_desc(p: argparse.ArgumentParser) -> None:
+    add_input(p, desc=False)
+    p.add_argument(
+        "--raw", action="store_true", help="print the JSON text exactly as stored in the stream"
+    )
+
+
+@command(
+    "desc", "the JSON device description, as analyze-migration.py -d desc prints it", _setup_desc
+)
+def run_desc(args: argparse.Namespace) -> int:
+    with open_stream(args, decode_devices=False) as mig:
+        desc = mig.require_description()
+        if args.raw:
+            sys.stdout.write(desc.text.decode("utf-8", "replace") + "\n")
+        else:
+            jsonout.dump(compat.desc_compat(mig), sys.stdout, indent=4)
+    return 0

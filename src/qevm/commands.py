@@ -1,0 +1,127 @@
+"""QEMU_VM_COMMAND (0x08) subcommands: ``u16 cmd, u16 len, len bytes``.
+
+The table mirrors ``mig_cmd_args`` in QEMU's savevm.c: name and the fixed
+payload length the loader insists on (None = variable).  PACKAGED is special:
+its 4-byte payload is the length of a nested stream that follows.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import FormatError
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    length: int | None
+
+
+OPEN_RETURN_PATH = 1
+PING = 2
+POSTCOPY_ADVISE = 3
+POSTCOPY_LISTEN = 4
+POSTCOPY_RUN = 5
+POSTCOPY_RAM_DISCARD = 6
+PACKAGED = 7
+ENABLE_COLO = 8
+POSTCOPY_RESUME = 9
+RECV_BITMAP = 10
+SWITCHOVER_START = 11
+
+COMMANDS: dict[int, CommandSpec] = {
+    OPEN_RETURN_PATH: CommandSpec("OPEN_RETURN_PATH", 0),
+    PING: CommandSpec("PING", 4),
+    POSTCOPY_ADVISE: CommandSpec("POSTCOPY_ADVISE", None),
+    POSTCOPY_LISTEN: CommandSpec("POSTCOPY_LISTEN", 0),
+    POSTCOPY_RUN: CommandSpec("POSTCOPY_RUN", 0),
+    POSTCOPY_RAM_DISCARD: CommandSpec("POSTCOPY_RAM_DISCARD", None),
+    PACKAGED: CommandSpec("PACKAGED", 4),
+    ENABLE_COLO: CommandSpec("ENABLE_COLO", 0),
+    POSTCOPY_RESUME: CommandSpec("POSTCOPY_RESUME", 0),
+    RECV_BITMAP: CommandSpec("RECV_BITMAP", None),
+    SWITCHOVER_START: CommandSpec("SWITCHOVER_START", 0),
+}
+
+#: QEMU 3.0 numbered POSTCOPY_RESUME 8 and RECV_BITMAP 9 (3.1 inserted ENABLE_COLO).
+QEMU30_RECV_BITMAP = 9
+
+
+def command_name(cmd: int) -> str:
+    spec = COMMANDS.get(cmd)
+    return spec.name if spec else f"MIG_CMD_{cmd:#x}"
+
+
+def check_command(cmd: int, length: int, offset: int) -> None:
+    """Reject what QEMU's loader rejects: unknown ids and wrong fixed lengths."""
+    spec = COMMANDS.get(cmd)
+    if spec is None:
+        raise FormatError(
+            f"unknown command {cmd:#x} (len {length:#x})",
+            offset=offset,
+            section="command",
+            expected=f"1..{max(COMMANDS)}",
+        )
+    if spec.length is not None and spec.length != length:
+        raise FormatError(
+            f"{spec.name} with payload length {length}",
+            offset=offset,
+            section="command",
+            expected=f"{spec.length}",
+        )
+
+
+def decode_payload(cmd: int, payload: bytes, offset: int) -> dict:
+    """The meaning of a command's payload, as a small dict."""
+    if cmd == PING:
+        return {"value": struct.unpack(">I", payload)[0]}
+    if cmd == PACKAGED:
+        return {"length": struct.unpack(">I", payload)[0]}
+    if cmd == POSTCOPY_ADVISE:
+        if len(payload) == 0:
+            return {"ram": False}
+        if len(payload) != 16:
+            raise FormatError(
+                f"POSTCOPY_ADVISE with {len(payload)} bytes",
+                offset=offset,
+                section="command",
+                expected="0 or 16",
+            )
+        summary, tps = struct.unpack(">QQ", payload)
+        return {"ram": True, "page_size_summary": summary, "target_page_size": tps}
+    if cmd == POSTCOPY_RAM_DISCARD:
+        return _discard(payload, offset)
+    if cmd == RECV_BITMAP:
+        if not payload or payload[0] + 1 != len(payload):
+            raise FormatError(
+                "RECV_BITMAP name length does not match the payload",
+                offset=offset,
+                section="command",
+            )
+        return {"block": payload[1:].decode("latin-1")}
+    return {}
+
+
+def _discard(payload: bytes, offset: int) -> dict:
+    """POSTCOPY_RAM_DISCARD: version 0, counted block name, NUL, (start, length) pairs."""
+    if len(payload) < 3 or payload[0] != 0:
+        raise FormatError("bad POSTCOPY_RAM_DISCARD header", offset=offset, section="command")
+    n = payload[1]
+    end = 2 + n
+    if end + 1 > len(payload) or payload[end] != 0:
+        raise FormatError(
+            "POSTCOPY_RAM_DISCARD block name is not NUL-terminated",
+            offset=offset,
+            section="command",
+        )
+    rest = payload[end + 1 :]
+    if len(rest) % 16:
+        raise FormatError(
+            "POSTCOPY_RAM_DISCARD ranges are not 16-byte pairs",
+            offset=offset,
+            section="command",
+        )
+    ranges = [struct.unpack_from(">QQ", rest, i) for i in range(0, len(rest), 16)]
+    return {"block": payload[2:end].decode("latin-1"), "ranges": [list(x) for x in ranges]}

@@ -1,0 +1,194 @@
+"""Byte sources: where the stream's bytes come from.
+
+A :class:`Source` gives absolute offsets in its own address space.  Seekable
+sources (a regular file, a qcow2 snapshot's VM state) answer ``read_at`` for
+any offset; streaming sources (a pipe, a decompressor) only go forward with
+``read``.  ``start`` is the offset at which the QEMU stream begins (non-zero
+when a container header precedes it, e.g. a libvirt save image).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from typing import BinaryIO
+
+from ..errors import ContainerError, TruncatedError
+
+#: How much a streaming source asks for per read.
+CHUNK = 1 << 20
+
+
+class Source:
+    """Abstract byte source."""
+
+    name: str = "<source>"
+    #: Offset where the QEMU stream begins.
+    start: int = 0
+    #: Total size in bytes, or None when unknown (pipes, decompressors).
+    size: int | None = None
+    seekable: bool = False
+    #: A short description of the container chain, e.g. "libvirt save (zstd)".
+    container: str = "raw stream"
+    #: Containers may attach extra information (libvirt header, qcow2 snapshot).
+    info: dict
+
+    def __init__(self) -> None:
+        self.info = {}
+        self._pos = 0
+
+    # -- streaming interface -------------------------------------------
+    def read(self, n: int) -> bytes:
+        """Read up to ``n`` bytes at the current position (short only at the end)."""
+        raise NotImplementedError
+
+    @property
+    def position(self) -> int:
+        """Offset of the next byte ``read`` returns."""
+        return self._pos
+
+    def skip(self, n: int) -> None:
+        """Advance the position by ``n`` bytes."""
+        while n > 0:
+            got = self.read(min(n, CHUNK))
+            if not got:
+                raise TruncatedError(f"input ended while skipping {n} bytes", offset=self._pos)
+            n -= len(got)
+
+    # -- random access (seekable sources only) --------------------------
+    def read_at(self, offset: int, n: int) -> bytes | memoryview:
+        """Read exactly ``n`` bytes at ``offset`` (TruncatedError if past the end)."""
+        raise ContainerError(f"{self.name} is not seekable", offset=offset)
+
+    def view(self) -> memoryview | mmap.mmap | None:
+        """The whole source as one buffer, when it can be mapped."""
+        return None
+
+    def fileno(self) -> int | None:
+        """A file descriptor whose offsets equal this source's, when one exists."""
+        return None
+
+    def close(self) -> None:
+        """Release the source."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileSource(Source):
+    """A regular file, memory-mapped."""
+
+    seekable = True
+
+    def __init__(self, path: str | os.PathLike[str], start: int = 0) -> None:
+        super().__init__()
+        self.name = os.fspath(path)
+        self._file = open(path, "rb")
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.start = start
+        self._pos = start
+        self._map: mmap.mmap | None = None
+        if self.size:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(self._map, "madvise"):
+                self._map.madvise(mmap.MADV_SEQUENTIAL)
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    def read(self, n: int) -> bytes:
+        data = bytes(self._view[self._pos : self._pos + n])
+        self._pos += len(data)
+        return data
+
+    def skip(self, n: int) -> None:
+        self._pos = min(self._pos + n, self.size or 0)
+
+    def seek(self, offset: int) -> None:
+        """Move the streaming position (containers use this to skip a header)."""
+        self._pos = offset
+
+    def read_at(self, offset: int, n: int) -> memoryview:
+        assert self.size is not None
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise TruncatedError(
+                f"need {n} bytes but the file has {max(0, self.size - offset)} left",
+                offset=offset,
+            )
+        return self._view[offset : offset + n]
+
+    def view(self) -> memoryview:
+        return self._view
+
+    def find(self, pattern: bytes, start: int, end: int) -> int:
+        """Offset of ``pattern`` in ``[start, end)``, or -1."""
+        if self._map is None:
+            return -1
+        return self._map.find(pattern, start, end)
+
+    def rfind(self, pattern: bytes, start: int, end: int) -> int:
+        """Offset of the last ``pattern`` in ``[start, end)``, or -1."""
+        if self._map is None:
+            return -1
+        return self._map.rfind(pattern, start, end)
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._view.release()
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                # A caller still holds a slice of the map; it goes with the process.
+                pass
+        self._file.close()
+
+
+class StreamSource(Source):
+    """A forward-only byte stream: a pipe, a FIFO, standard input, a decompressor."""
+
+    seekable = False
+
+    def __init__(self, fileobj: BinaryIO, name: str, start: int = 0) -> None:
+        super().__init__()
+        self.name = name
+        self._f = fileobj
+        self._pos = start
+        self.start = start
+        self._pending = b""
+
+    def unread(self, data: bytes) -> None:
+        """Push back bytes read for detection, so the next read returns them first."""
+        self._pending = data + self._pending
+        self._pos -= len(data)
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        if self._pending:
+            out, self._pending = self._pending[:n], self._pending[n:]
+            n -= len(out)
+        while n > 0:
+            got = self._f.read(n)
+            if not got:
+                break
+            out = out + got if out else got
+            n -= len(got)
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        close = getattr(self._f, "close", None)
+        if close is not None:
+            close()
+
+
+def is_regular_file(path: str | os.PathLike[str]) -> bool:
+    """True for a path naming a regular file (not a FIFO, socket or device)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False

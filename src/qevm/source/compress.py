@@ -1,0 +1,110 @@
+"""Whole-stream compression: gzip, xz, bzip2, zstd and lzop, read as a stream.
+
+Compressed input is decompressed on the fly into a forward-only
+:class:`~qevm.source.base.StreamSource`; nothing is written to disk and only
+a small window is held in memory.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+from collections.abc import Callable
+
+from ..errors import ContainerError, UsageError
+from .base import Source, StreamSource
+
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bzip2"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x89LZO\x00\r\n\x1a\n", "lzop"),
+)
+
+
+class SourceFile(io.RawIOBase):
+    """A read-only file object over a Source, from its ``start``."""
+
+    def __init__(self, src: Source) -> None:
+        self._src = src
+        if src.seekable and src.position != src.start and hasattr(src, "seek"):
+            src.seek(src.start)  # type: ignore[attr-defined]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._src.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._src.close()
+        super().close()
+
+
+def _zstd(f: io.RawIOBase) -> io.RawIOBase:
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise UsageError("reading zstd input needs the 'zstandard' package") from None
+    return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+
+
+def _lzop(f: io.RawIOBase) -> io.RawIOBase:
+    from .lzop import LzopReader
+
+    return LzopReader(f)
+
+
+COMPRESSIONS: dict[str, Callable[[io.RawIOBase], io.IOBase]] = {
+    "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
+    "xz": lambda f: lzma.LZMAFile(f, "rb"),
+    "bzip2": lambda f: bz2.BZ2File(f, "rb"),
+    "zstd": _zstd,
+    "lzop": _lzop,
+}
+
+
+def detect_compression(head: bytes) -> str | None:
+    """The compression whose magic ``head`` starts with, if any."""
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+class _Decompressed(StreamSource):
+    """A StreamSource that turns decompressor errors into ContainerError."""
+
+    def __init__(self, fileobj: io.IOBase, name: str, kind: str) -> None:
+        super().__init__(fileobj, name)  # type: ignore[arg-type]
+        self._kind = kind
+
+    def read(self, n: int) -> bytes:
+        try:
+            return super().read(n)
+        except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+            raise ContainerError(
+                f"{self._kind} data is corrupt or truncated: {e}", offset=self._pos
+            ) from None
+        except Exception as e:  # zstandard.ZstdError and friends
+            if type(e).__module__.startswith(("zstandard", "qevm")):
+                raise ContainerError(
+                    f"{self._kind} data is corrupt or truncated: {e}", offset=self._pos
+                ) from None
+            raise
+
+
+def decompressing(src: Source, kind: str) -> Source:
+    """A stream of the decompressed contents of ``src``."""
+    f = COMPRESSIONS[kind](SourceFile(src))
+    out = _Decompressed(f, f"{src.name} ({kind})", kind)
+    out.container = f"{kind}: {src.container}" if src.container != "raw stream" else kind
+    out.info = dict(src.info)
+    return out
