@@ -1,0 +1,126 @@
+"""Bad input gives a QevmError naming the offset, never another exception."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+from conftest import STREAMS, unpack
+
+import qevm
+from qevm.errors import FormatError, QevmError, TruncatedError, UnsupportedError
+from qevm.stream import EofRecord
+
+SMALL = "riscv64-virt-11.1"
+
+
+@pytest.fixture(scope="module")
+def stream_bytes() -> bytes:
+    return unpack(STREAMS[SMALL]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def layout(stream_bytes):
+    with qevm.open(unpack(STREAMS[SMALL])) as mig:
+        eof = next(r for r in mig.records if isinstance(r, EofRecord))
+        devices = [(d.record.offset, d.record.end) for d in mig.devices()]
+    return eof.offset, devices
+
+
+def _open_bytes(tmp_path, data: bytes, name: str = "bad.mig"):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return qevm.open(p)
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(FormatError) as e:
+        _open_bytes(tmp_path, b"")
+    assert e.value.offset == 0
+
+
+def test_random_file(tmp_path):
+    rnd = random.Random(1).randbytes(4096)
+    with pytest.raises(FormatError, match="not a QEMU migration stream") as e:
+        _open_bytes(tmp_path, rnd)
+    assert "offset 0x0" in str(e.value)
+
+
+def test_version_2_is_unsupported(tmp_path):
+    with pytest.raises(UnsupportedError, match="version 2"):
+        _open_bytes(tmp_path, b"QEVM\x00\x00\x00\x02\x00")
+
+
+def test_truncations_before_eof_fail_cleanly(tmp_path, stream_bytes, layout):
+    eof, devices = layout
+    rnd = random.Random(2)
+    cuts = {8, 9, 12, 20, 100, eof, eof - 1, eof - 5}
+    for start, end in devices[:10]:
+        cuts.update({start + 1, start + 5, (start + end) // 2, end - 1})
+    cuts.update(rnd.randrange(8, eof) for _ in range(40))
+    for cut in sorted(cuts):
+        with pytest.raises(QevmError) as e:
+            _open_bytes(tmp_path, stream_bytes[:cut]).close()
+        assert e.value.offset is not None, (cut, str(e.value))
+        assert e.value.offset <= cut + 1, (cut, str(e.value))
+
+
+def test_truncated_description(tmp_path, stream_bytes, layout):
+    eof, _ = layout
+    with pytest.raises(TruncatedError):
+        _open_bytes(tmp_path, stream_bytes[: eof + 100]).close()
+
+
+def test_flipped_bytes_in_device_state(tmp_path, stream_bytes, layout):
+    _, devices = layout
+    rnd = random.Random(3)
+    for _ in range(150):
+        start, end = rnd.choice(devices)
+        pos = rnd.randrange(start, end)
+        data = bytearray(stream_bytes)
+        data[pos] ^= 1 << rnd.randrange(8)
+        try:
+            _open_bytes(tmp_path, bytes(data)).close()
+        except QevmError as e:
+            assert e.offset is not None, str(e)
+
+
+def test_wrong_lengths(tmp_path, stream_bytes, layout):
+    eof, devices = layout
+    # the JSON length field, made too large
+    data = bytearray(stream_bytes)
+    data[eof + 2] = 0x7F
+    with pytest.raises(QevmError):
+        _open_bytes(tmp_path, bytes(data)).close()
+    # a device section's idstr length byte
+    start = devices[3][0]
+    data = bytearray(stream_bytes)
+    data[start + 5] = 0xFF
+    with pytest.raises(QevmError) as e:
+        _open_bytes(tmp_path, bytes(data)).close()
+    assert e.value.offset is not None
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path, stream_bytes):
+    p = tmp_path / "cut.mig"
+    p.write_bytes(stream_bytes[: len(stream_bytes) // 2])
+    res = subprocess.run(
+        [sys.executable, "-m", "qevm", "state", "--json", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "offset" in lines[0] and "Traceback" not in res.stderr
+    assert res.stdout == ""
+
+
+def test_cli_missing_file(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "qevm", "info", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "no such file" in res.stderr
