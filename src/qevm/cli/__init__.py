@@ -65,7 +65,12 @@ def open_stream(args: argparse.Namespace, **kw: Any):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import inspect  # noqa: F401  (modules register their subcommands)
+    import importlib
+    import pkgutil
+
+    # Every module of this package registers its subcommands when imported.
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{mod}")
 
     parser = argparse.ArgumentParser(
         prog="qevm",
