@@ -26,7 +26,7 @@ from .errors import (
     UsageError,
 )
 from .migration import Device, Migration
-from .source import open_source
+from .source import Source, open_source
 from .stream import ParseOptions, locate_description, parse_stream
 from .vmstate.desc import Description, parse_description
 
@@ -51,7 +51,7 @@ def load_description(path: str | os.PathLike[str]) -> Description:
 
 
 def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
-    source: str | os.PathLike[str] | BinaryIO,
+    source: str | os.PathLike[str] | BinaryIO | Source,
     *,
     desc: Description | str | os.PathLike[str] | None = None,
     format: str = "auto",
@@ -59,6 +59,7 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     index_ram: bool = False,
     decode_devices: bool = True,
     ram_consumer: Callable[..., Any] | None = None,
+    channels: list[str | os.PathLike[str]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Migration:
     """Read a migration stream.
@@ -67,10 +68,16 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     compressed files, libvirt save images and qcow2 snapshots (``snapshot``)
     are unwrapped.  ``desc`` supplies the JSON description for streams without
     one.  ``index_ram`` builds the page index needed to read RAM afterwards.
+    ``channels`` are the recorded extra connections of a live migration
+    (multifd channels, the postcopy-preempt channel) whose pages complete RAM.
     """
     if desc is not None and not isinstance(desc, Description):
         desc = load_description(desc)
-    src = open_source(source, format=format, snapshot=snapshot)
+    src = (
+        source
+        if isinstance(source, Source)
+        else open_source(source, format=format, snapshot=snapshot)
+    )
     try:
         page_size = None
         early = desc
@@ -78,11 +85,16 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
             early = locate_description(src)
         if early is not None:
             page_size = early.page_size
-        if ram_consumer is None and index_ram:
+        if channels and not src.seekable:
+            raise UsageError("--channel needs the main stream in a file, not a pipe")
+        if ram_consumer is None and (index_ram or channels):
             from .sections.ram.index import PageIndex
 
             def ram_consumer(ctx: Any, ps: int) -> PageIndex:
-                return PageIndex(ps, [src])
+                index = PageIndex(ps, [src])
+                if channels:
+                    index.track_epochs()
+                return index
 
         options = ParseOptions(
             description=desc,
@@ -91,10 +103,17 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
             progress=progress,
             decode_devices=decode_devices,
         )
-        return Migration(parse_stream(src, options))
+        mig = Migration(parse_stream(src, options))
     except BaseException:
         src.close()
         raise
+    try:
+        for path in channels or ():
+            mig.add_channel(path)
+    except BaseException:
+        mig.close()
+        raise
+    return mig
 
 
 __all__ = [

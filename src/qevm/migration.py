@@ -85,6 +85,9 @@ class Migration:
         self.page_size: int | None = ctx.page_size
         self.capabilities: set[str] = set(ctx.capabilities)
         self.warnings: list[str] = ctx.warnings
+        #: Summaries of the extra connections added with :meth:`add_channel`.
+        self.channels: list[Any] = []
+        self._channel_sources: list[Source] = []
 
     # -- overview ------------------------------------------------------------
     @property
@@ -162,6 +165,40 @@ class Migration:
             raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         return ram.consumer
 
+    def add_channel(self, path: Any) -> Any:
+        """Add the pages of a recorded extra connection (multifd, postcopy-preempt)."""
+        from .sections.ram.multifd import apply_channel
+        from .source import open_source
+
+        ram = self.ram
+        if ram is None or ram.consumer is None:
+            raise UsageError("the stream has no RAM section to add channel pages to")
+        src = open_source(path, format="stream")
+        self._channel_sources.append(src)
+        inputs = getattr(ram.consumer, "inputs", None)
+        if inputs is not None:
+            inputs.append(src)
+            src_no = len(inputs) - 1
+        else:
+            src_no = 0
+        summary = apply_channel(ram, src, src_no)
+        self.channels.append(summary)
+        return summary
+
+    def missing_pages(self) -> dict[str, int]:
+        """Pages per block that no record gave (x-ignore-shared blocks not counted)."""
+        from .sections.ram.index import ENCODINGS
+
+        index = self.page_index
+        out = {}
+        for b in self.ram_blocks:
+            if not b.in_stream:
+                continue
+            n = int((index.encodings(b.name) == ENCODINGS.index("absent")).sum())
+            if n:
+                out[b.name] = n
+        return out
+
     def require_description(self) -> Description:
         if self.description is None:
             raise DescriptionError(
@@ -174,6 +211,8 @@ class Migration:
         ram = self.ram
         if ram is not None and ram.consumer is not None and hasattr(ram.consumer, "close"):
             ram.consumer.close()
+        for src in self._channel_sources:
+            src.close()
         self.source.close()
 
     def __enter__(self) -> Migration:

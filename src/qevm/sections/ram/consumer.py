@@ -23,6 +23,8 @@ class PageConsumer:
 
     #: True for consumers that need page bytes as they pass (pipes).
     streaming = False
+    #: The round of RAM the main channel is in (multifd sync points seen).
+    epoch = 0
 
     def __init__(self, page_size: int) -> None:
         self.page_size = page_size
@@ -62,3 +64,13 @@ class PageConsumer:
     def mapped_stream(self, block: RamBlock, bitmap: bytes, r: Reader) -> None:
         """A mapped-ram block whose page area starts at ``r``'s position."""
         r.skip(block.used_length)
+
+    # -- extra connections (see multifd.py) ----------------------------------
+    def channel_page(self, block: RamBlock, addr: int, src: int, offset: int, epoch: int) -> None:
+        """A raw page at ``offset`` of input ``src``, sent in round ``epoch``."""
+
+    def channel_zero(self, block: RamBlock, addr: int, epoch: int) -> None:
+        """A zero page sent on a multifd channel in round ``epoch``."""
+
+    def channel_computed(self, block: RamBlock, addr: int, data: bytes, epoch: int) -> None:
+        """A decompressed multifd page sent in round ``epoch``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,6 +79,12 @@ class PageIndex(PageConsumer):
         self.inputs = inputs
         self.loc: dict[str, np.ndarray] = {}
         self._scratch: ScratchPages | None = None
+        #: Round in which each page was last set (only with extra channels).
+        self.epochs: dict[str, np.ndarray] | None = None
+
+    def track_epochs(self) -> None:
+        """Remember per page the round it came in, to merge multifd channels."""
+        self.epochs = {}
 
     # -- building -------------------------------------------------------------
     def add_block(self, block: RamBlock) -> None:
@@ -91,17 +97,29 @@ class PageIndex(PageConsumer):
             n = min(len(old), npages)
             arr[:n] = old[:n]
         self.loc[block.name] = arr
+        if self.epochs is not None:
+            self.epochs[block.name] = np.zeros(npages, dtype=np.uint32)
+
+    def _stamp(self, name: str, pages: Any) -> None:
+        if self.epochs is not None:
+            self.epochs[name][pages] = self.epoch
 
     def zero(self, block: RamBlock, addr: int, fill: int = 0) -> None:
-        self.loc[block.name][addr >> self.shift] = ZERO if fill == 0 else _code(KIND_FILL, fill)
+        i = addr >> self.shift
+        self.loc[block.name][i] = ZERO if fill == 0 else _code(KIND_FILL, fill)
+        self._stamp(block.name, i)
 
     def zero_run(self, block: RamBlock, addrs: np.ndarray) -> None:
-        self.loc[block.name][addrs >> np.uint64(self.shift)] = ZERO
+        pages = addrs >> np.uint64(self.shift)
+        self.loc[block.name][pages] = ZERO
+        self._stamp(block.name, pages)
 
     def page(
         self, block: RamBlock, addr: int, offset: int, r: Reader | None = None, src: int = 0
     ) -> None:
-        self.loc[block.name][addr >> self.shift] = _code(src, offset)
+        i = addr >> self.shift
+        self.loc[block.name][i] = _code(src, offset)
+        self._stamp(block.name, i)
 
     def page_run(
         self,
@@ -112,11 +130,15 @@ class PageIndex(PageConsumer):
         src: int = 0,
     ) -> None:
         codes = offsets if src == 0 else offsets | np.uint64(src << KIND_SHIFT)
-        self.loc[block.name][addrs >> np.uint64(self.shift)] = codes
+        pages = addrs >> np.uint64(self.shift)
+        self.loc[block.name][pages] = codes
+        self._stamp(block.name, pages)
 
     def zlib_page(self, block: RamBlock, addr: int, offset: int) -> None:
         """A zlib stream whose u32 length is at ``offset``, data right after it."""
-        self.loc[block.name][addr >> self.shift] = _code(KIND_ZLIB, offset)
+        i = addr >> self.shift
+        self.loc[block.name][i] = _code(KIND_ZLIB, offset)
+        self._stamp(block.name, i)
 
     def computed(self, block: RamBlock, addr: int, data: bytes) -> None:
         """A page whose content qevm computed (XBZRLE, multifd compression)."""
@@ -131,6 +153,7 @@ class PageIndex(PageConsumer):
             else None
         )
         arr[i] = _code(KIND_SCRATCH, self._scratch.put(slot, data))
+        self._stamp(block.name, i)
 
     def xbzrle(self, block: RamBlock, addr: int, delta: bytes, offset: int) -> None:
         page = bytearray(self.read_page(block.name, addr >> self.shift))
@@ -149,6 +172,39 @@ class PageIndex(PageConsumer):
         if src:
             slots |= np.uint64(src << KIND_SHIFT)
         arr[:] = np.where(bits.astype(bool), slots, ZERO)
+
+    # -- extra connections --------------------------------------------------------
+    def _newer(self, name: str, page: int, epoch: int) -> bool:
+        """Whether a channel page of round ``epoch`` replaces what the page holds."""
+        if self.epochs is None:
+            return True
+        ep = self.epochs[name]
+        if ep[page] > epoch and self.loc[name][page] != ABSENT:
+            return False
+        ep[page] = epoch
+        return True
+
+    def channel_page(self, block: RamBlock, addr: int, src: int, offset: int, epoch: int) -> None:
+        i = addr >> self.shift
+        if self._newer(block.name, i, epoch):
+            self.loc[block.name][i] = _code(src, offset)
+
+    def channel_zero(self, block: RamBlock, addr: int, epoch: int) -> None:
+        i = addr >> self.shift
+        if self._newer(block.name, i, epoch):
+            self.loc[block.name][i] = ZERO
+
+    def channel_computed(self, block: RamBlock, addr: int, data: bytes, epoch: int) -> None:
+        i = addr >> self.shift
+        if self._newer(block.name, i, epoch):
+            saved, self.epochs = self.epochs, None
+            self.computed(block, addr, data)
+            self.epochs = saved
+
+    def computed_pages(self, name: str) -> list[int]:
+        """Pages whose bytes must be computed (zlib, XBZRLE, filled)."""
+        kinds = self.loc[name] >> np.uint64(KIND_SHIFT)
+        return np.flatnonzero((kinds >= KIND_ZLIB) & (kinds <= KIND_FILL)).tolist()
 
     # -- reading ----------------------------------------------------------------
     def read_page(self, name: str, page: int) -> bytes:

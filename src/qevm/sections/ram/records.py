@@ -94,10 +94,10 @@ class RamBlock:
 
     @property
     def in_stream(self) -> bool:
-        """False for blocks that never got a page (x-ignore-shared skips them)."""
+        """False for blocks that x-ignore-shared leaves out (their RAM is shared memory)."""
         if self.mapped is not None:
             return not (self.mapped.bitmap_offset == 0 and self.mapped.pages_offset == 0)
-        return bool(self.records)
+        return self.mr_addr is None or bool(self.records)
 
 
 @dataclass(eq=False)
@@ -126,6 +126,7 @@ class RamState:
         self._run_hint = 64
         self._np: Any = None
         self._records_seen = 0
+        self._seen_flush = False
 
     # -- setup ----------------------------------------------------------------
     def _ensure_consumer(self) -> None:
@@ -201,14 +202,17 @@ class RamState:
                 block.records[key] += 1
                 counts[key] += 1
                 nz, npg = self._continued(r, block)
-                if nz or npg:
+                if nz:
                     block.records["zero"] += nz
                     counts["zero"] += nz
+                if npg:
                     block.records["page"] += npg
                     counts["page"] += npg
-                    n += nz + npg
+                n += nz + npg
             elif kind == FLAG_EOS:
                 counts["eos"] += 1
+                if not self._seen_flush and self.consumer is not None:
+                    self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
                 self._records_seen += n
                 return stats
             elif kind == FLAG_MEM_SIZE:
@@ -216,6 +220,9 @@ class RamState:
                 counts["mem_size"] += 1
             elif kind == FLAG_MULTIFD_FLUSH:
                 counts["multifd_flush"] += 1
+                self._seen_flush = True
+                if self.consumer is not None:
+                    self.consumer.epoch += 1
             elif kind == FLAG_XBZRLE:
                 block = self._block(r, flags, off)
                 if ps is None:
@@ -555,5 +562,7 @@ class RamState:
             self.consumer.mapped_stream(block, bitmap, r)
         used_bits = int.from_bytes(bitmap, "little") & ((1 << npages) - 1)
         pages = used_bits.bit_count()
-        block.records["page"] += pages
-        block.records["zero"] += npages - pages
+        if pages:
+            block.records["page"] += pages
+        if npages - pages:
+            block.records["zero"] += npages - pages

@@ -1,0 +1,256 @@
+"""``qevm extract`` and ``qevm ram``: guest RAM out of a stream."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import io
+import os
+import sys
+from typing import Any
+
+from .. import open as qopen
+from ..errors import UsageError
+from ..migration import Migration
+from ..ramio import (
+    Piece,
+    Placement,
+    StreamingSink,
+    block_paths,
+    copy_block_range,
+    create_block_file,
+)
+from ..render import compat, jsonout
+from ..sections.ram.index import ENCODINGS
+from ..source import open_source
+from . import add_input, command
+from .progress import Progress
+
+
+def _add_channel(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="recorded bytes of an extra connection of the migration (multifd channel, "
+        "postcopy-preempt channel); repeat for each",
+    )
+
+
+def _selected(name: str, globs: list[str] | None) -> bool:
+    return not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def _setup_extract(p: argparse.ArgumentParser) -> None:
+    add_input(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--block",
+        action="append",
+        metavar="GLOB",
+        help="only RAM blocks matching GLOB (repeatable)",
+    )
+    _add_channel(p)
+
+
+@command(
+    "extract",
+    "write desc.json, state.json and one sparse file per RAM block (like analyze-migration.py -x)",
+    _setup_extract,
+)
+def run_extract(args: argparse.Namespace) -> int:
+    os.makedirs(args.output, exist_ok=True)
+    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
+    progress = Progress("reading", src.size)
+    fds: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    paths: dict[str, str] = {}
+
+    def place(block: Any) -> Placement | None:
+        if not _selected(block.name, args.block):
+            return None
+        rel, note = block_paths([*paths, block.name])[block.name]
+        paths[block.name] = rel
+        if note:
+            notes[block.name] = note
+        fd = create_block_file(args.output, rel, block.used_length)
+        fds[block.name] = fd
+        return Placement([Piece(0, block.used_length, fd, 0)])
+
+    try:
+        if src.seekable:
+            mig = qopen(
+                src, desc=args.desc, index_ram=True, channels=args.channel, progress=progress.update
+            )
+        else:
+            sink: StreamingSink | None = None
+
+            def consumer(ctx: Any, ps: int) -> StreamingSink:
+                nonlocal sink
+                sink = StreamingSink(ps, place)
+                return sink
+
+            mig = qopen(src, desc=args.desc, ram_consumer=consumer, progress=progress.update)
+        with mig:
+            progress.done()
+            if src.seekable:
+                _write_blocks(mig, args, place)
+            _write_json(mig, args.output)
+            _report(mig, paths, notes)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return 0
+
+
+def _write_blocks(mig: Migration, args: argparse.Namespace, place: Any) -> None:
+    index = mig.page_index
+    blocks = [b for b in mig.ram_blocks if _selected(b.name, args.block)]
+    progress = Progress("writing", sum(b.used_length for b in blocks))
+    done = 0
+    for b in blocks:
+        placement = place(b)
+        piece = placement.pieces[0]
+        copy_block_range(index, b.name, 0, b.used_length, piece.fd, 0)
+        done += b.used_length
+        progress.update(done)
+    progress.done()
+
+
+def _write_json(mig: Migration, out: str) -> None:
+    # Same files, same text as analyze-migration.py -x writes (no final newline).
+    if mig.description is not None:
+        with open(os.path.join(out, "desc.json"), "w") as f:
+            f.write(jsonout.dumps(compat.desc_compat(mig), 4))
+    with open(os.path.join(out, "state.json"), "w") as f:
+        f.write(jsonout.dumps(compat.state_compat(mig), 4))
+
+
+def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> None:
+    if mig.description is not None:
+        print("desc.json")
+    print("state.json")
+    missing = mig.missing_pages() if mig.ram is not None and not mig.ram.consumer.streaming else {}
+    for b in mig.ram_blocks:
+        if b.name not in paths:
+            continue
+        extra = []
+        if b.name in notes:
+            extra.append(f"from block {b.name!r}: {notes[b.name]}")
+        if not b.in_stream:
+            extra.append("not in the stream (x-ignore-shared): left as zeros")
+        elif b.name in missing:
+            extra.append(
+                f"{missing[b.name]} pages missing (give the multifd channels with --channel)"
+            )
+        print(paths[b.name] + ("  (" + "; ".join(extra) + ")" if extra else ""))
+    for w in mig.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def _setup_ram(p: argparse.ArgumentParser) -> None:
+    add_input(p)
+    p.add_argument("--block", metavar="NAME", help="the RAM block (default: the first one)")
+    p.add_argument("--offset", type=lambda s: int(s, 0), help="hexdump from this block offset")
+    p.add_argument("--length", type=lambda s: int(s, 0), default=256, help="bytes to show")
+    p.add_argument("--raw", action="store_true", help="write the bytes themselves to stdout")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_channel(p)
+
+
+def ram_json(mig: Migration) -> dict[str, Any]:
+    """Per block: size, records by kind, and what each page finally is."""
+    index = mig.page_index
+    blocks = []
+    missing = mig.missing_pages()
+    for b in mig.ram_blocks:
+        enc = index.encodings(b.name)
+        counts = {ENCODINGS[i]: int((enc == i).sum()) for i in range(len(ENCODINGS))}
+        d: dict[str, Any] = {
+            "name": b.name,
+            "size": b.used_length,
+            "in_stream": b.in_stream,
+            "records": dict(b.records),
+            "pages": {k: v for k, v in counts.items() if v},
+        }
+        if b.name in missing:
+            d["missing_pages"] = missing[b.name]
+        blocks.append(d)
+    return {
+        "page_size": mig.page_size,
+        "blocks": blocks,
+        "channels": [c.to_json() for c in mig.channels],
+    }
+
+
+def hexdump(data: bytes, base: int, out: io.TextIOBase | Any) -> None:
+    """Classic 16 bytes per line: offset, hex, ASCII; repeated lines as ``*``."""
+    prev = None
+    starred = False
+    for i in range(0, len(data), 16):
+        line = data[i : i + 16]
+        if line == prev and i + 16 < len(data):
+            if not starred:
+                out.write("*\n")
+                starred = True
+            continue
+        prev, starred = line, False
+        hx = " ".join(f"{b:02x}" for b in line)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in line)
+        out.write(f"{base + i:016x}  {hx[:23]:<23}  {hx[24:]:<23}  |{text}|\n")
+
+
+@command("ram", "RAM page statistics per block and encoding; hexdump of a range", _setup_ram)
+def run_ram(args: argparse.Namespace) -> int:
+    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
+    if not src.seekable:
+        src.close()
+        raise UsageError("qevm ram needs random access: give a file, not a pipe (or use extract)")
+    with qopen(
+        src, desc=args.desc, index_ram=True, channels=args.channel, decode_devices=False
+    ) as mig:
+        if args.offset is None:
+            if args.json:
+                jsonout.dump(ram_json(mig), sys.stdout, indent=2)
+            else:
+                _print_stats(ram_json(mig))
+            return 0
+        blocks = {b.name: b for b in mig.ram_blocks}
+        name = args.block or (mig.ram_blocks[0].name if mig.ram_blocks else None)
+        if name not in blocks:
+            raise UsageError(f"no RAM block {name!r}; blocks: {', '.join(blocks)}")
+        size = blocks[name].used_length
+        if args.offset < 0 or args.length < 0 or args.offset + args.length > size:
+            raise UsageError(
+                f"range {args.offset:#x}+{args.length:#x} is outside {name!r} ({size:#x} bytes)"
+            )
+        data = mig.page_index.read(name, args.offset, args.length)
+        if args.raw:
+            sys.stdout.buffer.write(data)
+        elif args.json:
+            jsonout.dump({"block": name, "offset": args.offset, "data": data.hex()}, sys.stdout, 2)
+        else:
+            hexdump(data, args.offset, sys.stdout)
+    return 0
+
+
+def _print_stats(j: dict[str, Any]) -> None:
+    w = sys.stdout.write
+    w(f"page size {j['page_size']}\n")
+    w(f"{'block':40} {'size':>12}  final pages / records seen\n")
+    for b in j["blocks"]:
+        pages = ", ".join(f"{k} {v}" for k, v in b["pages"].items())
+        recs = ", ".join(f"{k} {v}" for k, v in sorted(b["records"].items()) if v)
+        w(f"{b['name']:40} {b['size']:#12x}  {pages}\n")
+        w(f"{'':40} {'':>12}  records: {recs or 'none (not in the stream)'}\n")
+        if "missing_pages" in b:
+            w(
+                f"{'':40} {'':>12}  {b['missing_pages']} pages missing: give the multifd "
+                "channels with --channel\n"
+            )
+    for c in j["channels"]:
+        w(
+            f"channel {c['name']}: {c['kind']}, {c.get('packets', 0)} packets, "
+            f"{c.get('pages', 0)} pages, {c.get('zero_pages', 0)} zero pages\n"
+        )

@@ -1,0 +1,237 @@
+"""Extra migration connections: multifd channels and the postcopy-preempt channel.
+
+A live migration with multifd sends RAM pages on extra connections (QEMU's
+multifd.c / multifd-nocomp.c / multifd-zlib.c / multifd-zstd.c).  Each starts
+with a 64-byte handshake (magic 0x11223344, version 1, source UUID, channel
+id), then packets: a header with the RAM block name and page offsets (normal
+pages first, then zero pages; its size is fixed by the page count of a 512 KiB
+packet), then the payload of the normal pages, raw or compressed (one zlib or
+zstd stream per channel, flushed at each packet).
+
+Pages of one round of RAM are sent once, so order only matters across rounds:
+a packet belongs to the round counted by the SYNC packets before it, a
+main-channel record to the round counted by the MULTIFD_FLUSH records (or, in
+the legacy per-section mode, the EOS records) before it; the latest round wins.
+
+The postcopy-preempt channel carries bare RAM records (no section headers).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ...errors import FormatError, TruncatedError, UnsupportedError
+from ...wire import Reader
+
+if TYPE_CHECKING:
+    from ...source.base import Source
+    from .records import RamState
+
+MULTIFD_MAGIC = 0x11223344
+MULTIFD_VERSION = 1
+#: Bytes of RAM one multifd packet carries at most.
+PACKET_SIZE = 512 * 1024
+
+FLAG_SYNC = 1 << 0
+FLAG_COMPRESSION_MASK = 0x1F << 1
+FLAG_DEVICE_STATE = 32 << 1
+COMPRESSION = {
+    0: "none",
+    1 << 1: "zlib",
+    2 << 1: "zstd",
+    4 << 1: "qpl",
+    8 << 1: "uadk",
+    16 << 1: "qatzip",
+}
+
+INIT = struct.Struct(">II16sB7s32s")
+RAM_HEADER = struct.Struct(">IIIIIIQII24s256s")
+DEVICE_HEADER = struct.Struct(">III256sII")
+
+
+@dataclass
+class ChannelSummary:
+    """What one extra connection held."""
+
+    name: str
+    kind: str
+    channel_id: int | None = None
+    uuid: str | None = None
+    packets: int = 0
+    syncs: int = 0
+    pages: int = 0
+    zero_pages: int = 0
+    compression: str = "none"
+    device_state: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+
+class _Inflater:
+    """One channel's compression stream (packets are flushed chunks of it)."""
+
+    def __init__(self, kind: str, offset: int) -> None:
+        self.kind = kind
+        if kind == "zlib":
+            self._z: Any = zlib.decompressobj()
+        elif kind == "zstd":
+            import zstandard
+
+            self._z = zstandard.ZstdDecompressor().decompressobj()
+        else:
+            raise UnsupportedError(
+                f"multifd compression {kind!r} (hardware accelerated) is not supported",
+                offset=offset,
+            )
+
+    def feed(self, data: bytes, want: int, offset: int) -> bytes:
+        try:
+            out = self._z.decompress(data)
+        except Exception as e:  # zlib.error, zstandard.ZstdError
+            raise FormatError(
+                f"multifd {self.kind} payload is corrupt: {e}", offset=offset
+            ) from None
+        if len(out) != want:
+            raise FormatError(
+                f"multifd {self.kind} payload inflates to {len(out)} bytes",
+                offset=offset,
+                expected=f"{want} bytes",
+            )
+        return out
+
+
+def channel_kind(source: Source) -> str:
+    """``multifd`` or ``postcopy-preempt``, from the first bytes."""
+    head = bytes(source.read_at(0, 4)) if source.seekable else b""
+    if not head:
+        raise TruncatedError("channel file is empty", offset=0)
+    return (
+        "multifd"
+        if struct.unpack(">I", head.ljust(4, b"\0"))[0] == MULTIFD_MAGIC
+        else "postcopy-preempt"
+    )
+
+
+def apply_channel(state: RamState, source: Source, src_no: int) -> ChannelSummary:
+    """Read an extra connection's pages into the RAM state's consumer."""
+    kind = channel_kind(source)
+    if kind == "postcopy-preempt":
+        return _apply_preempt(state, source)
+    return _apply_multifd(state, source, src_no)
+
+
+def _apply_preempt(state: RamState, source: Source) -> ChannelSummary:
+    summary = ChannelSummary(source.name, "postcopy-preempt")
+    r = Reader(source, 0)
+    saved = state.last
+    state.last = None  # the preempt channel has its own "last block"
+    try:
+        while not r.at_end():
+            stats = state.read_section(r)
+            summary.packets += 1
+            summary.pages += stats.records.get("page", 0)
+            summary.zero_pages += stats.records.get("zero", 0)
+    finally:
+        state.last = saved
+    return summary
+
+
+def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
+    ps = state.page_size
+    if ps is None:
+        raise FormatError("multifd channel given but the page size is unknown", offset=0)
+    page_count = PACKET_SIZE // ps
+    header_size = RAM_HEADER.size + 8 * page_count
+    r = Reader(source, 0)
+    magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
+    if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
+        raise FormatError(
+            f"multifd handshake magic {magic:#x} version {version}",
+            offset=0,
+            expected="0x11223344 version 1",
+        )
+    summary = ChannelSummary(source.name, "multifd", chan_id, uuid.hex())
+    consumer = state.consumer
+    inflater: _Inflater | None = None
+    epoch = 0
+    while not r.at_end():
+        off = r.offset
+        r.ensure(12)
+        magic, version, flags = struct.unpack_from(">III", r.buf, r.pos)
+        if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
+            raise FormatError(
+                f"multifd packet magic {magic:#x} version {version}",
+                offset=off,
+                expected="0x11223344 version 1",
+            )
+        summary.packets += 1
+        if flags & FLAG_DEVICE_STATE:
+            _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
+            r.skip(size)
+            summary.device_state.append(
+                {
+                    "idstr": idstr.split(b"\0")[0].decode("latin-1"),
+                    "instance_id": instance,
+                    "bytes": size,
+                }
+            )
+            continue
+        head = r.bytes(header_size)
+        (_, _, _, alloc, normal, next_size, _num, zero, _, _, name) = RAM_HEADER.unpack_from(head)
+        if alloc > page_count or normal > alloc or zero > alloc - normal:
+            raise FormatError(
+                f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
+                offset=off,
+                expected=f"at most {page_count} pages",
+            )
+        comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
+        if comp is None:
+            raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
+        summary.compression = comp
+        payload_off = r.offset
+        if normal or zero:
+            bname = name.split(b"\0")[0].decode("latin-1")
+            block = state.blocks.get(bname)
+            if block is None:
+                raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=off)
+            offs = struct.unpack_from(f">{normal + zero}Q", head, RAM_HEADER.size)
+            for a in offs:
+                if a > block.used_length - ps or a % ps:
+                    raise FormatError(
+                        f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
+                    )
+            if comp == "none":
+                if next_size != normal * ps:
+                    raise FormatError(
+                        f"multifd payload of {next_size} bytes for {normal} pages",
+                        offset=off,
+                        expected=f"{normal * ps}",
+                    )
+                r.ensure(next_size)
+                for i, a in enumerate(offs[:normal]):
+                    consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
+                r.skip(next_size)
+            else:
+                if inflater is None:
+                    inflater = _Inflater(comp, off)
+                data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
+                for i, a in enumerate(offs[:normal]):
+                    consumer.channel_computed(block, a, data[i * ps : (i + 1) * ps], epoch)
+            for a in offs[normal:]:
+                consumer.channel_zero(block, a, epoch)
+            if normal:
+                block.records["page"] += normal
+            if zero:
+                block.records["zero"] += zero
+            summary.pages += normal
+            summary.zero_pages += zero
+        else:
+            r.skip(next_size)
+        if flags & FLAG_SYNC:
+            epoch += 1
+            summary.syncs += 1
+    return summary

@@ -1,0 +1,150 @@
+"""RAM: every encoding decodes; block files equal the reference; patterns and live RAM match."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import DATA, LIVE, STREAMS, expected, meta, pattern1m, unpack
+from mtree import block_at, loaded_patterns
+
+import qevm
+from qevm.cli import main as cli_main
+from qevm.ramio import block_path, block_paths
+
+WITH_BLOCKS = sorted(n for n in STREAMS if expected(n, "blocks"))
+WITH_PATTERN = sorted(n for n in STREAMS if loaded_patterns(meta(STREAMS[n])["argv"]))
+LIVE_TRUTH = sorted(n for n in LIVE if (DATA / "live" / f"{n}.pmem-sha256.json").exists())
+
+
+def _sha(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pattern_bytes(name: str) -> bytes:
+    if name == "pattern1m.bin":
+        return pattern1m()
+    return (DATA / "patterns" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", WITH_BLOCKS)
+def test_extracted_blocks_equal_reference(name, tmp_path):
+    ref = json.loads(lzma.decompress(expected(name, "blocks").read_bytes()))
+    assert cli_main(["extract", str(unpack(STREAMS[name])), "-o", str(tmp_path)]) == 0
+    for block, want in ref.items():
+        p = tmp_path / block
+        assert p.stat().st_size == want["size"], block
+        assert _sha(p) == want["sha256"], block
+
+
+@pytest.mark.parametrize("name", WITH_PATTERN)
+def test_pattern_at_its_address(name):
+    m = meta(STREAMS[name])
+    with qevm.open(unpack(STREAMS[name]), index_ram=True, decode_devices=False) as mig:
+        in_stream = {b.name: b.in_stream for b in mig.ram_blocks}
+        for fname, gpa in loaded_patterns(m["argv"]):
+            block, off = block_at(m["mtree"], gpa)
+            if not in_stream[block]:
+                # x-ignore-shared: the guest RAM lives in shared memory, not the stream
+                assert "x-ignore-shared" in mig.capabilities, (name, block)
+                continue
+            want = pattern_bytes(fname)
+            assert mig.page_index.read(block, off, len(want)) == want, (name, block, hex(off))
+
+
+def _channels(name: str) -> list[str]:
+    folder = LIVE[name].parent
+    return [str(unpack(p)) for p in sorted(folder.glob(f"{name}.ch*.bin.xz"))]
+
+
+@pytest.mark.parametrize("name", LIVE_TRUTH)
+def test_live_ram_equals_destination(name):
+    truth = json.loads((DATA / "live" / f"{name}.pmem-sha256.json").read_text())
+    lo, hi = truth["zeroed"]
+    step = truth["chunk_size"]
+    with qevm.open(unpack(LIVE[name]), index_ram=True, channels=_channels(name),
+                   decode_devices=False) as mig:
+        assert not mig.missing_pages()
+        for i, digest in enumerate(truth["sha256"]):
+            data = bytearray(mig.page_index.read("pc.ram", i * step, step))
+            if i * step < hi and lo < (i + 1) * step:
+                data[max(lo - i * step, 0) : min(hi - i * step, step)] = bytes(
+                    min(hi - i * step, step) - max(lo - i * step, 0))
+            assert hashlib.sha256(data).hexdigest() == digest, (name, f"MiB {i}")
+
+
+def test_multifd_without_channels_reports_missing_pages():
+    with qevm.open(unpack(LIVE["multifd-111"]), index_ram=True, decode_devices=False) as mig:
+        missing = mig.missing_pages()
+    assert missing.get("pc.ram") == 65536
+
+
+def test_encodings_are_seen():
+    seen = {}
+    for name in ("q35-compress-7.2", "q35-ignore-shared-7.2", "q35-mapped-ram-multifd-11.1"):
+        with qevm.open(unpack(STREAMS[name]), decode_devices=False) as mig:
+            seen[name] = {k for b in mig.ram_blocks for k, v in b.records.items() if v}
+            if name == "q35-ignore-shared-7.2":
+                # the guest RAM is memory-backend-file id=m0, share=on
+                assert [b.name for b in mig.ram_blocks if not b.in_stream] == ["m0"]
+                assert all(b.mr_addr is not None for b in mig.ram_blocks)
+            if name == "q35-mapped-ram-multifd-11.1":
+                assert all(b.mapped is not None for b in mig.ram_blocks)
+    for name in ("xbzrle-111", "compress-72"):
+        with qevm.open(unpack(LIVE[name]), decode_devices=False) as mig:
+            seen[name] = {k for b in mig.ram_blocks for k, v in b.records.items() if v}
+    assert "zlib" in seen["q35-compress-7.2"] and "zlib" in seen["compress-72"]
+    assert "xbzrle" in seen["xbzrle-111"]
+    assert seen["q35-mapped-ram-multifd-11.1"] >= {"page", "zero"}
+
+
+@pytest.mark.parametrize("name", ["xbzrle-111", "compress-72", "postcopy-paused-111"])
+def test_pipe_extraction_equals_file_extraction(name, tmp_path):
+    path = unpack(LIVE[name])
+    a, b = tmp_path / "file", tmp_path / "pipe"
+    assert cli_main(["extract", str(path), "-o", str(a)]) == 0
+    with open(path, "rb") as f:
+        res = subprocess.run([sys.executable, "-m", "qevm", "extract", "-", "-o", str(b)],
+                             stdin=f, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    files_a = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert _sha(a / rel) == _sha(b / rel), rel
+
+
+def test_block_paths_stay_inside():
+    assert block_path("pc.ram") == ("pc.ram", False)
+    assert block_path("/rom@etc/acpi/tables") == ("rom@etc/acpi/tables", False)
+    assert block_path("0000:00:02.0/vga.vram") == ("0000:00:02.0/vga.vram", False)
+    for bad in ("../../etc/passwd", "a/../../b", "/", "x\x00y", "..", "./."):
+        rel, rewritten = block_path(bad)
+        assert rewritten
+        assert not os.path.isabs(rel) and ".." not in rel.split("/") and "\x00" not in rel
+    paths = block_paths(["a", "a/b", "a"])
+    assert len({p for p, _ in paths.values()}) == 2
+
+
+def test_ram_command_hexdump_and_json(capsys):
+    path = str(unpack(STREAMS["q35-11.1"]))
+    assert cli_main(["ram", path, "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    pcram = next(b for b in j["blocks"] if b["name"] == "pc.ram")
+    assert sum(pcram["pages"].values()) == pcram["size"] // 4096
+    assert cli_main(["ram", path, "--block", "pc.ram", "--offset", "0x1000000", "--length",
+                     "64"]) == 0
+    out = capsys.readouterr().out
+    want = pattern1m()[:16].hex(" ")
+    assert want[:23] in out
+    assert cli_main(["ram", path, "--block", "pc.ram", "--offset", "0x1000000", "--length",
+                     "0x100000", "--raw"]) == 0
