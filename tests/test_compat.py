@@ -41,7 +41,7 @@ def test_desc_equals_reference(name):
 
 def test_jsonout_matches_json_module():
     samples = [
-        {"a": [1, 2, {"x": []}], "b": {}, "c": "é\n\"", "d": [True, None, "s"], "e": [[]]},
+        {"a": [1, 2, {"x": []}], "b": {}, "c": 'é\n"', "d": [True, None, "s"], "e": [[]]},
         [],
         {},
         "text",

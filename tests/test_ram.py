@@ -71,14 +71,16 @@ def test_live_ram_equals_destination(name):
     truth = json.loads((DATA / "live" / f"{name}.pmem-sha256.json").read_text())
     lo, hi = truth["zeroed"]
     step = truth["chunk_size"]
-    with qevm.open(unpack(LIVE[name]), index_ram=True, channels=_channels(name),
-                   decode_devices=False) as mig:
+    with qevm.open(
+        unpack(LIVE[name]), index_ram=True, channels=_channels(name), decode_devices=False
+    ) as mig:
         assert not mig.missing_pages()
         for i, digest in enumerate(truth["sha256"]):
             data = bytearray(mig.page_index.read("pc.ram", i * step, step))
             if i * step < hi and lo < (i + 1) * step:
                 data[max(lo - i * step, 0) : min(hi - i * step, step)] = bytes(
-                    min(hi - i * step, step) - max(lo - i * step, 0))
+                    min(hi - i * step, step) - max(lo - i * step, 0)
+                )
             assert hashlib.sha256(data).hexdigest() == digest, (name, f"MiB {i}")
 
 
@@ -113,8 +115,12 @@ def test_pipe_extraction_equals_file_extraction(name, tmp_path):
     a, b = tmp_path / "file", tmp_path / "pipe"
     assert cli_main(["extract", str(path), "-o", str(a)]) == 0
     with open(path, "rb") as f:
-        res = subprocess.run([sys.executable, "-m", "qevm", "extract", "-", "-o", str(b)],
-                             stdin=f, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "qevm", "extract", "-", "-o", str(b)],
+            stdin=f,
+            capture_output=True,
+            text=True,
+        )
     assert res.returncode == 0, res.stderr
     files_a = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
     files_b = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
@@ -141,10 +147,27 @@ def test_ram_command_hexdump_and_json(capsys):
     j = json.loads(capsys.readouterr().out)
     pcram = next(b for b in j["blocks"] if b["name"] == "pc.ram")
     assert sum(pcram["pages"].values()) == pcram["size"] // 4096
-    assert cli_main(["ram", path, "--block", "pc.ram", "--offset", "0x1000000", "--length",
-                     "64"]) == 0
+    assert (
+        cli_main(["ram", path, "--block", "pc.ram", "--offset", "0x1000000", "--length", "64"]) == 0
+    )
     out = capsys.readouterr().out
     want = pattern1m()[:16].hex(" ")
     assert want[:23] in out
-    assert cli_main(["ram", path, "--block", "pc.ram", "--offset", "0x1000000", "--length",
-                     "0x100000", "--raw"]) == 0
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qevm",
+            "ram",
+            path,
+            "--block",
+            "pc.ram",
+            "--offset",
+            "0x1000000",
+            "--length",
+            "0x100000",
+            "--raw",
+        ],
+        capture_output=True,
+    )
+    assert res.returncode == 0 and res.stdout == pattern1m()

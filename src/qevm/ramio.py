@@ -108,17 +108,22 @@ def block_paths(names: Iterable[str]) -> dict[str, tuple[str, str | None]]:
     """Relative path per block name, plus why it differs from the name (or None)."""
     out: dict[str, tuple[str, str | None]] = {}
     taken: set[str] = set()
+
+    def clash(rel: str) -> bool:
+        # the same file, or one block's file being another block's directory
+        return rel in taken or any(
+            t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken
+        )
+
     for name in names:
         rel, rewritten = block_path(name)
         note = "unsafe characters or components rewritten" if rewritten else None
-        base = rel
-        n = 1
-        # a path used by another block, or one block's file being another's directory
-        while rel in taken or any(
-            t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken
-        ):
-            n += 1
-            rel = f"{base}~{n}"
+        if clash(rel):
+            flat = rel.replace("/", "%2F")
+            rel, n = flat, 1
+            while clash(rel):
+                n += 1
+                rel = f"{flat}~{n}"
             note = "name collides with another block's file"
         taken.add(rel)
         out[name] = (rel, note)
@@ -133,7 +138,7 @@ def create_block_file(root: str, rel: str, size: int) -> int:
     os.makedirs(parent, exist_ok=True)
     if os.path.commonpath([real_root, os.path.realpath(parent)]) != real_root:
         raise UsageError(f"refusing to write {rel!r} outside {root!r}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags, 0o644)
     os.ftruncate(fd, size)
     return fd
