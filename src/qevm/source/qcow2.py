@@ -57,7 +57,8 @@ _U64 = struct.Struct(">Q")
 
 #: L2 tables kept in memory per snapshot (one cluster each).
 L2_CACHE = 64
-#: Bytes read per step by find/rfind.
+#: Bytes read by find/rfind at first, and at most per step as a search goes on.
+SCAN_FIRST = 1 << 16
 SCAN_CHUNK = 1 << 20
 
 
@@ -464,6 +465,7 @@ class SnapshotVMState(Source):
         self._cb = cb
         self._cs = 1 << cb
         self._l2_entries = 1 << header.l2_bits
+        self._l1_shift = cb + header.l2_bits
         self._entry_size = 16 if header.extended_l2 else 8
         span = header.l1_span
         first_l1 = -(-snap.disk_size // span)
@@ -472,6 +474,8 @@ class SnapshotVMState(Source):
         self._l1: dict[int, int] = {}
         self._l2: OrderedDict[int, bytes] = OrderedDict()
         self._cluster_cache: tuple[int, bytes] | None = None
+        # The last buffer find/rfind read: successive searches mostly stay inside it.
+        self._window: tuple[int, bytes] | None = None
         self._zero = bytes(self._cs)
         self.container = f"qcow2 snapshot {snap.name!r}"
         # Keys stay within 11 characters: `qevm info` aligns them in a 12-column field.
@@ -591,8 +595,7 @@ class SnapshotVMState(Source):
     def _cluster_piece(self, guest: int, n: int) -> bytes | memoryview:
         """``n`` bytes at guest offset ``guest``, all inside one cluster."""
         cb = self._cb
-        l2_bits = self._h.l2_bits
-        l1_index = guest >> (cb + l2_bits)
+        l1_index = guest >> self._l1_shift
         table = self._l2_table(l1_index)
         if table is None:
             return self._zero[:n]
@@ -688,17 +691,23 @@ class SnapshotVMState(Source):
 
     def find(self, pattern: bytes, start: int, end: int) -> int:
         """Offset of ``pattern`` in ``[start, end)``, or -1."""
-        size = self.size or 0
-        start = max(0, start)
-        end = min(end, size)
+        end = min(end, self.size or 0)
         k = len(pattern)
-        pos = start
+        pos = max(0, start)
+        step = SCAN_FIRST
         while pos + k <= end:
-            stop = min(end, pos + SCAN_CHUNK)
-            chunk = self.read_at(pos, stop - pos)
-            i = chunk.find(pattern)
+            w = self._window
+            if w is not None and w[0] <= pos < w[0] + len(w[1]):
+                base, data = w
+            else:
+                base = pos
+                data = self.read_at(pos, min(end, pos + step) - pos)
+                self._window = (base, data)
+                step = min(step * 2, SCAN_CHUNK)
+            stop = min(end, base + len(data))
+            i = data.find(pattern, pos - base, stop - base)
             if i >= 0:
-                return pos + i
+                return base + i
             if stop >= end:
                 break
             pos = max(pos + 1, stop - k + 1)
@@ -706,17 +715,23 @@ class SnapshotVMState(Source):
 
     def rfind(self, pattern: bytes, start: int, end: int) -> int:
         """Offset of the last ``pattern`` in ``[start, end)``, or -1."""
-        size = self.size or 0
         start = max(0, start)
-        end = min(end, size)
         k = len(pattern)
-        stop = end
+        stop = min(end, self.size or 0)
+        step = SCAN_FIRST
         while stop - start >= k:
-            lo = max(start, stop - SCAN_CHUNK)
-            chunk = self.read_at(lo, stop - lo)
-            i = chunk.rfind(pattern)
+            w = self._window
+            if w is not None and w[0] < stop <= w[0] + len(w[1]):
+                base, data = w
+            else:
+                base = max(start, stop - step)
+                data = self.read_at(base, stop - base)
+                self._window = (base, data)
+                step = min(step * 2, SCAN_CHUNK)
+            lo = max(start, base)
+            i = data.rfind(pattern, lo - base, stop - base)
             if i >= 0:
-                return lo + i
+                return base + i
             if lo <= start:
                 break
             stop = min(stop - 1, lo + k - 1)
@@ -725,4 +740,5 @@ class SnapshotVMState(Source):
     def close(self) -> None:
         self._l2.clear()
         self._cluster_cache = None
+        self._window = None
         self._img.close()
