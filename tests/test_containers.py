@@ -221,11 +221,15 @@ def _qemu_io_vmstate(path: pathlib.Path, snapshot: str, size: int, tmp: pathlib.
 @pytest.mark.skipif(
     not (shutil.which("qemu-io") and shutil.which("qemu-img")), reason="needs qemu-io, qemu-img"
 )
-@pytest.mark.parametrize("path", LAYOUTS, ids=lambda p: p.name)
-def test_vmstate_equals_what_qemu_reads(path, tmp_path):
-    with open_source(unpack(path), snapshot="vm1") as src:
+@pytest.mark.parametrize(
+    "path,snapshot",
+    [(p, "vm1") for p in LAYOUTS] + [(SAVEVM, "snap2")],
+    ids=[p.name for p in LAYOUTS] + [SAVEVM.name],
+)
+def test_vmstate_equals_what_qemu_reads(path, snapshot, tmp_path):
+    with open_source(unpack(path), snapshot=snapshot) as src:
         mine = bytes(src.read_at(0, src.size))
-    assert mine == _qemu_io_vmstate(unpack(path), "vm1", len(mine), tmp_path)
+    assert mine == _qemu_io_vmstate(unpack(path), snapshot, len(mine), tmp_path)
 
 
 # -- qcow2: compressed clusters --------------------------------------------------
