@@ -668,8 +668,14 @@ class SnapshotVMState(Source):
         end = guest + n
         pieces = []
         while guest < end:
-            stop = min(end, (guest | (cs - 1)) + 1)
-            pieces.append(self._cluster_piece(guest, stop - guest))
+            l1_index = guest >> self._l1_shift
+            if self._l2_table(l1_index) is None:
+                # A whole unallocated L1 entry reads as zeros in one step.
+                stop = min(end, (l1_index + 1) << self._l1_shift)
+                pieces.append(bytes(stop - guest))
+            else:
+                stop = min(end, (guest | (cs - 1)) + 1)
+                pieces.append(self._cluster_piece(guest, stop - guest))
             guest = stop
         if len(pieces) == 1:
             return bytes(pieces[0])
