@@ -55,7 +55,8 @@ _HEADER_V3 = struct.Struct(">QQQII")
 _SNAPSHOT = struct.Struct(">QIHHIIQII")
 _U64 = struct.Struct(">Q")
 
-#: L2 tables kept in memory per snapshot (one cluster each).
+#: L1 entries and L2 tables (one cluster each) kept in memory per snapshot.
+L1_CACHE = 1 << 16
 L2_CACHE = 64
 #: Bytes read by find/rfind at first, and at most per step as a search goes on.
 SCAN_FIRST = 1 << 16
@@ -531,10 +532,10 @@ class SnapshotVMState(Source):
     def _l1_entry(self, index: int) -> int:
         e = self._l1.get(index)
         if e is None:
-            sn = self.snapshot
-            e = _U64.unpack(_read(self._img, sn.l1_table_offset + 8 * index, 8, "L1 table entry"))[
-                0
-            ]
+            at = self.snapshot.l1_table_offset + 8 * index
+            e = _U64.unpack(_read(self._img, at, 8, "L1 table entry"))[0]
+            if len(self._l1) >= L1_CACHE:
+                self._l1.clear()
             self._l1[index] = e
         return e
 
