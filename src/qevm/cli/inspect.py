@@ -88,7 +88,8 @@ def _print_info(mig: Migration, out: Any) -> None:
     w = out.write
     w(f"file          {j['file']} ({j['container']})\n")
     for k, v in j.get("container_info", {}).items():
-        if not isinstance(v, (dict, list)):
+        # Multi-line values (a libvirt image's domain XML) are in --json and their own commands.
+        if v is not None and not isinstance(v, (dict, list)) and "\n" not in str(v):
             w(f"  {k:12}{v}\n")
     w(f"machine       {j['machine'] or '(no configuration section)'}\n")
     w(f"page size     {j['page_size']}\n")
