@@ -1,0 +1,1 @@
+"""Views: meaning given to decoded device state (CPU registers, ...)."""
