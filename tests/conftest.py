@@ -71,6 +71,8 @@ def _catalog(folder: str, suffix: str) -> dict[str, pathlib.Path]:
 STREAMS = _catalog("streams", ".mig.xz")
 #: name -> path of every live capture's main channel
 LIVE = _catalog("live", ".mig.xz")
+#: name -> path of the streams tests/gen_streams.py made with QEMU 7.2
+GENERATED = {p.name[: -len(".mig.xz")]: p for p in sorted((DATA / "generated").glob("*.mig.xz"))}
 #: name -> path of the real Linux guests (corpus only)
 LINUX = _catalog("linux", ".mig.xz") if HAVE_CORPUS else {}
 

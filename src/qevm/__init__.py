@@ -98,6 +98,7 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
 
         options = ParseOptions(
             description=desc,
+            fallback_description=early if desc is None else None,
             page_size=page_size,
             ram_consumer=ram_consumer,
             progress=progress,

@@ -48,6 +48,8 @@ SECTION_TYPE_NAMES = {
 
 #: Largest JSON description accepted (QEMU's are a few MB at most).
 MAX_DESCRIPTION = 256 << 20
+#: Most bytes read into memory to find the description of a piped stream without footers.
+MAX_BUFFERED = 256 << 20
 #: Largest device section delimited by searching for its footer.
 MAX_SCANNED_SECTION = 1 << 30
 
@@ -177,6 +179,9 @@ class ParseOptions:
 
     #: Description to decode device sections with (else the stream's own).
     description: Description | None = None
+    #: The stream's own description found by searching from the end, used when
+    #: the framing cannot delimit device sections (no section footers).
+    fallback_description: Description | None = None
     #: Target page size when known in advance.
     page_size: int | None = None
     #: Factory of the RAM page consumer (an index, or a sink writing files).
@@ -223,8 +228,7 @@ class StreamParser:
         header = self._header()
         records: list[Record] = [header]
         records.extend(self._records(top=True))
-        r = self.r
-        if not r.at_end():
+        if not self.r.at_end():
             records.append(self._description_or_trailing())
         if self.stream_desc is not None and self.desc is None:
             self.desc = self.stream_desc
@@ -269,9 +273,9 @@ class StreamParser:
 
     def _records(self, top: bool) -> list[Record]:
         """Records until EOF (top level) or POSTCOPY_RUN / the blob's end (nested)."""
-        r = self.r
         out: list[Record] = []
         while True:
+            r = self.r  # _buffer_rest may switch to an in-memory reader
             if not top and r.at_end():
                 return out
             off = r.offset
@@ -404,7 +408,7 @@ class StreamParser:
             self._footer(rec)
         except QevmError as e:
             raise e.located(section=entry.label) from None
-        rec.end = r.offset
+        rec.end = self.r.offset
         return rec
 
     def _body(self, rec: SectionRecord) -> None:
@@ -426,7 +430,7 @@ class StreamParser:
         # A device (VMSD) section: find its end, decode now or at the end.
         end = self._scan_footer(rec) if self.footers is not False else None
         if end is None:
-            desc = entry.desc
+            desc = entry.desc or self._fallback(entry)
             if desc is None:
                 raise DescriptionError(
                     "cannot find where this section ends: the stream has no section "
@@ -435,7 +439,7 @@ class StreamParser:
                     offset=rec.body_offset,
                 )
             self._decode_vmsd(rec, desc, None)
-            rec.body_end = r.offset
+            rec.body_end = self.r.offset  # (the reader may have changed, see _buffer_rest)
             return
         rec.body_end = end
         if entry.desc is not None and self.options.decode_devices:
@@ -446,6 +450,46 @@ class StreamParser:
         else:
             r.seek(end)
         self._pending.append(rec)
+
+    def _fallback(self, entry: SectionEntry) -> DeviceDesc | None:
+        """Without footers, take the description from the end of the input."""
+        desc = self.options.fallback_description
+        if desc is None and not self.source.seekable:
+            desc = self._buffer_rest()
+        if desc is None:
+            return None
+        self.desc = desc
+        self.ctx.warn("no section footers: device sections were delimited with the description")
+        entry.desc = desc.device(entry.idstr, entry.instance_id)
+        return entry.desc
+
+    def _buffer_rest(self) -> Description | None:
+        """Read the rest of a streaming input into memory and look for its description.
+
+        Only streams without section footers need this (machine types <= 2.3,
+        Xen); what is left by then is device state and the JSON, not RAM.
+        """
+        from .source.memory import MemorySource
+
+        r = self.r
+        start = r.offset
+        chunks = []
+        total = 0
+        while not r.at_end():
+            n = r.available()
+            total += n
+            if total > MAX_BUFFERED:
+                raise DescriptionError(
+                    "no section footers and more than 256 MiB left to buffer to find the "
+                    "description; give one with --desc",
+                    offset=start,
+                )
+            chunks.append(r.bytes(n))
+        mem = MemorySource(b"".join(chunks), start, name=self.source.name)
+        self.source = mem
+        self.r = Reader(mem, start)
+        self.ctx.r = self.r
+        return locate_description(mem)
 
     def _decode_vmsd(self, rec: SectionRecord, desc: DeviceDesc, end: int | None) -> None:
         r = self.r

@@ -1,0 +1,109 @@
+"""Drive a real QEMU from tests: start it with QMP, save its state, load a stream back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+
+class Qmp:
+    """A minimal QMP client over a unix socket."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(path)
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sock.settimeout(timeout)
+        self.f = self.sock.makefile("rw")
+        json.loads(self.f.readline())  # greeting
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name: str, **args: Any) -> Any:
+        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+        self.f.flush()
+        while True:
+            msg = json.loads(self.f.readline())
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                raise RuntimeError(f"{name}: {msg['error']}")
+
+    def hmp(self, line: str) -> str:
+        return self.cmd("human-monitor-command", **{"command-line": line})
+
+    def wait_migration(self, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.cmd("query-migrate")
+            if st.get("status") in ("completed", "failed", "cancelled"):
+                return st
+            time.sleep(0.05)
+        raise TimeoutError("migration did not finish")
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+
+class Qemu:
+    """A QEMU process with QMP; ``argv`` without -qmp/-display."""
+
+    def __init__(self, argv: list[str], incoming: str | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="qevm-qemu-")
+        sock = os.path.join(self.dir, "qmp")
+        cmd = [*argv, "-display", "none", "-qmp", f"unix:{sock},server=on,wait=off"]
+        if incoming:
+            cmd += ["-incoming", incoming]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.qmp = Qmp(sock)
+        except Exception:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise RuntimeError(f"QEMU did not start: {err.decode(errors='replace')}") from None
+
+    def save(self, path: str) -> dict:
+        """Migrate to ``path`` with exec:cat and wait until done."""
+        self.qmp.cmd("migrate", uri=f"exec:cat > {path}")
+        st = self.qmp.wait_migration()
+        if st.get("status") != "completed":
+            raise RuntimeError(f"migration failed: {st}")
+        return st
+
+    def close(self) -> None:
+        try:
+            self.qmp.cmd("quit")
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.qmp.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Qemu:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def qemu_version(binary: str = "qemu-system-x86_64") -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return out.split("version", 1)[1].split()[0] if "version" in out else "?"
