@@ -2,8 +2,8 @@
 
 They cover what the shared corpus does not: machine types whose streams have
 no section footers, no configuration section and no JSON description
-(pc-i440fx-2.2 / 2.3), and send-configuration / send-section-footer turned off
-by -global.  Guests are paused (-S), so RAM holds only firmware and the
+(pc-i440fx-2.2 / 2.3), send-configuration / send-section-footer turned off
+by -global, and the live "block" and "dirty-bitmap" sections.  Guests are paused (-S), so RAM holds only firmware and the
 loaded pattern and the streams compress to almost nothing.
 
 Run from the repository root: python tests/gen_streams.py
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import lzma
 import pathlib
+import subprocess
 import sys
 import tempfile
 
@@ -42,6 +43,30 @@ CASES = {
         "-global",
         "migration.send-section-footer=off",
     ],
+    # live block migration and a dirty bitmap of a small disk (QEMU <= 9.0)
+    "pc-7.2-block-bitmap": [
+        "-M",
+        "pc-i440fx-7.2",
+        "-blockdev",
+        "driver=qcow2,node-name=disk0,file.driver=file,file.filename={disk}",
+        "-device",
+        "virtio-blk-pci,drive=disk0",
+    ],
+}
+#: QMP commands run before saving, per case.
+SETUP = {
+    "pc-7.2-block-bitmap": [
+        ("block-dirty-bitmap-add", {"node": "disk0", "name": "bm0", "granularity": 65536}),
+        (
+            "migrate-set-capabilities",
+            {
+                "capabilities": [
+                    {"capability": "block", "state": True},
+                    {"capability": "dirty-bitmaps", "state": True},
+                ]
+            },
+        ),
+    ],
 }
 
 
@@ -50,17 +75,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pat = pathlib.Path(tmp) / "pattern1m.bin"
         pat.write_bytes(pattern1m()[:PATTERN_BYTES])
+        disk = pathlib.Path(tmp) / "disk.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "2M"], check=True)
+        subprocess.run(
+            ["qemu-io", "-c", "write -P 0x5a 0 64k", str(disk)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         for name, args in CASES.items():
+            args = [a.format(disk=disk) for a in args]
             argv = [*BASE, *args, "-device", f"loader,file={pat},addr=0x1000000"]
             mig = pathlib.Path(tmp) / f"{name}.mig"
             with Qemu(argv) as q:
+                for cmd, cmd_args in SETUP.get(name, []):
+                    q.qmp.cmd(cmd, **cmd_args)
                 q.save(str(mig))
                 regs = q.qmp.hmp("info registers")
                 mtree = q.qmp.hmp("info mtree -f")
             (OUT / f"{name}.mig.xz").write_bytes(lzma.compress(mig.read_bytes(), preset=9))
             recipe = {
                 "qemu_version": qemu_version(),
-                "argv": [a.replace(str(pat), "patterns/pattern1m.bin") for a in argv],
+                "argv": [
+                    a.replace(str(pat), "patterns/pattern1m.bin").replace(str(disk), "disk.qcow2")
+                    for a in argv
+                ],
+                "qmp_setup": SETUP.get(name, []),
                 "pattern_bytes": PATTERN_BYTES,
                 "made_by": "tests/gen_streams.py",
                 "mtree": mtree,

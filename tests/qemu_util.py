@@ -32,15 +32,15 @@ class Qmp:
         json.loads(self.f.readline())  # greeting
         self.cmd("qmp_capabilities")
 
-    def cmd(self, name: str, **args: Any) -> Any:
-        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+    def cmd(self, command: str, /, **args: Any) -> Any:
+        self.f.write(json.dumps({"execute": command, "arguments": args}) + "\n")
         self.f.flush()
         while True:
             msg = json.loads(self.f.readline())
             if "return" in msg:
                 return msg["return"]
             if "error" in msg:
-                raise RuntimeError(f"{name}: {msg['error']}")
+                raise RuntimeError(f"{command}: {msg['error']}")
 
     def hmp(self, line: str) -> str:
         return self.cmd("human-monitor-command", **{"command-line": line})

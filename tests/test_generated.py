@@ -85,3 +85,21 @@ def test_desc_from_saved_qevm_desc_output(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert b'"opaque"' not in res.stdout
+
+
+def test_block_migration_and_dirty_bitmap_sections():
+    with qevm.open(unpack(GENERATED["pc-7.2-block-bitmap"])) as mig:
+        block = next(e for e in mig.entries.values() if e.idstr == "block")
+        bitmap = next(e for e in mig.entries.values() if e.idstr == "dirty-bitmap")
+        # the 2 MiB disk goes as two 1 MiB chunks, data or zero
+        chunks = sum(
+            sum(r.content["blocks"].values()) + sum(r.content["zero_blocks"].values())
+            for r in block.records
+        )
+        assert chunks == 2
+        kinds = [c["kind"] for r in bitmap.records for c in r.content["chunks"]]
+        assert kinds[0] == "start" and kinds[-1] == "complete"
+        start = bitmap.records[0].content["chunks"][0]
+        assert (start["node"], start["bitmap"], start["granularity"]) == ("disk0", "bm0", 65536)
+        advise = [c for c in mig.commands() if c.name == "POSTCOPY_ADVISE"]
+        assert advise and advise[0].info == {"ram": False}
