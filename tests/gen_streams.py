@@ -3,7 +3,8 @@
 They cover what the shared corpus does not: machine types whose streams have
 no section footers, no configuration section and no JSON description
 (pc-i440fx-2.2 / 2.3), send-configuration / send-section-footer turned off
-by -global, and the live "block" and "dirty-bitmap" sections.  Guests are paused (-S), so RAM holds only firmware and the
+by -global, and the live "block" and "dirty-bitmap" sections.  Guests are
+paused (-S), so RAM holds only firmware and the
 loaded pattern and the streams compress to almost nothing.
 
 Run from the repository root: python tests/gen_streams.py
