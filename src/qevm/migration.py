@@ -187,14 +187,12 @@ class Migration:
 
     def missing_pages(self) -> dict[str, int]:
         """Pages per block that no record gave (x-ignore-shared blocks not counted)."""
-        from .sections.ram.index import ENCODINGS
-
         index = self.page_index
         out = {}
         for b in self.ram_blocks:
             if not b.in_stream:
                 continue
-            n = int((index.encodings(b.name) == ENCODINGS.index("absent")).sum())
+            n = index.encoding_counts(b.name)["absent"]
             if n:
                 out[b.name] = n
         return out

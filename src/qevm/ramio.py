@@ -228,6 +228,37 @@ def _copy_unaligned(
 # -- streaming ------------------------------------------------------------------------
 
 
+class _Bits:
+    """A bit per page, allocated 1 Mi pages at a time as pages are marked."""
+
+    SHIFT = 20
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, bytearray] = {}
+
+    def get(self, page: int) -> bool:
+        chunk = self._chunks.get(page >> self.SHIFT)
+        i = page & ((1 << self.SHIFT) - 1)
+        return bool(chunk and chunk[i >> 3] & (1 << (i & 7)))
+
+    def set(self, page: int, on: bool) -> bool:
+        """Set or clear a page's bit; return what it was."""
+        c = page >> self.SHIFT
+        chunk = self._chunks.get(c)
+        if chunk is None:
+            if not on:
+                return False
+            chunk = self._chunks[c] = bytearray(1 << (self.SHIFT - 3))
+        i = page & ((1 << self.SHIFT) - 1)
+        mask = 1 << (i & 7)
+        was = bool(chunk[i >> 3] & mask)
+        if on:
+            chunk[i >> 3] |= mask
+        else:
+            chunk[i >> 3] &= ~mask & 0xFF
+        return was
+
+
 class StreamingSink(PageConsumer):
     """Writes pages to their placement as a (non-seekable) stream is read."""
 
@@ -238,7 +269,7 @@ class StreamingSink(PageConsumer):
         self._place = place
         self.placements: dict[str, Placement] = {}
         # pages written with data so far, per block (a later ZERO must clear them)
-        self._written: dict[str, bytearray] = {}
+        self._written: dict[str, _Bits] = {}
         self._zero = bytes(page_size)
 
     def add_block(self, block: RamBlock) -> None:
@@ -247,17 +278,10 @@ class StreamingSink(PageConsumer):
         placement = self._place(block)
         if placement is not None:
             self.placements[block.name] = placement
-            npages = -(-block.used_length // self.page_size)
-            self._written[block.name] = bytearray((npages + 7) // 8)
+            self._written[block.name] = _Bits()
 
     def _mark(self, name: str, page: int, on: bool) -> bool:
-        bits = self._written[name]
-        was = bool(bits[page >> 3] & (1 << (page & 7)))
-        if on:
-            bits[page >> 3] |= 1 << (page & 7)
-        else:
-            bits[page >> 3] &= ~(1 << (page & 7)) & 0xFF
-        return was
+        return self._written[name].set(page, on)
 
     def _put(self, name: str, addr: int, data: Any) -> None:
         for fd, dest, _src, _n in self.placements[name].locate(addr, len(data)):
@@ -317,9 +341,7 @@ class StreamingSink(PageConsumer):
             self._put(name, addr, b"".join(bytes(b) for b in bufs))
 
     def _current(self, name: str, addr: int) -> bytes:
-        page = addr // self.page_size
-        bits = self._written[name]
-        if not bits[page >> 3] & (1 << (page & 7)):
+        if not self._written[name].get(addr // self.page_size):
             return self._zero
         fd, dest, _s, _n = self.placements[name].locate(addr, self.page_size)[0]
         return os.pread(fd, self.page_size, dest)

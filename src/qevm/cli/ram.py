@@ -21,7 +21,6 @@ from ..ramio import (
     create_block_file,
 )
 from ..render import compat, jsonout
-from ..sections.ram.index import ENCODINGS
 from ..source import open_source
 from . import add_input, command
 from .progress import Progress
@@ -165,8 +164,7 @@ def ram_json(mig: Migration) -> dict[str, Any]:
     blocks = []
     missing = mig.missing_pages()
     for b in mig.ram_blocks:
-        enc = index.encodings(b.name)
-        counts = {ENCODINGS[i]: int((enc == i).sum()) for i in range(len(ENCODINGS))}
+        counts = index.encoding_counts(b.name)
         d: dict[str, Any] = {
             "name": b.name,
             "size": b.used_length,

@@ -224,7 +224,18 @@ def parse_device(obj: Any, index: int) -> DeviceDesc:
 
 
 def parse_description(text: bytes | str, offset: int | None = None) -> Description:
-    """Parse the JSON VM description."""
+    """Parse the JSON VM description (``offset``: where its text starts in the stream)."""
+    try:
+        return _parse_description(text, offset)
+    except DescriptionError as e:
+        if e.offset is None:
+            e.offset = offset
+        if e.section is None:
+            e.section = "VM description"
+        raise
+
+
+def _parse_description(text: bytes | str, offset: int | None) -> Description:
     raw = parse_json(text)
     page_size = raw.get("page_size")
     if page_size is not None and (

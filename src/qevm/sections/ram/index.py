@@ -6,6 +6,10 @@ multifd channel), or a code for "zero", "not in the stream", a zlib page, a
 page rebuilt from XBZRLE deltas (kept in a scratch file), or a page QEMU
 filled with a non-zero byte.  Records are applied in stream order, so the
 last copy of a page wins, zero pages included.
+
+The per-block arrays are allocated in chunks of 1 GiB of guest RAM when a
+page in them is first recorded, so what a block claims to be (a length field
+in the stream) costs nothing until pages arrive.
 """
 
 from __future__ import annotations
@@ -44,6 +48,57 @@ def _code(kind: int, offset: int) -> int:
     return (kind << KIND_SHIFT) | offset
 
 
+CHUNK_SHIFT = 18
+CHUNK = 1 << CHUNK_SHIFT
+_CHUNK_MASK = CHUNK - 1
+
+
+class PageMap:
+    """A per-page array allocated lazily in chunks; unset pages read as ``fill``."""
+
+    def __init__(self, npages: int, fill: Any, dtype: Any) -> None:
+        self.npages = npages
+        self.fill = fill
+        self.dtype = dtype
+        self.chunks: dict[int, np.ndarray] = {}
+
+    def chunk(self, c: int) -> np.ndarray:
+        arr = self.chunks.get(c)
+        if arr is None:
+            n = min(CHUNK, self.npages - (c << CHUNK_SHIFT))
+            arr = self.chunks[c] = np.full(n, self.fill, dtype=self.dtype)
+        return arr
+
+    def __getitem__(self, page: int) -> Any:
+        arr = self.chunks.get(page >> CHUNK_SHIFT)
+        return self.fill if arr is None else arr[page & _CHUNK_MASK]
+
+    def __setitem__(self, page: int, value: Any) -> None:
+        self.chunk(page >> CHUNK_SHIFT)[page & _CHUNK_MASK] = value
+
+    def set_many(self, pages: np.ndarray, values: Any) -> None:
+        """Set many pages (an array of page numbers) to values (array or scalar)."""
+        lo, hi = int(pages.min()) >> CHUNK_SHIFT, int(pages.max()) >> CHUNK_SHIFT
+        if lo == hi:
+            self.chunk(lo)[pages & np.uint64(_CHUNK_MASK)] = values
+            return
+        cs = pages >> np.uint64(CHUNK_SHIFT)
+        for c in np.unique(cs).tolist():
+            m = cs == c
+            self.chunk(c)[pages[m] & np.uint64(_CHUNK_MASK)] = (
+                values[m] if isinstance(values, np.ndarray) else values
+            )
+
+    def items(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first page, array)`` of the allocated chunks, in page order."""
+        for c in sorted(self.chunks):
+            yield c << CHUNK_SHIFT, self.chunks[c]
+
+    def unset(self) -> int:
+        """Pages in chunks never allocated."""
+        return self.npages - sum(len(a) for a in self.chunks.values())
+
+
 class ScratchPages:
     """Pages qevm had to compute (XBZRLE results), kept in a temporary file."""
 
@@ -77,10 +132,10 @@ class PageIndex(PageConsumer):
         self.shift = page_size.bit_length() - 1
         #: inputs[0] is the main stream; further ones are multifd channels.
         self.inputs = inputs
-        self.loc: dict[str, np.ndarray] = {}
+        self.loc: dict[str, PageMap] = {}
         self._scratch: ScratchPages | None = None
         #: Round in which each page was last set (only with extra channels).
-        self.epochs: dict[str, np.ndarray] | None = None
+        self.epochs: dict[str, PageMap] | None = None
 
     def track_epochs(self) -> None:
         """Remember per page the round it came in, to merge multifd channels."""
@@ -90,19 +145,19 @@ class PageIndex(PageConsumer):
     def add_block(self, block: RamBlock) -> None:
         npages = -(-block.used_length // self.page_size)
         old = self.loc.get(block.name)
-        if old is not None and len(old) == npages:
+        if old is not None and old.npages == npages:
             return
-        arr = np.full(npages, ABSENT, dtype=np.uint64)
-        if old is not None:
-            n = min(len(old), npages)
-            arr[:n] = old[:n]
-        self.loc[block.name] = arr
+        self.loc[block.name] = PageMap(npages, ABSENT, np.uint64)
         if self.epochs is not None:
-            self.epochs[block.name] = np.zeros(npages, dtype=np.uint32)
+            self.epochs[block.name] = PageMap(npages, 0, np.uint16)
 
-    def _stamp(self, name: str, pages: Any) -> None:
+    def _stamp(self, name: str, page: int) -> None:
         if self.epochs is not None:
-            self.epochs[name][pages] = self.epoch
+            self.epochs[name][page] = min(self.epoch, 0xFFFF)
+
+    def _stamp_many(self, name: str, pages: np.ndarray) -> None:
+        if self.epochs is not None:
+            self.epochs[name].set_many(pages, min(self.epoch, 0xFFFF))
 
     def zero(self, block: RamBlock, addr: int, fill: int = 0) -> None:
         i = addr >> self.shift
@@ -111,8 +166,8 @@ class PageIndex(PageConsumer):
 
     def zero_run(self, block: RamBlock, addrs: np.ndarray) -> None:
         pages = addrs >> np.uint64(self.shift)
-        self.loc[block.name][pages] = ZERO
-        self._stamp(block.name, pages)
+        self.loc[block.name].set_many(pages, ZERO)
+        self._stamp_many(block.name, pages)
 
     def page(
         self, block: RamBlock, addr: int, offset: int, r: Reader | None = None, src: int = 0
@@ -131,8 +186,8 @@ class PageIndex(PageConsumer):
     ) -> None:
         codes = offsets if src == 0 else offsets | np.uint64(src << KIND_SHIFT)
         pages = addrs >> np.uint64(self.shift)
-        self.loc[block.name][pages] = codes
-        self._stamp(block.name, pages)
+        self.loc[block.name].set_many(pages, codes)
+        self._stamp_many(block.name, pages)
 
     def zlib_page(self, block: RamBlock, addr: int, offset: int) -> None:
         """A zlib stream whose u32 length is at ``offset``, data right after it."""
@@ -144,15 +199,12 @@ class PageIndex(PageConsumer):
         """A page whose content qevm computed (XBZRLE, multifd compression)."""
         if self._scratch is None:
             self._scratch = ScratchPages(self.page_size)
-        arr = self.loc[block.name]
+        loc = self.loc[block.name]
         i = addr >> self.shift
-        cur = int(arr[i])
-        slot = (
-            cur & OFFSET_MASK
-            if cur >> KIND_SHIFT == KIND_SCRATCH and arr[i] not in (ABSENT, ZERO)
-            else None
-        )
-        arr[i] = _code(KIND_SCRATCH, self._scratch.put(slot, data))
+        cur = int(loc[i])
+        reuse = cur >> KIND_SHIFT == KIND_SCRATCH and cur not in (int(ABSENT), int(ZERO))
+        slot = cur & OFFSET_MASK if reuse else None
+        loc[i] = _code(KIND_SCRATCH, self._scratch.put(slot, data))
         self._stamp(block.name, i)
 
     def xbzrle(self, block: RamBlock, addr: int, delta: bytes, offset: int) -> None:
@@ -165,13 +217,16 @@ class PageIndex(PageConsumer):
 
     def mapped(self, block: RamBlock, bitmap: bytes, pages_offset: int, src: int = 0) -> None:
         """A mapped-ram block: set bits are pages at their slot, clear bits are zero."""
-        arr = self.loc[block.name]
-        n = len(arr)
+        loc = self.loc[block.name]
+        n = loc.npages
         bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")[:n]
-        slots = np.arange(n, dtype=np.uint64) * np.uint64(self.page_size) + np.uint64(pages_offset)
-        if src:
-            slots |= np.uint64(src << KIND_SHIFT)
-        arr[:] = np.where(bits.astype(bool), slots, ZERO)
+        ps = np.uint64(self.page_size)
+        for c in range(0, n, CHUNK):
+            m = min(CHUNK, n - c)
+            slots = np.arange(c, c + m, dtype=np.uint64) * ps + np.uint64(pages_offset)
+            if src:
+                slots |= np.uint64(src << KIND_SHIFT)
+            loc.chunk(c >> CHUNK_SHIFT)[:] = np.where(bits[c : c + m].astype(bool), slots, ZERO)
 
     # -- extra connections --------------------------------------------------------
     def _newer(self, name: str, page: int, epoch: int) -> bool:
@@ -181,7 +236,7 @@ class PageIndex(PageConsumer):
         ep = self.epochs[name]
         if ep[page] > epoch and self.loc[name][page] != ABSENT:
             return False
-        ep[page] = epoch
+        ep[page] = min(epoch, 0xFFFF)
         return True
 
     def channel_page(self, block: RamBlock, addr: int, src: int, offset: int, epoch: int) -> None:
@@ -200,11 +255,6 @@ class PageIndex(PageConsumer):
             saved, self.epochs = self.epochs, None
             self.computed(block, addr, data)
             self.epochs = saved
-
-    def computed_pages(self, name: str) -> list[int]:
-        """Pages whose bytes must be computed (zlib, XBZRLE, filled)."""
-        kinds = self.loc[name] >> np.uint64(KIND_SHIFT)
-        return np.flatnonzero((kinds >= KIND_ZLIB) & (kinds <= KIND_FILL)).tolist()
 
     # -- reading ----------------------------------------------------------------
     def read_page(self, name: str, page: int) -> bytes:
@@ -252,26 +302,43 @@ class PageIndex(PageConsumer):
             pos += take
         return bytes(out)
 
-    def encodings(self, name: str) -> np.ndarray:
-        """Per page: index into :data:`ENCODINGS`."""
-        arr = self.loc[name]
-        kinds = (arr >> np.uint64(KIND_SHIFT)).astype(np.uint16)
-        out = np.full(len(arr), 2, dtype=np.uint8)  # raw page
-        out[kinds == KIND_ZLIB] = 3
-        out[kinds == KIND_SCRATCH] = 4
-        out[kinds == KIND_FILL] = 5
-        out[arr == ZERO] = 1
-        out[arr == ABSENT] = 0
+    def encoding_counts(self, name: str) -> dict[str, int]:
+        """How many pages of the block are of each kind in :data:`ENCODINGS`."""
+        counts = dict.fromkeys(ENCODINGS, 0)
+        loc = self.loc[name]
+        counts["absent"] = loc.unset()
+        for _, arr in loc.items():
+            kinds = arr >> np.uint64(KIND_SHIFT)
+            zero = int((arr == ZERO).sum())
+            absent = int((arr == ABSENT).sum())
+            counts["zero"] += zero
+            counts["absent"] += absent
+            counts["zlib"] += int((kinds == KIND_ZLIB).sum())
+            counts["xbzrle"] += int((kinds == KIND_SCRATCH).sum())
+            counts["fill"] += int((kinds == KIND_FILL).sum())
+            counts["page"] += int((kinds < MAX_INPUTS).sum())
+        return counts
+
+    def computed_pages(self, name: str) -> list[int]:
+        """Pages whose bytes must be computed (zlib, XBZRLE, filled)."""
+        out: list[int] = []
+        for first, arr in self.loc[name].items():
+            kinds = arr >> np.uint64(KIND_SHIFT)
+            sel = np.flatnonzero((kinds >= KIND_ZLIB) & (kinds <= KIND_FILL))
+            out.extend((sel + first).tolist())
         return out
 
-    def data_runs(self, name: str) -> Iterator[tuple[int, int, int, int]]:
+    def data_runs(self, name: str) -> Iterator[tuple[int, int, int, int, int]]:
         """Runs of pages stored raw: ``(first_page, count, input, first_offset, stride)``.
 
         Consecutive pages whose bytes sit at a constant stride in one input
         (stride = page size for mapped-ram, header + page otherwise) form one
         run, so they can be copied with one vectored write.
         """
-        arr = self.loc[name]
+        for first, arr in self.loc[name].items():
+            yield from self._chunk_runs(first, arr)
+
+    def _chunk_runs(self, first: int, arr: np.ndarray) -> Iterator[tuple[int, int, int, int, int]]:
         kinds = arr >> np.uint64(KIND_SHIFT)
         raw = np.flatnonzero(kinds < np.uint64(MAX_INPUTS))
         if not len(raw):
@@ -283,18 +350,19 @@ class PageIndex(PageConsumer):
         br = np.ones(len(raw), dtype=bool)
         if len(raw) > 1:
             strides = np.diff(offs)
-            cont = (np.diff(raw) == 1) & (np.diff(kinds[raw].astype(np.int64)) == 0) & (strides > 0)
+            same_input = np.diff(kinds[raw].astype(np.int64)) == 0
+            cont = (np.diff(raw) == 1) & same_input & (strides > 0)
             br[1:] = ~cont
             br[2:] |= strides[1:] != strides[:-1]
         starts = np.flatnonzero(br)
         ends = np.append(starts[1:], len(raw))
         for s, e in zip(starts.tolist(), ends.tolist()):
-            first = int(codes[s])
-            kind, off = first >> KIND_SHIFT, first & OFFSET_MASK
-            stride = (
-                int(codes[s + 1] & np.uint64(OFFSET_MASK)) - off if e - s > 1 else self.page_size
-            )
-            yield int(raw[s]), e - s, kind, off, stride
+            code = int(codes[s])
+            kind, off = code >> KIND_SHIFT, code & OFFSET_MASK
+            stride = self.page_size
+            if e - s > 1:
+                stride = int(offs[s + 1]) - off
+            yield first + int(raw[s]), e - s, kind, off, stride
 
     def close(self) -> None:
         if self._scratch is not None:
