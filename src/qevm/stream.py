@@ -210,6 +210,8 @@ class StreamParser:
     """Reads a whole stream once.  Use :func:`parse_stream`."""
 
     def __init__(self, source: Source, options: ParseOptions) -> None:
+        self.input = source
+        #: Where bytes are read from (an in-memory copy after _buffer_rest).
         self.source = source
         self.r = Reader(source)
         self.ctx = ParseContext(self.r, options)
@@ -234,7 +236,7 @@ class StreamParser:
             self.desc = self.stream_desc
         self._decode_pending()
         return ParsedStream(
-            self.source,
+            self.input,
             header,
             records,
             self.entries,
