@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 #: Most buffers one pwritev call takes (Linux IOV_MAX).
 IOV_MAX = 1024
+#: Input bytes copied between hints that they can leave memory.
+COPY_STEP = 16 << 20
 
 
 @dataclass
@@ -183,25 +185,24 @@ def copy_block_range(
         soff = off + (lo - page) * stride
         n = hi - lo
         out = dest + (lo - first) * ps
-        view = index.inputs[src].view()
-        if view is not None:
-            if stride == ps:
-                _pwritev_all(
-                    fd,
-                    [
-                        view[soff + i : soff + min(i + (1 << 24), n * ps)]
-                        for i in range(0, n * ps, 1 << 24)
-                    ],
-                    out,
-                )
-            else:
-                _pwritev_all(
-                    fd, [view[soff + i * stride : soff + i * stride + ps] for i in range(n)], out
-                )
-        else:
-            read_at = index.inputs[src].read_at
+        source = index.inputs[src]
+        view = source.view()
+        if view is None:
             for i in range(n):
-                os.pwrite(fd, read_at(soff + i * stride, ps), out + i * ps)
+                os.pwrite(fd, source.read_at(soff + i * stride, ps), out + i * ps)
+            written += n * ps
+            continue
+        # In steps, each step's input pages dropped from memory once written.
+        step = max(1, COPY_STEP // stride)
+        for i0 in range(0, n, step):
+            k = min(step, n - i0)
+            lo_off = soff + i0 * stride
+            if stride == ps:
+                bufs = [view[lo_off : lo_off + k * ps]]
+            else:
+                bufs = [view[lo_off + i * stride : lo_off + i * stride + ps] for i in range(k)]
+            _pwritev_all(fd, bufs, out + i0 * ps)
+            source.release(lo_off, lo_off + k * stride)
         written += n * ps
     for page in index.computed_pages(name):
         if first <= page < last:

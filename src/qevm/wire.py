@@ -14,6 +14,9 @@ from typing import BinaryIO
 from .errors import FormatError, TruncatedError
 from .source.base import CHUNK, Source
 
+#: Bytes read through a mapped input between hints that they can be dropped.
+RELEASE_STEP = 32 << 20
+
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -28,7 +31,7 @@ class Reader:
     in place; call :meth:`ensure` before touching ``buf[pos:pos+n]``.
     """
 
-    __slots__ = ("source", "buf", "pos", "base", "limit", "_mapped", "_eof", "_mark")
+    __slots__ = ("source", "buf", "pos", "base", "limit", "_mapped", "_eof", "_mark", "_released")
 
     def __init__(self, source: Source, offset: int | None = None) -> None:
         self.source = source
@@ -37,6 +40,7 @@ class Reader:
         self.limit: int | None = None
         self._eof = False
         self._mark: int | None = None
+        self._released = 0
         if view is not None:
             self.buf = view
             self.base = 0
@@ -129,6 +133,12 @@ class Reader:
             if len(more) < want:
                 self._eof = True
         self.buf = bytes(keep) + more if keep else more
+
+    def release_behind(self) -> None:
+        """Let a mapped input drop from memory what lies behind the position."""
+        if self._mapped and self.offset - self._released >= RELEASE_STEP:
+            self.source.release(self._released, self.offset)
+            self._released = self.offset
 
     def mark(self) -> None:
         """Keep every byte from here on in memory until :meth:`since_mark`."""

@@ -69,6 +69,9 @@ class Source:
         """A file descriptor whose offsets equal this source's, when one exists."""
         return None
 
+    def release(self, start: int, end: int) -> None:
+        """Hint that bytes ``[start, end)`` are not needed in memory any more."""
+
     def close(self) -> None:
         """Release the source."""
 
@@ -121,6 +124,17 @@ class FileSource(Source):
 
     def view(self) -> memoryview:
         return self._view
+
+    def release(self, start: int, end: int) -> None:
+        # Pages of the mapping that were read count in the process's RSS until
+        # dropped; they stay in the page cache, a later read maps them again.
+        if self._map is None or not hasattr(self._map, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        lo = start - start % page
+        hi = min(end - end % page, len(self._map))
+        if hi > lo:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def find(self, pattern: bytes, start: int, end: int) -> int:
         """Offset of ``pattern`` in ``[start, end)``, or -1."""

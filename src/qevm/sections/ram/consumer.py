@@ -25,6 +25,8 @@ class PageConsumer:
     streaming = False
     #: The round of RAM the main channel is in (multifd sync points seen).
     epoch = 0
+    #: Consumers that import numpy anyway let the reader use it from the start.
+    uses_numpy = False
 
     def __init__(self, page_size: int) -> None:
         self.page_size = page_size

@@ -127,6 +127,8 @@ class ScratchPages:
 class PageIndex(PageConsumer):
     """Page locations per RAM block, built while the stream is read."""
 
+    uses_numpy = True
+
     def __init__(self, page_size: int, inputs: list[Source]) -> None:
         super().__init__(page_size)
         self.shift = page_size.bit_length() - 1

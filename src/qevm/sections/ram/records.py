@@ -54,6 +54,8 @@ MAPPED_RAM_VERSION = 1
 #: zlib's compressBound(64 KiB) is below this; QEMU checks against the page size.
 _U64 = struct.Struct(">Q")
 
+#: Most bytes of records one vectorised step looks at.
+MAX_RUN_BYTES = 16 << 20
 #: Records read one by one before numpy is imported for long runs (numpy's
 #: import costs as much as ~200 Ki records read in pure Python).
 VECTOR_AFTER = 262144
@@ -133,6 +135,10 @@ class RamState:
         if self.consumer is None:
             factory = self.ctx.options.ram_consumer or (lambda ctx, ps: PageConsumer(ps))
             self.consumer = factory(self.ctx, self.page_size)
+            if self.consumer.uses_numpy and self._np is None:
+                import numpy
+
+                self._np = numpy
             for b in self.blocks.values():
                 self.consumer.add_block(b)
 
@@ -171,7 +177,6 @@ class RamState:
         if self.page_size is None and ctx.page_size is not None:
             self.page_size = ctx.page_size
         counts = stats.records
-        progress = ctx.progress
         n = 0
         next_check = 0x4000
         while True:
@@ -214,6 +219,7 @@ class RamState:
                 if not self._seen_flush and self.consumer is not None:
                     self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
                 self._records_seen += n
+                self._housekeeping(r)
                 return stats
             elif kind == FLAG_MEM_SIZE:
                 stats.blocks.extend(self._mem_size(r, addr, off))
@@ -257,12 +263,17 @@ class RamState:
             n += 1
             if n >= next_check:
                 next_check = n + 0x4000
-                if progress is not None:
-                    progress(r.offset)
-                if self._np is None and n + self._records_seen >= VECTOR_AFTER:
-                    import numpy
+                self._housekeeping(r, n)
 
-                    self._np = numpy
+    def _housekeeping(self, r: Reader, pending: int = 0) -> None:
+        """Now and then: report progress, drop what was read, switch to numpy."""
+        r.release_behind()
+        if self.ctx.progress is not None:
+            self.ctx.progress(r.offset)
+        if self._np is None and pending + self._records_seen >= VECTOR_AFTER:
+            import numpy
+
+            self._np = numpy
 
     def _page_size_for(self, r: Reader, off: int, flags: int) -> int:
         machine = self.ctx.machine or ""
@@ -376,13 +387,14 @@ class RamState:
         mask = np.uint64(ps - 1)
         used = np.uint64(block.used_length)
         while True:
-            n = min(self._run_hint, r.available() // size)
+            r.release_behind()
+            n = min(self._run_hint, r.available() // size, MAX_RUN_BYTES // size)
             if n < 8:
                 try:
                     r.ensure(size * 64)
                 except TruncatedError:
                     pass
-                n = min(self._run_hint, r.available() // size)
+                n = min(self._run_hint, r.available() // size, MAX_RUN_BYTES // size)
                 if n < 2:
                     return total
             hdr = np.ndarray((n,), ">u8", r.buf, r.pos, (size,)).astype(np.uint64)
