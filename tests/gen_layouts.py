@@ -159,7 +159,7 @@ RECIPES: dict[str, tuple[str, list[str], list[tuple[str, int]]]] = {
             "-numa",
             "node,nodeid=1,cpus=1,memdev=n1",
         ],
-        [("pattern16k.bin", 0x48000000), ("rand10k.bin", 0x50000000)],
+        [("pattern16k.bin", 0x48000000), ("rand10k.bin", 0x4FFF0000)],
     ),
     "riscv64-virt-numa": (
         "qemu-system-riscv64",
