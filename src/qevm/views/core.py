@@ -139,13 +139,36 @@ def target_for(mig: Migration) -> tuple[Target, list[str]]:
     """The ELF machine, byte order and notes of ``mig``'s CPUs, plus warnings."""
     from .cpu import cpus
 
-    warnings: list[str] = []
     try:
         found = cpus(mig)
     except QevmError as e:
         return Target(0, "<", b""), [f"no CPU notes: {e}"]
     if not found:
         return Target(0, "<", b""), ["no CPU notes: the stream has no CPU"]
+    try:
+        return _target(found)
+    except KeyError as e:  # a register the notes need is not in the stream's cpu state
+        machine, endian = _machine(found[0])
+        return Target(machine, endian, b""), [f"no CPU notes: register {e} is not in the stream"]
+
+
+def _machine(cpu: CpuState) -> tuple[int, str]:
+    """ELF machine and byte order for the first CPU (as QEMU's cpu_get_dump_info picks them)."""
+    r = cpu.registers
+    if cpu.arch in ("x86_64", "i386"):
+        return (EM_X86_64 if r.get("efer", 0) & (1 << 10) else EM_386), "<"
+    return {
+        "aarch64": (EM_AARCH64, "<"),
+        "riscv64": (EM_RISCV, "<"),
+        "arm": (EM_ARM, "<"),
+        "ppc64": (EM_PPC64, "<" if r.get("msr", 0) & 1 else ">"),
+        "s390x": (EM_S390, ">"),
+        "loongarch64": (EM_LOONGARCH, "<"),
+    }.get(cpu.arch, (0, "<"))
+
+
+def _target(found: list[CpuState]) -> tuple[Target, list[str]]:
+    warnings: list[str] = []
     arch = found[0].arch
     notes: list[bytes] = []
     if arch in ("x86_64", "i386"):
@@ -167,12 +190,7 @@ def target_for(mig: Migration) -> tuple[Target, list[str]]:
         for c in found:
             notes.append(_note(b"CORE", NT_PRSTATUS, _riscv64_prstatus(c, c.index + 1), "<"))
         return Target(EM_RISCV, "<", b"".join(notes)), warnings
-    machine, endian = {
-        "arm": (EM_ARM, "<"),
-        "ppc64": (EM_PPC64, "<" if found[0].registers.get("msr", 0) & 1 else ">"),
-        "s390x": (EM_S390, ">"),
-        "loongarch64": (EM_LOONGARCH, "<"),
-    }.get(arch, (0, "<"))
+    machine, endian = _machine(found[0])
     warnings.append(f"no CPU notes for {arch} (memory only)")
     return Target(machine, endian, b""), warnings
 
