@@ -1,0 +1,183 @@
+"""Guest-physical memory layout: which RAM block backs which guest-physical range.
+
+>>> from qevm.views.memmap import layout
+>>> with qevm.open("vm.mig", index_ram=True) as mig:
+...     for r in layout(mig).ranges:
+...         print(hex(r.gpa), hex(r.size), r.block, hex(r.offset), r.source)
+
+The layout is derived from the stream: the machine type (configuration
+section), the RAM blocks and their sizes, device state (the RTC's CMOS, PCI
+configuration space with BARs and PAM registers) and the firmware tables
+QEMU built for the guest (ACPI SRAT in ``etc/acpi/tables``), falling back to
+QEMU's documented rules per board.  ``overrides`` (``--map``) replace what
+qevm derived for the blocks they name.
+
+A small registry maps machine families to layout functions: each family
+says which machine types (and, for the unversioned ``virt`` boards, which
+RAM block names or CPU architectures) it covers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ...errors import UsageError
+from . import boards, x86
+from .model import Context, Painter, Range, parse_overrides
+
+if TYPE_CHECKING:
+    from ...migration import Migration
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of machines sharing one layout function."""
+
+    name: str
+    #: regular expression on the machine type (configuration section)
+    machine: str
+    build: Callable[[Context, Painter], None]
+    #: for machine types several targets share (``virt``): a block name or CPU arch it needs
+    blocks: tuple[str, ...] = ()
+    arches: tuple[str, ...] = ()
+
+
+FAMILIES: list[Family] = [
+    Family("q35", r"^pc-q35-|^q35$", lambda c, p: x86.layout(c, p, "q35")),
+    Family("microvm", r"^microvm", lambda c, p: x86.layout(c, p, "microvm")),
+    Family("isapc", r"^isapc$", lambda c, p: x86.layout(c, p, "isapc")),
+    Family("pc", r"^pc(-i440fx-.*|-\d.*)?$|^xenfv", lambda c, p: x86.layout(c, p, "pc")),
+    Family("pseries", r"^pseries", boards.pseries),
+    Family("s390-ccw-virtio", r"^s390-ccw-virtio", boards.s390_ccw),
+    Family(
+        "riscv virt",
+        r"^virt$",
+        boards.riscv_virt,
+        blocks=("riscv_virt_board.ram", "riscv_virt_board.mrom"),
+        arches=("riscv64", "riscv32"),
+    ),
+    Family(
+        "loongarch virt",
+        r"^virt$",
+        boards.loongarch_virt,
+        blocks=("loongarch.ram",),
+        arches=("loongarch64",),
+    ),
+    Family(
+        "arm virt",
+        r"^virt(-\d.*)?$",
+        boards.arm_virt,
+        blocks=("mach-virt.ram",),
+        arches=("aarch64", "arm"),
+    ),
+]
+
+
+@dataclass
+class MemoryMap:
+    """The layout of one stream: ranges by guest-physical address."""
+
+    machine: str | None
+    family: str | None
+    ranges: list[Range]
+    #: RAM blocks that back no guest-physical range (and why, when known)
+    unmapped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "family": self.family,
+            "ranges": [r.to_json() for r in self.ranges],
+            "unmapped_blocks": self.unmapped,
+            "notes": self.notes,
+        }
+
+
+def family_for(ctx: Context) -> Family | None:
+    """The registered family of the stream's machine type."""
+    machine = ctx.machine
+    candidates = [f for f in FAMILIES if re.search(f.machine, machine)]
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    for f in candidates:
+        if any(b in ctx.blocks for b in f.blocks):
+            return f
+    arch = ctx.arch()
+    for f in candidates:
+        if arch in f.arches:
+            return f
+    return None
+
+
+def _default_reader(mig: Migration) -> Callable[[str, int, int], bytes]:
+    index = mig.page_index
+    return lambda name, off, n: index.read(name, off, n)
+
+
+def layout(
+    mig: Migration,
+    overrides: str | list[str] | list[tuple[str, int, int, int | None]] | None = None,
+    *,
+    read: Callable[[str, int, int], bytes] | None = None,
+) -> MemoryMap:
+    """The guest-physical layout of ``mig``'s RAM blocks.
+
+    ``overrides`` is ``--map`` text (``BLOCK=GPA[+OFFSET:LEN],...``) or parsed
+    tuples; ``read(block, offset, length)`` reads block bytes (by default
+    from the page index, so open the stream with ``index_ram=True``).
+    Raises :class:`~qevm.errors.UsageError` for an unknown machine without
+    overrides, or overrides naming blocks the stream does not have.
+    """
+    blocks = {b.name: b.used_length for b in mig.ram_blocks}
+    ctx = Context(mig, blocks, read or _default_reader(mig))
+    items = (
+        overrides
+        if isinstance(overrides, list) and overrides and isinstance(overrides[0], tuple)
+        else parse_overrides(overrides)  # type: ignore[arg-type]
+    )
+    fam = family_for(ctx)
+    painter = Painter()
+    if fam is not None:
+        fam.build(ctx, painter)
+    elif not items:
+        raise UsageError(
+            f"qevm does not know the memory layout of machine {mig.machine or '(unknown)'!r}; "
+            f"give it with --map BLOCK=GPA[+OFFSET:LEN] (blocks: {', '.join(blocks)})"
+        )
+    if items:
+        _apply_overrides(painter, blocks, items)  # type: ignore[arg-type]
+    ranges = painter.ranges()
+    used = {r.block for r in ranges}
+    unmapped = [b for b in blocks if b not in used]
+    for b in mig.ram_blocks:
+        if not b.in_stream and b.name in used:
+            ctx.notes.append(f"{b.name} is not in the stream (x-ignore-shared): reads as zeros")
+    return MemoryMap(mig.machine, fam.name if fam else None, ranges, unmapped, ctx.notes)
+
+
+def _apply_overrides(
+    painter: Painter, blocks: dict[str, int], items: list[tuple[str, int, int, int | None]]
+) -> None:
+    named = {name for name, *_ in items}
+    for name in named:
+        if name not in blocks:
+            raise UsageError(f"--map names block {name!r}; blocks: {', '.join(blocks)}")
+    # the block's derived ranges go; the given ones replace them
+    for r in painter.ranges():
+        if r.block in named:
+            painter.cut(r.gpa, r.size)
+    for name, gpa, offset, length in items:
+        size = blocks[name]
+        n = size - offset if length is None else length
+        if offset + n > size or n <= 0:
+            raise UsageError(
+                f"--map {name}={gpa:#x}+{offset:#x}:{n:#x} is outside the block ({size:#x} bytes)"
+            )
+        painter.paint(Range(gpa, n, name, offset, "--map"))
+
+
+__all__ = ["FAMILIES", "Family", "MemoryMap", "Range", "layout", "parse_overrides"]
