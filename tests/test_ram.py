@@ -84,10 +84,14 @@ def test_live_ram_equals_destination(name):
             assert hashlib.sha256(data).hexdigest() == digest, (name, f"MiB {i}")
 
 
-def test_multifd_without_channels_reports_missing_pages():
-    with qevm.open(unpack(LIVE["multifd-111"]), index_ram=True, decode_devices=False) as mig:
+def test_multifd_without_channels_reports_missing_pages(capsys):
+    path = unpack(LIVE["multifd-111"])
+    with qevm.open(path, index_ram=True, decode_devices=False) as mig:
         missing = mig.missing_pages()
     assert missing.get("pc.ram") == 65536
+    assert cli_main(["ram", str(path), "--json"]) == 0
+    pcram = next(b for b in json.loads(capsys.readouterr().out)["blocks"] if b["name"] == "pc.ram")
+    assert pcram["missing_ranges"] == [[0, 0x10000000]]
 
 
 def test_encodings_are_seen():

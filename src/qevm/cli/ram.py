@@ -174,6 +174,10 @@ def ram_json(mig: Migration) -> dict[str, Any]:
         }
         if b.name in missing:
             d["missing_pages"] = missing[b.name]
+            ps = index.page_size
+            d["missing_ranges"] = [
+                [first * ps, count * ps] for first, count in index.absent_ranges(b.name)
+            ]
         blocks.append(d)
     return {
         "page_size": mig.page_size,
@@ -241,11 +245,12 @@ def _print_stats(j: dict[str, Any]) -> None:
         pages = ", ".join(f"{k} {v}" for k, v in b["pages"].items())
         recs = ", ".join(f"{k} {v}" for k, v in sorted(b["records"].items()) if v)
         w(f"{b['name']:40} {b['size']:#12x}  {pages}\n")
-        w(f"{'':40} {'':>12}  records: {recs or 'none (not in the stream)'}\n")
+        w(f"{'':40} {'':>12}  records: {recs or 'none'}\n")
         if "missing_pages" in b:
+            ranges = ", ".join(f"{o:#x}+{n:#x}" for o, n in b["missing_ranges"])
             w(
-                f"{'':40} {'':>12}  {b['missing_pages']} pages missing: give the multifd "
-                "channels with --channel\n"
+                f"{'':40} {'':>12}  {b['missing_pages']} pages missing ({ranges}): give the "
+                "multifd channels with --channel\n"
             )
     for c in j["channels"]:
         w(

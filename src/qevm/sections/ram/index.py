@@ -321,6 +321,30 @@ class PageIndex(PageConsumer):
             counts["page"] += int((kinds < MAX_INPUTS).sum())
         return counts
 
+    def absent_ranges(self, name: str, limit: int = 16) -> list[tuple[int, int]]:
+        """Up to ``limit`` runs ``(first page, count)`` of pages no record gave."""
+        loc = self.loc[name]
+        out: list[tuple[int, int]] = []
+        pos = 0
+        for first, arr in [*loc.items(), (loc.npages, None)]:
+            if first > pos:
+                out.append((pos, first - pos))  # a chunk never allocated
+            if arr is None:
+                break
+            absent = np.flatnonzero(arr == ABSENT)
+            if len(absent):
+                breaks = np.flatnonzero(np.diff(absent) != 1) + 1
+                for run in np.split(absent, breaks):
+                    out.append((first + int(run[0]), len(run)))
+            pos = first + len(arr)
+        merged: list[tuple[int, int]] = []
+        for start, n in out:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((start, n))
+        return merged[:limit]
+
     def computed_pages(self, name: str) -> list[int]:
         """Pages whose bytes must be computed (zlib, XBZRLE, filled)."""
         out: list[int] = []
