@@ -237,6 +237,12 @@ class _Bits:
     def __init__(self) -> None:
         self._chunks: dict[int, bytearray] = {}
 
+    def any_in(self, pages: np.ndarray) -> bool:
+        """Whether a chunk holding any of ``pages`` has ever been marked."""
+        if not self._chunks:
+            return False
+        return any(c in self._chunks for c in set((pages >> self.SHIFT).tolist()))
+
     def get(self, page: int) -> bool:
         chunk = self._chunks.get(page >> self.SHIFT)
         i = page & ((1 << self.SHIFT) - 1)
@@ -300,6 +306,9 @@ class StreamingSink(PageConsumer):
             self._put(name, addr, self._zero)
 
     def zero_run(self, block: RamBlock, addrs: np.ndarray) -> None:
+        bits = self._written.get(block.name)
+        if bits is None or not bits.any_in(addrs // self.page_size):
+            return  # none of these pages holds data yet: nothing to clear
         for a in addrs.tolist():
             self.zero(block, a)
 
