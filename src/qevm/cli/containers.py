@@ -9,7 +9,6 @@ import sys
 from ..errors import UsageError
 from ..render import jsonout
 from ..source import open_source
-from ..source.qcow2 import list_snapshots
 from . import command
 
 
@@ -31,6 +30,8 @@ def _clock(ns: int) -> str:
 def run_snapshots(args: argparse.Namespace) -> int:
     # format="stream" opens the file without unwrapping it: the image itself is wanted.
     with open_source(args.image, format="stream") as src:
+        from ..source.qcow2 import list_snapshots
+
         snaps = list_snapshots(src)
     if args.json:
         jsonout.dump(snaps, sys.stdout, indent=2)

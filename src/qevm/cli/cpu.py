@@ -7,7 +7,6 @@ import sys
 
 from ..errors import UsageError
 from ..render import jsonout
-from ..views.cpu import cpus
 from . import add_input, command, open_stream
 
 
@@ -20,6 +19,8 @@ def _setup(p: argparse.ArgumentParser) -> None:
 @command("cpu", "CPU registers by name, from the decoded cpu sections", _setup)
 def run_cpu(args: argparse.Namespace) -> int:
     with open_stream(args) as mig:
+        from ..views.cpu import cpus
+
         found = cpus(mig)
     if args.cpu is not None:
         chosen = [c for c in found if c.index == args.cpu]

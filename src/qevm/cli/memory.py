@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..render import jsonout
 from ..source import open_source
-from ..views.core import layout_streamed, write_core
-from ..views.memmap import MemoryMap, layout, parse_overrides
 from . import add_input, command
 from .progress import Progress
 
@@ -29,7 +28,7 @@ def _setup_memmap(p: argparse.ArgumentParser) -> None:
     _add_map(p)
 
 
-def print_memmap(mm: MemoryMap, out: object = None) -> None:
+def print_memmap(mm: Any, out: object = None) -> None:
     """The layout as a table: range, size, block and offset, kind, source."""
     w = (out or sys.stdout).write  # type: ignore[attr-defined]
     w(f"machine  {mm.machine or '(unknown)'}  ({mm.family or 'from --map'})\n")
@@ -50,6 +49,8 @@ def print_memmap(mm: MemoryMap, out: object = None) -> None:
 )
 def run_memmap(args: argparse.Namespace) -> int:
     from .. import open as qopen
+    from ..views.core import layout_streamed
+    from ..views.memmap import layout, parse_overrides
 
     overrides = parse_overrides(args.map)
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
@@ -97,6 +98,9 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     _setup_memory,
 )
 def run_memory(args: argparse.Namespace) -> int:
+    from ..views.core import write_core
+    from ..views.memmap import parse_overrides
+
     overrides = parse_overrides(args.map)
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
     progress = Progress("reading", src.size)

@@ -19,8 +19,8 @@ from typing import Any, TextIO
 
 _esc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
-#: Flush to the output after this many pieces.
-_FLUSH = 8192
+#: Flush to the output once this many characters are pending.
+_FLUSH = 1 << 16
 #: Items formatted at a time for big arrays.
 _CHUNK = 4096
 
@@ -42,23 +42,24 @@ def _scalar(v: Any) -> str:
 
 
 class _Out:
-    __slots__ = ("parts", "write")
+    __slots__ = ("parts", "size", "write")
 
     def __init__(self, write: Callable[[str], Any]) -> None:
         self.parts: list[str] = []
+        self.size = 0
         self.write = write
 
     def add(self, s: str) -> None:
-        parts = self.parts
-        parts.append(s)
-        if len(parts) >= _FLUSH:
-            self.write("".join(parts))
-            parts.clear()
+        self.parts.append(s)
+        self.size += len(s)
+        if self.size >= _FLUSH:
+            self.flush()
 
     def flush(self) -> None:
         if self.parts:
             self.write("".join(self.parts))
             self.parts.clear()
+            self.size = 0
 
 
 def dumps(obj: Any, indent: int = 4) -> str:
