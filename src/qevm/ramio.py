@@ -278,6 +278,8 @@ class StreamingSink(PageConsumer):
         # pages written with data so far, per block (a later ZERO must clear them)
         self._written: dict[str, _Bits] = {}
         self._zero = bytes(page_size)
+        # consecutive pages not yet written: block, first address, buffers
+        self._run: tuple[str, int, list[Any]] | None = None
 
     def add_block(self, block: RamBlock) -> None:
         if block.name in self._written:
@@ -294,10 +296,18 @@ class StreamingSink(PageConsumer):
         for fd, dest, _src, _n in self.placements[name].locate(addr, len(data)):
             os.pwrite(fd, data, dest)
 
+    def flush(self) -> None:
+        """Write the pages gathered so far."""
+        if self._run is not None:
+            name, addr, bufs = self._run
+            self._run = None
+            self._flush(name, addr, bufs)
+
     def zero(self, block: RamBlock, addr: int, fill: int = 0) -> None:
         name = block.name
         if name not in self.placements:
             return
+        self.flush()
         page = addr // self.page_size
         if fill:
             self._put(name, addr, bytes((fill,)) * self.page_size)
@@ -317,8 +327,17 @@ class StreamingSink(PageConsumer):
         if name not in self.placements:
             return
         i = offset - r.base
-        self._put(name, addr, r.buf[i : i + self.page_size])
+        # A view keeps the reader's old window alive after a refill, so pages
+        # can be gathered and written together.
+        data = memoryview(r.buf)[i : i + self.page_size]
         self._mark(name, addr // self.page_size, True)
+        run = self._run
+        if run is not None and run[0] == name and len(run[2]) < IOV_MAX:
+            if run[1] + len(run[2]) * self.page_size == addr:
+                run[2].append(data)
+                return
+        self.flush()
+        self._run = (name, addr, [data])
 
     def page_run(
         self, block: RamBlock, addrs: np.ndarray, offsets: np.ndarray, r: Reader, src: int = 0
@@ -326,6 +345,7 @@ class StreamingSink(PageConsumer):
         name = block.name
         if name not in self.placements:
             return
+        self.flush()
         ps = self.page_size
         base = r.base
         buf = r.buf
@@ -360,6 +380,7 @@ class StreamingSink(PageConsumer):
         name = block.name
         if name not in self.placements:
             return
+        self.flush()
         page = bytearray(self._current(name, addr))
         try:
             xbzrle.decode(delta, page)
@@ -369,6 +390,7 @@ class StreamingSink(PageConsumer):
 
     def computed(self, block: RamBlock, addr: int, data: bytes) -> None:
         if block.name in self.placements:
+            self.flush()
             self._put(block.name, addr, data)
             self._mark(block.name, addr // self.page_size, True)
 
@@ -388,6 +410,7 @@ class StreamingSink(PageConsumer):
         self.computed(block, addr, page)
 
     def mapped_stream(self, block: RamBlock, bitmap: bytes, r: Reader) -> None:
+        self.flush()
         name = block.name
         ps = self.page_size
         npages = block.used_length // ps

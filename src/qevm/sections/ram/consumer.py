@@ -34,6 +34,9 @@ class PageConsumer:
     def add_block(self, block: RamBlock) -> None:
         """A block announced by MEM_SIZE."""
 
+    def flush(self) -> None:
+        """The end of a RAM section: finish what was gathered."""
+
     def zero(self, block: RamBlock, addr: int, fill: int = 0) -> None:
         """A ZERO record (``fill`` is the byte old QEMUs filled the page with)."""
 

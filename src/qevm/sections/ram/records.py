@@ -220,6 +220,8 @@ class RamState:
                     self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
                 self._records_seen += n
                 self._housekeeping(r)
+                if self.consumer is not None:
+                    self.consumer.flush()
                 return stats
             elif kind == FLAG_MEM_SIZE:
                 stats.blocks.extend(self._mem_size(r, addr, off))
