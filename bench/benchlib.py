@@ -1,19 +1,20 @@
 """Helpers shared by the benchmark scripts: paths, measured child processes, tables.
 
-Every measured command runs in a fresh child process; its wall time is taken around
-``Popen`` .. ``os.wait4`` and its peak RSS is that child's own ``ru_maxrss`` as returned
-by ``wait4`` (so one run never inherits another's peak, unlike ``RUSAGE_CHILDREN``).
+Every measured command runs in a fresh child process, started by a small launcher that
+forks and execs it and takes its wall time around ``fork`` .. ``os.wait4`` and its peak
+RSS from that child's own ``ru_maxrss`` as ``wait4`` returns it (so a run never inherits
+another's peak, as it would with ``RUSAGE_CHILDREN`` deltas, nor the benchmark's own RSS).
 """
 
 from __future__ import annotations
 
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,15 +73,28 @@ class Run:
         return self.returncode == 0
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, os.struct_rusage]:
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage
-
-
-def _stderr_text(f: IO[bytes]) -> str:
-    f.seek(0)
-    return f.read().decode("utf-8", "replace")[-4000:]
+#: Runs ``argv`` as its own child and writes that child's wall time and rusage to a file.
+#: Measuring through this small process matters: a child's ``ru_maxrss`` starts at the RSS
+#: of the process that forked it (Linux keeps the pre-exec high-water mark), so a child
+#: forked straight from a benchmark that holds big JSON documents would inherit their size.
+_LAUNCHER = """\
+import os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        print(f"{argv[0]}: {e}", file=sys.stderr)
+    os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+rc = os.waitstatus_to_exitcode(status)
+with open(out, "w") as f:
+    f.write(f"{wall!r} {ru.ru_utime!r} {ru.ru_stime!r} {ru.ru_maxrss} {rc}")
+sys.exit(0)
+"""
 
 
 def run(
@@ -93,45 +107,65 @@ def run(
 ) -> Run:
     """Run ``argv`` (optionally fed by the pipeline ``stdin_from | argv``), measured.
 
-    ``stdout`` is a file to write the output to (``None``: discarded).  With
-    ``stdin_from`` the wall time spans the whole pipeline and the RSS is ``argv``'s own.
+    ``stdout`` is a file to write the output to (``None``: discarded).  The wall time
+    and peak RSS are ``argv``'s own; with ``stdin_from`` the wall time covers the whole
+    pipeline, since ``argv`` reads until the producer is done.
     """
     argv = list(argv)
     out = open(stdout, "wb") if stdout is not None else subprocess.DEVNULL  # noqa: SIM115
     err = tempfile.TemporaryFile()  # noqa: SIM115
+    fd, result = tempfile.mkstemp(prefix="bench-rusage-")
+    os.close(fd)
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, result, *argv]
     feeder: subprocess.Popen[bytes] | None = None
     try:
-        t0 = time.perf_counter()
         if stdin_from is not None:
             feeder = subprocess.Popen(list(stdin_from), stdout=subprocess.PIPE, cwd=cwd)
-            proc = subprocess.Popen(
-                argv, stdin=feeder.stdout, stdout=out, stderr=err, cwd=cwd, env=env
-            )
             assert feeder.stdout is not None
+            proc = subprocess.Popen(
+                launcher, stdin=feeder.stdout, stdout=out, stderr=err, cwd=cwd, env=env
+            )
             feeder.stdout.close()  # the consumer holds the only read end now
         else:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env
+                launcher, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env
             )
-        rc, usage = _wait(proc)
-        if feeder is not None:
-            frc, _ = _wait(feeder)
-            if rc == 0 and frc != 0:
-                rc = frc
-        wall = time.perf_counter() - t0
+        if proc.wait() != 0:
+            raise RuntimeError(f"measuring launcher failed: {_stderr_text(err)}")
+        feeder_rc = feeder.wait() if feeder is not None else 0
+        wall, user, sys_, maxrss, rc = Path(result).read_text().split()
+        returncode = int(rc) or feeder_rc
         return Run(
             argv=argv,
-            wall=wall,
-            user=usage.ru_utime,
-            sys=usage.ru_stime,
-            maxrss=usage.ru_maxrss * 1024,  # Linux reports KiB
-            returncode=rc,
+            wall=float(wall),
+            user=float(user),
+            sys=float(sys_),
+            maxrss=int(maxrss) * 1024,  # Linux reports KiB
+            returncode=returncode,
             stderr=_stderr_text(err),
         )
     finally:
         if stdout is not None:
             out.close()  # type: ignore[union-attr]
         err.close()
+        os.unlink(result)
+
+
+def _stderr_text(f: IO[bytes]) -> str:
+    """The start and the end of what was written to ``f`` (errors can be huge)."""
+    f.seek(0)
+    text = f.read().decode("utf-8", "replace")
+    return text if len(text) <= 8000 else text[:4000] + "\n[...]\n" + text[-2000:]
+
+
+def first_error(stderr: str) -> str:
+    """The first ``SomeError: message`` line of a Python traceback, else the last line."""
+    lines = stderr.strip().splitlines()
+    for line in lines:
+        m = re.match(r"^[\w.]*(Error|Exception|Exit): ", line)
+        if m:
+            return line[:200]
+    return lines[-1][:200] if lines else "?"
 
 
 def best_of(n: int, once: Callable[[], Run], before: Callable[[], None] | None = None) -> Run:
@@ -187,11 +221,17 @@ def verdict(ok: bool) -> str:
 
 
 def machine_line() -> str:
-    """Cores, Python and date, for the record."""
+    """Date, cores, Python and load, for the record."""
     import datetime
     import platform
 
     return (
-        f"{datetime.date.today().isoformat()}  {platform.node()}  {os.cpu_count()} cores  "
-        f"Python {platform.python_version()}  {platform.platform()}"
+        f"{datetime.datetime.now().isoformat(timespec='minutes')}  {os.cpu_count()} cores  "
+        f"Python {platform.python_version()}  {platform.platform()}  {load_line()}"
     )
+
+
+def load_line() -> str:
+    """The 1/5/15-minute load averages: other processes skew timings on 2 cores."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
