@@ -63,6 +63,10 @@ class Run:
     maxrss: int  # bytes
     returncode: int
     stderr: str = ""
+    #: Sampled peaks of the anonymous and the file-backed part of the RSS (bytes; 0 when
+    #: not sampled).  Mapped input files count in ``maxrss`` as ``rss_file``.
+    rss_anon: int = 0
+    rss_file: int = 0
 
     @property
     def rss_mib(self) -> float:
@@ -78,8 +82,23 @@ class Run:
 #: of the process that forked it (Linux keeps the pre-exec high-water mark), so a child
 #: forked straight from a benchmark that holds big JSON documents would inherit their size.
 _LAUNCHER = """\
-import os, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
+import os, sys, threading, time
+out, interval, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+peak = {"RssAnon": 0, "RssFile": 0}
+done = threading.Event()
+
+def sample(pid):
+    # Which part of the RSS is anonymous memory, which is mapped files (sampled).
+    while not done.wait(interval):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in peak:
+                        peak[key] = max(peak[key], int(value.split()[0]))
+        except (OSError, ValueError):
+            pass
+
 t0 = time.perf_counter()
 pid = os.fork()
 if pid == 0:
@@ -88,11 +107,15 @@ if pid == 0:
     except OSError as e:
         print(f"{argv[0]}: {e}", file=sys.stderr)
     os._exit(127)
+if interval > 0:
+    threading.Thread(target=sample, args=(pid,), daemon=True).start()
 _, status, ru = os.wait4(pid, 0)
 wall = time.perf_counter() - t0
+done.set()
 rc = os.waitstatus_to_exitcode(status)
 with open(out, "w") as f:
-    f.write(f"{wall!r} {ru.ru_utime!r} {ru.ru_stime!r} {ru.ru_maxrss} {rc}")
+    f.write(f"{wall!r} {ru.ru_utime!r} {ru.ru_stime!r} {ru.ru_maxrss} {rc} "
+            f"{peak['RssAnon']} {peak['RssFile']}")
 sys.exit(0)
 """
 
@@ -104,19 +127,21 @@ def run(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     stdin_from: Sequence[str] | None = None,
+    sample: float = 0.0,
 ) -> Run:
     """Run ``argv`` (optionally fed by the pipeline ``stdin_from | argv``), measured.
 
     ``stdout`` is a file to write the output to (``None``: discarded).  The wall time
     and peak RSS are ``argv``'s own; with ``stdin_from`` the wall time covers the whole
-    pipeline, since ``argv`` reads until the producer is done.
+    pipeline, since ``argv`` reads until the producer is done.  With ``sample`` (seconds)
+    the child's RssAnon and RssFile are also sampled at that interval.
     """
     argv = list(argv)
     out = open(stdout, "wb") if stdout is not None else subprocess.DEVNULL  # noqa: SIM115
     err = tempfile.TemporaryFile()  # noqa: SIM115
     fd, result = tempfile.mkstemp(prefix="bench-rusage-")
     os.close(fd)
-    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, result, *argv]
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, result, str(sample), *argv]
     feeder: subprocess.Popen[bytes] | None = None
     try:
         if stdin_from is not None:
@@ -133,7 +158,7 @@ def run(
         if proc.wait() != 0:
             raise RuntimeError(f"measuring launcher failed: {_stderr_text(err)}")
         feeder_rc = feeder.wait() if feeder is not None else 0
-        wall, user, sys_, maxrss, rc = Path(result).read_text().split()
+        wall, user, sys_, maxrss, rc, anon, file = Path(result).read_text().split()
         returncode = int(rc) or feeder_rc
         return Run(
             argv=argv,
@@ -143,6 +168,8 @@ def run(
             maxrss=int(maxrss) * 1024,  # Linux reports KiB
             returncode=returncode,
             stderr=_stderr_text(err),
+            rss_anon=int(anon) * 1024,
+            rss_file=int(file) * 1024,
         )
     finally:
         if stdout is not None:
@@ -235,3 +262,14 @@ def load_line() -> str:
     """The 1/5/15-minute load averages: other processes skew timings on 2 cores."""
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def warn_if_busy(limit: float = 1.0) -> None:
+    """Say so when other processes keep the machine busy: wall-time ratios suffer."""
+    one = os.getloadavg()[0]
+    if one > limit:
+        print(
+            f"warning: load average {one:.2f} before the run; other processes compete for the "
+            f"{os.cpu_count()} cores and skew wall times (compare the CPU-time ratios too)",
+            file=sys.stderr,
+        )

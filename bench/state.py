@@ -39,6 +39,7 @@ from benchlib import (
     run,
     table,
     verdict,
+    warn_if_busy,
 )
 from reference import reference_script
 
@@ -198,12 +199,14 @@ def report(cases: list[Case], rounds: int) -> bool:
     for mode in ("compat", "json"):
         r = target.runs[mode]
         ratio = _ratio(ref, r)
+        cpu = (ref.user + ref.sys) / max(r.user + r.sys, 1e-9)
         good = ratio is not None and ratio >= TARGET_RATIO and r.rss_mib < TARGET_RSS_MIB
         ok = ok and good
         print(
             f"{verdict(good)}  {TARGET_STREAM} qevm state --{mode}: "
             + (f"{ratio:.1f}x faster" if ratio else "no ratio")
-            + f" (target >= {TARGET_RATIO:.0f}x), peak RSS {r.rss_mib:.1f} MiB"
+            + f" (target >= {TARGET_RATIO:.0f}x; CPU-time ratio {cpu:.1f}x),"
+            f" peak RSS {r.rss_mib:.1f} MiB"
             f" (target < {TARGET_RSS_MIB:.0f} MiB); reference {ref.wall:.2f} s,"
             f" {ref.rss_mib:.0f} MiB"
         )
@@ -220,6 +223,7 @@ def main() -> int:
     if not corpus.is_dir():
         print(f"no corpus at {corpus} (set QEVM_CORPUS)", file=sys.stderr)
         return 2
+    warn_if_busy()
     script = reference_script()
     (WORK / "out").mkdir(parents=True, exist_ok=True)
     cases = []
