@@ -327,21 +327,32 @@ class StreamWriter:
         return self._states[key]
 
 
-def write_stream(mig: Migration, path: str | os.PathLike[str], **kw: Any) -> int:
-    """Write ``mig`` (with its edits) to ``path``; ``-`` is standard output."""
+def write_stream(
+    mig: Migration,
+    path: str | os.PathLike[str],
+    writer: StreamWriter | None = None,
+    **kw: Any,
+) -> int:
+    """Write ``mig`` (with its edits) to ``path`` (``-``: standard output) with
+    ``writer`` (a :class:`StreamWriter` made with ``kw`` by default)."""
+    writer = writer or StreamWriter(mig, **kw)
     if os.fspath(path) == "-":
         import sys
 
         out = sys.stdout.buffer
-        n = StreamWriter(mig, **kw).write(out)
+        n = writer.write(out)
         out.flush()
         return n
-    if os.path.exists(path) and _same_file(path, mig.source):
-        raise UsageError(f"{os.fspath(path)}: the output would overwrite the input")
+    if os.path.exists(path):
+        if _same_file(path, mig.source):
+            raise UsageError(f"{os.fspath(path)}: the output would overwrite the input")
+        if not os.path.isfile(path):  # a FIFO or a device: write straight to it
+            with open(path, "wb", buffering=1 << 20) as out:
+                return writer.write(out)
     tmp = f"{os.fspath(path)}.qevm-tmp"
     try:
         with open(tmp, "wb", buffering=1 << 20) as out:
-            n = StreamWriter(mig, **kw).write(out)
+            n = writer.write(out)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

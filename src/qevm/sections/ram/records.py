@@ -164,6 +164,11 @@ class RamState:
         self._records_seen = 0
         self._seen_flush = False
 
+    @property
+    def multifd_flushes(self) -> bool:
+        """Whether MULTIFD_FLUSH records were seen (pages travel on multifd channels)."""
+        return self._seen_flush
+
     # -- setup ----------------------------------------------------------------
     def _ensure_consumer(self) -> None:
         if self.consumer is None:

@@ -112,7 +112,7 @@ class RamPatch:
         ram = mig.ram
         assert ram is not None
         plain = [b for b in ram.blocks.values() if b.mapped is None and b.in_stream]
-        if plain and (ram._seen_flush or not any(b.records for b in plain)):
+        if plain and (ram.multifd_flushes or not any(b.records for b in plain)):
             raise UsageError(
                 "this stream was sent with multifd: its RAM pages are on the multifd "
                 "channels, not in this file; convert it with its channels first "
