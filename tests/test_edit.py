@@ -412,3 +412,63 @@ def test_edit_cli_reports_and_without_edits_copies(capsys, tmp_path):
     rc, _, err = cli(capsys, "edit", src, "-o", tmp_path / "e.mig", "--set", "cpu:env.eip=0x10")
     assert rc == 0
     assert "cpu#0:env.eip" in err and "-> 0x10" in err
+
+
+def test_packaged_length_follows_an_edit_inside_it(tmp_path):
+    """Postcopy streams carry device state in a PACKAGED blob: its length is
+    written anew (the description comes from another stream of the same build)."""
+    src = unpack(LIVE["postcopy-paused-111"])
+    desc = unpack(LIVE["xbzrle-111"])
+    out = tmp_path / "out.mig"
+    argv = ["edit", src, "-o", out, "-q", "--desc", desc]
+    assert main([*map(str, argv), "--set", "ps2kbd:parent_obj/queue.data=" + "ab" * 300]) == 0
+    with qevm.open(src) as a, qevm.open(out) as b:
+        pa = next(c for c in a.commands() if c.name == "PACKAGED")
+        pb = next(c for c in b.commands() if c.name == "PACKAGED")
+        assert pb.info["length"] == pa.info["length"] + 44
+        ka = next(d for d in a.devices() if d.name == "ps2kbd").record
+        kb = next(d for d in b.devices() if d.name == "ps2kbd").record
+        old, new = src.read_bytes(), out.read_bytes()
+    assert old[: pa.offset + 5] == new[: pb.offset + 5]  # up to the length
+    assert old[pa.offset + 9 : ka.body_offset] == new[pb.offset + 9 : kb.body_offset]
+    assert new[kb.body_offset : kb.body_end].count(b"\xab" * 300) == 1
+    assert old[ka.body_end :] == new[kb.body_end :]
+
+
+def test_old_style_section_is_edited_through_its_description(tmp_path):
+    """s390's TOD clock section is old-style: its handler reads it, the
+    description calls it ``data``; the edit goes through the latter."""
+    name = "s390x-11.1"
+    with qevm.open(unpack(PATHS[name])) as mig:
+        dev = mig.device("todclock")
+        at = dev.record.body_offset
+        assert dev.state.field("data").desc.size == 10
+    old, new = edited(tmp_path, name, "todclock:data=01" + "22" * 9)
+    want = bytearray(old)
+    want[at : at + 10] = bytes.fromhex("01" + "22" * 9)
+    assert new == bytes(want)
+    with qevm.open(tmp_path / "out.mig") as mig:
+        rec = mig.device("todclock").record
+        assert rec.content == {"present": True, "high": 0x22, "low": 0x2222222222222222}
+
+
+def test_size_change_with_a_borrowed_description_is_refused(capsys, tmp_path):
+    src = unpack(PATHS["q35-7.2"])
+    rc, _, err = cli(
+        capsys,
+        "edit",
+        src,
+        "-o",
+        tmp_path / "o",
+        "--desc",
+        src,
+        "--set",
+        "ps2kbd:parent_obj/queue.data=00",
+    )
+    assert rc == 2 and "the stream's own description" in err
+
+
+def test_device_without_a_description_cannot_be_edited(capsys, tmp_path):
+    src = unpack(LIVE["postcopy-paused-111"])
+    rc, _, err = cli(capsys, "edit", src, "-o", tmp_path / "o", "--set", "cpu:env.eip=0")
+    assert rc == 2 and "no decoded state" in err and "--desc" in err

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .stream import DescriptionRecord
 from .vmstate.codec import Encoder
 from .vmstate.desc import DeviceDesc, FieldDesc
 from .vmstate.types import BytesType, GTreeValue, ListType, field_type
@@ -258,7 +259,7 @@ def set_field(mig: Migration, path: str, text: str) -> list[tuple[FieldRef, Any,
                 raise UsageError(
                     f"{path!r}: {f.name!r} ({f.type}) is {len(old)} bytes; give {len(old)} bytes"
                 )
-            _check_resizable(ref, len(value))
+            _check_resizable(mig, ref, len(value))
         _assign(t, value)
         if isinstance(ftype, BytesType) and len(value) != len(old):
             _update_sizes(mig, ref)
@@ -273,8 +274,14 @@ def _assign(step: Step, value: Any) -> None:
         step.fv.value[step.item] = value
 
 
-def _check_resizable(ref: FieldRef, new: int) -> None:
+def _check_resizable(mig: Migration, ref: FieldRef, new: int) -> None:
     """Refuse size changes the description cannot express."""
+    own = [r.description for r in mig.records if isinstance(r, DescriptionRecord)]
+    if own and own[0] is not mig.description:
+        raise UsageError(
+            f"{ref.path!r}: a new size must go into the stream's own description, but the "
+            "state was decoded with another one (--desc); edit without it"
+        )
     root = ref.device.state
     assert root is not None
     f = ref.target.fv.desc
