@@ -472,3 +472,34 @@ def test_device_without_a_description_cannot_be_edited(capsys, tmp_path):
     src = unpack(LIVE["postcopy-paused-111"])
     rc, _, err = cli(capsys, "edit", src, "-o", tmp_path / "o", "--set", "cpu:env.eip=0")
     assert rc == 2 and "no decoded state" in err and "--desc" in err
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_one_integer_of_every_device_is_settable(name, tmp_path):
+    """Every device by its name and instance, its first scalar integer field by
+    its name: each changes exactly the bytes the field occupies."""
+    from qevm.vmstate.types import IntType, field_type
+
+    src = unpack(STREAMS[name])
+    patches: list[tuple[int, bytes]] = []
+    sets: list[tuple[str, int]] = []
+    with qevm.open(src) as mig:
+        for dev in mig.devices():
+            if dev.state is None:
+                continue
+            for fv in dev.state.fields:
+                t = field_type(fv.desc)
+                if fv.desc.count == 1 and isinstance(t, IntType) and t.width > 1:
+                    new = fv.value ^ 1
+                    sets.append((f"{dev.name}#{dev.instance_id}:{fv.desc.name}", new))
+                    patches.append((fv.offset, struct.pack(">" + t.code, new)))
+                    break
+        if not sets:
+            pytest.skip("no description")
+        for path, value in sets:
+            set_field(mig, path, str(value))
+        write_stream(mig, tmp_path / "out.mig")
+    want = bytearray(src.read_bytes())
+    for at, data in patches:
+        want[at : at + len(data)] = data
+    assert (tmp_path / "out.mig").read_bytes() == bytes(want)
