@@ -118,15 +118,18 @@ def resolve(mig: Migration, path: str) -> list[FieldRef]:
 
 def _walk(node: StateNode, segs: list[str], path: str) -> list[Step]:
     """Follow ``segs`` from ``node`` to one element."""
-    # Subsection names contain "/" themselves: the longest match wins.
+    # Subsection names contain "/" themselves: the longest full name wins, then
+    # a field, then a subsection by the last part of its name.
     for k in range(len(segs), 0, -1):
         name = "/".join(segs[:k])
         for s in node.subsections:
-            if s.name == name or (k == 1 and s.name.rsplit("/", 1)[-1] == name):
-                if k == len(segs):
-                    raise UsageError(f"{path!r}: {name!r} is a subsection; name a field in it")
-                return _walk(s.node, segs[k:], path)
+            if s.name == name:
+                return _subsection(s.node, segs, k, path)
     seg = segs[0]
+    if not any(f.desc.name == seg or _INDEX.sub("", seg) == f.desc.name for f in node.fields):
+        for s in node.subsections:
+            if s.name.rsplit("/", 1)[-1] == seg:
+                return _subsection(s.node, segs, 1, path)
     name, index = seg, None
     if not any(f.desc.name == seg for f in node.fields):
         m = _INDEX.search(seg)
@@ -144,6 +147,12 @@ def _walk(node: StateNode, segs: list[str], path: str) -> list[Step]:
     if isinstance(element, StateNode):
         return [step, *_walk(element, rest, path)]
     raise UsageError(f"{path!r}: {seg!r} is a {entries[0].desc.type}, not a struct")
+
+
+def _subsection(node: StateNode, segs: list[str], k: int, path: str) -> list[Step]:
+    if k == len(segs):
+        raise UsageError(f"{path!r}: {'/'.join(segs)!r} is a subsection; name a field in it")
+    return _walk(node, segs[k:], path)
 
 
 def _element(
