@@ -87,6 +87,8 @@ class CommandRecord(Record):
     length: int = 0
     payload: bytes = b""
     info: dict = field(default_factory=dict)
+    #: The command number as written (QEMU 3.0 wrote RECV_BITMAP as 9).
+    wire_cmd: int | None = None
     #: PACKAGED: the records of the nested stream, and its extent.
     nested: list[Record] | None = None
     nested_offset: int = 0
@@ -144,6 +146,8 @@ class SectionRecord(Record):
     node: StateNode | None = None
     #: The body's bytes, kept when it must be decoded later from a streaming input.
     raw: bytes | None = None
+    #: START/FULL: the version written in this record's header.
+    version: int | None = None
 
     @property
     def type_name(self) -> str:
@@ -341,7 +345,7 @@ class StreamParser:
 
     def _command(self, off: int) -> CommandRecord:
         r = self.r
-        cmd = r.u16()
+        cmd = wire_cmd = r.u16()
         length = r.u16()
         # QEMU 3.0 numbered RECV_BITMAP 9; only it carries a payload.
         if cmd == C.POSTCOPY_RESUME and length:
@@ -349,7 +353,7 @@ class StreamParser:
         C.check_command(cmd, length, off)
         payload = r.bytes(length)
         info = C.decode_payload(cmd, payload, off)
-        rec = CommandRecord(off, r.offset, cmd, length, payload, info)
+        rec = CommandRecord(off, r.offset, cmd, length, payload, info, wire_cmd=wire_cmd)
         if cmd == C.POSTCOPY_ADVISE:
             self.ctx.postcopy = info
             if info.get("ram"):
@@ -402,6 +406,8 @@ class StreamParser:
                     expected="the id of a started section",
                 )
         rec = SectionRecord(off, 0, t, entry, r.offset)
+        if t in (SECTION_START, SECTION_FULL):
+            rec.version = version
         entry.records.append(rec)
         if entry.desc is None and self.desc is not None:
             entry.desc = self.desc.device(entry.idstr, entry.instance_id)

@@ -295,17 +295,51 @@ class Reader:
 
 
 class Writer:
-    """Big-endian writer, the inverse of :class:`Reader`."""
+    """Big-endian writer, the inverse of :class:`Reader`.
 
-    __slots__ = ("out", "offset")
+    ``offset`` counts from the offset the first byte written gets (a stream
+    inside a container starts after the container's header).
+    """
+
+    __slots__ = ("out", "offset", "_sparse", "_hole")
 
     def __init__(self, out: BinaryIO, offset: int = 0) -> None:
         self.out = out
         self.offset = offset
+        self._sparse: bool | None = None
+        self._hole = False
 
     def bytes(self, data: bytes | bytearray | memoryview) -> None:
         self.out.write(data)
         self.offset += len(data)
+        if self._hole and len(data):
+            self._hole = False
+
+    def hole(self, n: int) -> None:
+        """``n`` zero bytes, left as a hole where the output can seek (sparse files)."""
+        if n <= 0:
+            return
+        if self._sparse is None:
+            seekable = getattr(self.out, "seekable", None)
+            self._sparse = bool(seekable and seekable())
+        if self._sparse:
+            self.out.seek(n, 1)
+            self.offset += n
+            self._hole = True
+            return
+        zeros = bytes(min(n, CHUNK))
+        while n:
+            step = min(n, len(zeros))
+            self.bytes(zeros[:step] if step < len(zeros) else zeros)
+            n -= step
+
+    def finish(self) -> None:
+        """Flush, and give the output its full size when it ends in a hole."""
+        if self._hole:
+            pos = self.out.tell()
+            self.out.truncate(pos)
+            self._hole = False
+        self.out.flush()
 
     def u8(self, v: int) -> None:
         self.bytes(bytes((v,)))

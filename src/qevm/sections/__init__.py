@@ -44,9 +44,24 @@ class SectionHandler:
         """Consume one record's body from ``ctx.r``; return what it held."""
         raise NotImplementedError
 
-    def write(self, w: Writer, entry: SectionEntry, rec: SectionRecord, r: Reader) -> None:
-        """Write one record's body back; ``r`` is positioned at its original body."""
-        w.bytes(r.bytes(rec.body_end - rec.body_offset))
+    def new_write_state(self, wctx: Any, entry: SectionEntry) -> Any:
+        """Per-section state kept while its records are written back
+        (``wctx``: the :class:`~qevm.writer.WriteContext`)."""
+        return None
+
+    def write(
+        self, w: Writer, entry: SectionEntry, rec: SectionRecord, r: Reader, state: Any = None
+    ) -> None:
+        """Write one record's body back; ``r`` is positioned at its original body.
+
+        The default copies the body: the formats whose handlers keep only a
+        summary are opaque payload to qevm, so their bytes are the encoding.
+        """
+        left = rec.body_end - rec.body_offset
+        while left:
+            step = min(left, 1 << 22)
+            w.bytes(r.bytes(step))
+            left -= step
 
     def to_json(self, entry: SectionEntry, rec: SectionRecord) -> Any:
         """Native JSON of one record's content."""

@@ -35,6 +35,21 @@ class JsonObject(dict):
         """Every value written under ``key``, in order."""
         return [v for k, v in self.pairs if k == key]
 
+    def set(self, key: str, value: Any) -> None:
+        """Give ``key`` a new value (its last occurrence), or append the pair."""
+        for i in range(len(self.pairs) - 1, -1, -1):
+            if self.pairs[i][0] == key:
+                self.pairs[i] = (key, value)
+                break
+        else:
+            self.pairs.append((key, value))
+        super().__setitem__(key, value)
+
+    def remove(self, key: str) -> None:
+        """Drop every pair with ``key``."""
+        self.pairs[:] = [(k, v) for k, v in self.pairs if k != key]
+        super().pop(key, None)
+
 
 def parse_json(text: bytes | str) -> JsonObject:
     """Parse description JSON keeping duplicate keys."""
@@ -115,6 +130,8 @@ class Description:
     text: bytes = b""
     #: Where the text started in the stream (None when loaded from elsewhere).
     offset: int | None = None
+    #: Set when ``raw`` was changed (``text`` is then stale and is regenerated).
+    modified: bool = False
     _by_key: dict[tuple[str, int], DeviceDesc] = field(default_factory=dict, repr=False)
 
     def device(self, name: str, instance_id: int) -> DeviceDesc | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from .xbzrle import ENCODING_FLAG_XBZRLE
 
 if TYPE_CHECKING:
     from ...stream import ParseContext
-    from ...wire import Reader
+    from ...wire import Reader, Writer
 
 FLAG_FULL = 0x001
 FLAG_ZERO = 0x002
@@ -116,6 +117,41 @@ class RamRecordStats:
         return out
 
 
+#: Record kinds that carry a page of a block (and so a block name or CONTINUE).
+PAGE_KINDS = frozenset({FLAG_ZERO, FLAG_PAGE, FLAG_XBZRLE, FLAG_COMPRESS_PAGE})
+
+
+@dataclass(eq=False)
+class RamRecord:
+    """One RAM record as it is in the stream (see :meth:`RamState.records`)."""
+
+    offset: int
+    end: int
+    #: Every flag bit of the record's u64, CONTINUE included.
+    flags: int
+    #: The u64 without the flags: a page offset in ``block``, MEM_SIZE's total.
+    addr: int
+    block: RamBlock | None = None
+    #: ZERO: the byte the page is filled with.
+    fill: int = 0
+    #: PAGE, XBZRLE, COMPRESS_PAGE: where the payload (page bytes, delta, zlib
+    #: data) is, and its length; the framing bytes before it are not counted.
+    data_offset: int = 0
+    data_length: int = 0
+    #: MEM_SIZE: the blocks announced, in order.
+    blocks: list[RamBlock] | None = None
+
+    @property
+    def kind(self) -> int:
+        """The flags without CONTINUE."""
+        return self.flags & ~FLAG_CONTINUE
+
+    @property
+    def named(self) -> bool:
+        """Whether the block name is written (page records without CONTINUE)."""
+        return self.kind in PAGE_KINDS and not self.flags & FLAG_CONTINUE
+
+
 class RamState:
     """The RAM section across its START/PART/END records."""
 
@@ -129,6 +165,11 @@ class RamState:
         self._np: Any = None
         self._records_seen = 0
         self._seen_flush = False
+
+    @property
+    def multifd_flushes(self) -> bool:
+        """Whether MULTIFD_FLUSH records were seen (pages travel on multifd channels)."""
+        return self._seen_flush
 
     # -- setup ----------------------------------------------------------------
     def _ensure_consumer(self) -> None:
@@ -247,21 +288,8 @@ class RamState:
                 self._compressed(r, block, addr, off)
                 block.records["zlib"] += 1
                 counts["zlib"] += 1
-            elif kind == FLAG_HOOK:
-                raise UnsupportedError(
-                    "RAM_SAVE_FLAG_HOOK: the stream was made for RDMA migration, whose "
-                    "pages travel outside the byte stream",
-                    offset=off,
-                    field="flags",
-                )
             else:
-                raise FormatError(
-                    f"unknown RAM record flags {flags:#x}",
-                    offset=off,
-                    field="flags",
-                    expected="one of ZERO, PAGE, MEM_SIZE, EOS, XBZRLE, COMPRESS_PAGE, "
-                    "MULTIFD_FLUSH (with CONTINUE)",
-                )
+                _bad_record(kind, flags, off)
             n += 1
             if n >= next_check:
                 next_check = n + 0x4000
@@ -276,6 +304,62 @@ class RamState:
             import numpy
 
             self._np = numpy
+
+    def records(self, r: Reader) -> Iterator[RamRecord]:
+        """The records of one section body, up to and including EOS, one at a time.
+
+        This is the record-level view the writer re-encodes; pages are handed
+        to the consumer like :meth:`read_section` does (give the state a plain
+        :class:`PageConsumer` to only walk them).
+        """
+        ctx = self.ctx
+        if self.page_size is None and ctx.page_size is not None:
+            self.page_size = ctx.page_size
+        while True:
+            off = r.offset
+            v = r.u64()
+            ps = self.page_size
+            flags = v & ((ps - 1) if ps else FLAG_BITS)
+            addr = v - flags
+            kind = flags & ~FLAG_CONTINUE
+            rec = RamRecord(off, 0, flags, addr)
+            if kind in PAGE_KINDS:
+                block = rec.block = self._block(r, flags, off)
+                if ps is None:
+                    if kind not in (FLAG_ZERO, FLAG_PAGE):
+                        raise FormatError("page record before the page size is known", offset=off)
+                    ps = self._page_size_for(r, off, flags)
+                    rec.flags = flags = v & (ps - 1)
+                    rec.addr = addr = v - flags
+                self._check_addr(block, addr, off)
+                if kind == FLAG_ZERO:
+                    rec.fill = r.u8()
+                    self.consumer.zero(block, addr, rec.fill)
+                elif kind == FLAG_PAGE:
+                    r.ensure(ps)
+                    rec.data_offset, rec.data_length = r.offset, ps
+                    self.consumer.page(block, addr, r.offset, r)
+                    r.pos += ps
+                elif kind == FLAG_XBZRLE:
+                    rec.data_offset = r.offset + 3
+                    self._xbzrle(r, block, addr, off)
+                    rec.data_length = r.offset - rec.data_offset
+                else:
+                    rec.data_offset = r.offset + 4
+                    self._compressed(r, block, addr, off)
+                    rec.data_length = r.offset - rec.data_offset
+            elif kind == FLAG_MEM_SIZE:
+                rec.blocks = [self.blocks[n] for n in self._mem_size(r, addr, off)]
+            elif kind == FLAG_MULTIFD_FLUSH:
+                self._seen_flush = True
+                if self.consumer is not None:
+                    self.consumer.epoch += 1
+            elif kind != FLAG_EOS:
+                _bad_record(kind, flags, off)
+            rec.end = r.offset
+            yield rec
+            if kind == FLAG_EOS:
+                return
 
     def _page_size_for(self, r: Reader, off: int, flags: int) -> int:
         machine = self.ctx.machine or ""
@@ -580,3 +664,97 @@ class RamState:
             block.records["page"] += pages
         if npages - pages:
             block.records["zero"] += npages - pages
+
+
+def _bad_record(kind: int, flags: int, off: int) -> None:
+    """Refuse a record kind qevm cannot read."""
+    if kind == FLAG_HOOK:
+        raise UnsupportedError(
+            "RAM_SAVE_FLAG_HOOK: the stream was made for RDMA migration, whose "
+            "pages travel outside the byte stream",
+            offset=off,
+            field="flags",
+        )
+    raise FormatError(
+        f"unknown RAM record flags {flags:#x}",
+        offset=off,
+        field="flags",
+        expected="one of ZERO, PAGE, MEM_SIZE, EOS, XBZRLE, COMPRESS_PAGE, "
+        "MULTIFD_FLUSH (with CONTINUE)",
+    )
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def write_record_head(w: Writer, rec_flags: int, addr: int, block: RamBlock | None) -> None:
+    """The u64 of a record and, for a page record without CONTINUE, its block name."""
+    w.u64(addr | rec_flags)
+    if block is not None and rec_flags & ~FLAG_CONTINUE in PAGE_KINDS:
+        if not rec_flags & FLAG_CONTINUE:
+            w.counted_str(block.name)
+
+
+def write_zero(w: Writer, block: RamBlock, addr: int, fill: int = 0, cont: bool = False) -> None:
+    """A ZERO record (``fill``: the byte the page is filled with)."""
+    write_record_head(w, FLAG_ZERO | (FLAG_CONTINUE if cont else 0), addr, block)
+    w.u8(fill)
+
+
+def write_page(
+    w: Writer, block: RamBlock, addr: int, data: bytes | memoryview, cont: bool = False
+) -> None:
+    """A PAGE record with the page's bytes."""
+    write_record_head(w, FLAG_PAGE | (FLAG_CONTINUE if cont else 0), addr, block)
+    w.bytes(data)
+
+
+def write_xbzrle(
+    w: Writer, block: RamBlock, addr: int, delta: bytes | memoryview, cont: bool = False
+) -> None:
+    """An XBZRLE record: encoding byte, u16 length, delta."""
+    write_record_head(w, FLAG_XBZRLE | (FLAG_CONTINUE if cont else 0), addr, block)
+    w.u8(ENCODING_FLAG_XBZRLE)
+    w.u16(len(delta))
+    w.bytes(delta)
+
+
+def write_compressed(
+    w: Writer, block: RamBlock, addr: int, data: bytes | memoryview, cont: bool = False
+) -> None:
+    """A COMPRESS_PAGE record: u32 length, zlib stream."""
+    write_record_head(w, FLAG_COMPRESS_PAGE | (FLAG_CONTINUE if cont else 0), addr, block)
+    w.u32(len(data))
+    w.bytes(data)
+
+
+def write_mem_size_entry(w: Writer, block: RamBlock) -> None:
+    """One block of the MEM_SIZE list, up to its mapped-ram header (not the
+    bitmap and pages it points to)."""
+    w.counted_str(block.name)
+    w.u64(block.used_length)
+    if block.page_size is not None:
+        w.u64(block.page_size)
+    if block.mr_addr is not None:
+        w.u64(block.mr_addr)
+    m = block.mapped
+    if m is not None:
+        w.bytes(MAPPED_RAM_HEADER.pack(m.version, m.page_size, m.bitmap_offset, m.pages_offset))
+
+
+def write_record(w: Writer, rec: RamRecord, payload: bytes | memoryview | None = None) -> None:
+    """Re-encode a record read by :meth:`RamState.records` (not MEM_SIZE's block
+    entries: see :func:`write_mem_size_entry`); ``payload`` is its data."""
+    write_record_head(w, rec.flags, rec.addr, rec.block)
+    kind = rec.kind
+    if kind == FLAG_ZERO:
+        w.u8(rec.fill)
+    elif kind == FLAG_PAGE:
+        w.bytes(payload)  # type: ignore[arg-type]
+    elif kind == FLAG_XBZRLE:
+        w.u8(ENCODING_FLAG_XBZRLE)
+        w.u16(len(payload))  # type: ignore[arg-type]
+        w.bytes(payload)  # type: ignore[arg-type]
+    elif kind == FLAG_COMPRESS_PAGE:
+        w.u32(len(payload))  # type: ignore[arg-type]
+        w.bytes(payload)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from .records import RamState
 
 if TYPE_CHECKING:
     from ...stream import ParseContext, SectionEntry, SectionRecord
+    from ...wire import Reader, Writer
 
 RAM_VERSION = 4
 
@@ -29,6 +30,16 @@ class RamHandler(SectionHandler):
                 expected=f"{RAM_VERSION} (QEMU 0.13 and later)",
             )
         return entry.state.read_section(ctx.r)
+
+    def new_write_state(self, wctx: Any, entry: SectionEntry) -> Any:
+        from .write import RamWriter
+
+        return RamWriter(wctx, entry)
+
+    def write(
+        self, w: Writer, entry: SectionEntry, rec: SectionRecord, r: Reader, state: Any = None
+    ) -> None:
+        state.write(w, rec, r)
 
     def to_json(self, entry: SectionEntry, rec: SectionRecord) -> Any:
         return rec.content.to_json() if rec.content is not None else None

@@ -1,0 +1,152 @@
+"""Run a QEMU under test control: QMP over a unix socket, migrate to and from files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shlex
+import socket
+import subprocess
+import time
+from typing import Any
+
+
+class QmpError(RuntimeError):
+    pass
+
+
+class Vm:
+    """One QEMU process with a QMP monitor (``with Vm(...) as vm``)."""
+
+    def __init__(self, binary: str, args: list[str], workdir: pathlib.Path, name: str) -> None:
+        self.sock_path = workdir / f"{name}.qmp"
+        self.log_path = workdir / f"{name}.log"
+        self.argv = [
+            binary,
+            *args,
+            "-qmp",
+            f"unix:{self.sock_path},server=on,wait=off",
+        ]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.sock: socket.socket | None = None
+        self._buf = b""
+        self.events: list[dict[str, Any]] = []
+        self._connect()
+
+    def _connect(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise QmpError(f"QEMU exited ({self.proc.returncode}): {self.log()}")
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(self.sock_path))
+                break
+            except OSError:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise QmpError(f"no QMP socket: {self.log()}") from None
+                time.sleep(0.05)
+        s.settimeout(120)
+        self.sock = s
+        self._read()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-2000:]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.sock is not None
+        while b"\n" not in self._buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise QmpError(f"QEMU closed the monitor: {self.log()}")
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name: str, **arguments: Any) -> Any:
+        """Run a QMP command; its ``return`` value."""
+        assert self.sock is not None
+        msg: dict[str, Any] = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            if "error" in reply:
+                raise QmpError(f"{name}: {reply['error']}")
+            return reply["return"]
+
+    def hmp(self, line: str) -> str:
+        return self.cmd("human-monitor-command", **{"command-line": line})
+
+    def wait_migration(self, timeout: float = 120) -> dict[str, Any]:
+        """Poll query-migrate until the migration completed (or failed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.cmd("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return info
+            if status in ("failed", "cancelled"):
+                raise QmpError(f"migration {status}: {info} {self.log()}")
+            if time.monotonic() > deadline:
+                raise QmpError(f"migration still {status}: {self.log()}")
+            time.sleep(0.05)
+
+    def wait_incoming(self, timeout: float = 120) -> str:
+        """Wait until an incoming migration finished loading; the run state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise QmpError(f"QEMU exited while loading ({self.proc.returncode}): {self.log()}")
+            st = self.cmd("query-status")["status"]
+            if st != "inmigrate":
+                return st
+            if time.monotonic() > deadline:
+                raise QmpError(f"still loading: {self.log()}")
+            time.sleep(0.05)
+
+    def save(self, path: pathlib.Path) -> dict[str, Any]:
+        """Migrate to ``path`` with ``exec:cat``."""
+        self.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
+        return self.wait_migration()
+
+    def pmem(self, addr: int, size: int, path: pathlib.Path) -> bytes:
+        self.cmd("pmemsave", val=addr, size=size, filename=str(path))
+        return path.read_bytes()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.cmd("quit")
+            except (QmpError, OSError):
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.sock is not None:
+            self.sock.close()
+        self._log.close()
+        if self.sock_path.exists():
+            os.unlink(self.sock_path)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def incoming_from(path: pathlib.Path) -> list[str]:
+    """The -incoming option that loads a stream file."""
+    return ["-incoming", f"exec:cat {shlex.quote(str(path))}"]
