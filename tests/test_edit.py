@@ -285,8 +285,12 @@ def test_write_ram_replaces_the_last_record_of_a_page(name, kind, tmp_path):
     record holding the old content with the new bytes in it."""
     src = unpack(LIVE[name])
     with qevm.open(src, index_ram=True, decode_devices=False) as mig:
-        codes = mig.page_index.loc["pc.ram"]
-        page = next(i for i, c in enumerate(codes.tolist()) if c >> KIND_SHIFT == kind)
+        page = next(
+            first + i
+            for first, codes in mig.page_index.loc["pc.ram"].items()
+            for i, c in enumerate(codes.tolist())
+            if c >> KIND_SHIFT == kind
+        )
         before = mig.page_index.read("pc.ram", 0, 256 << 20)
     off = page * PS + 100
     _, new = edited(tmp_path, name, ram=(f"pc.ram:{off:#x}=00112233445566778899",))

@@ -225,19 +225,22 @@ class ConvertWriter(StreamWriter):
     def _pages(self, w: Writer, block: RamBlock) -> None:
         index = self.index
         ps = index.page_size
-        codes = index.loc[block.name]
-        raw = (codes >> np.uint64(KIND_SHIFT)) < np.uint64(MAX_INPUTS)
         cont = False
         inputs = index.inputs
-        for p, code in enumerate(codes.tolist()):
-            if code == int(ABSENT):
-                continue
-            addr = p * ps
-            if code == int(ZERO):
-                write_zero(w, block, addr, 0, cont)
-            elif raw[p]:
-                src = inputs[code >> KIND_SHIFT]
-                write_page(w, block, addr, src.read_at(code & OFFSET_MASK, ps), cont)
-            else:  # zlib, XBZRLE results, filled pages: their content as computed
-                write_page(w, block, addr, index.read_page(block.name, p), cont)
-            cont = True
+        absent, zero = int(ABSENT), int(ZERO)
+        # pages in chunks the index never allocated are absent: nothing to write
+        for first, codes in index.loc[block.name].items():
+            raw = ((codes >> np.uint64(KIND_SHIFT)) < np.uint64(MAX_INPUTS)).tolist()
+            for i, code in enumerate(codes.tolist()):
+                if code == absent:
+                    continue
+                p = first + i
+                addr = p * ps
+                if code == zero:
+                    write_zero(w, block, addr, 0, cont)
+                elif raw[i]:
+                    src = inputs[code >> KIND_SHIFT]
+                    write_page(w, block, addr, src.read_at(code & OFFSET_MASK, ps), cont)
+                else:  # zlib, XBZRLE results, filled pages: their content as computed
+                    write_page(w, block, addr, index.read_page(block.name, p), cont)
+                cont = True
