@@ -12,10 +12,8 @@ pipe, every block is written to its area as its pages go by (QEMU may send a
 page again), since the layout depends on device state that comes after RAM;
 the headers are written at the end into a reserved first MiB.
 
-Notes follow ``dump/dump.c`` and ``target/*/arch_dump.c``: per CPU
-NT_PRSTATUS (name ``CORE``, pid = CPU index + 1), on x86 then per CPU QEMU's
-CPU-state note (name ``QEMU``, type 0, ``QEMUCPUState`` version 1), on
-aarch64 NT_PRFPREG after each NT_PRSTATUS, on riscv NT_PRSTATUS.
+The CPU notes, the ELF machine and the byte order are those QEMU writes
+(see :mod:`.notes`).
 """
 
 from __future__ import annotations
@@ -26,17 +24,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import QevmError, UsageError
+from ..errors import UsageError
 from ..ramio import Piece, Placement, StreamingSink, copy_block_range
 from .memmap import MemoryMap, Range, layout
+from .notes import Target, target_for
 
 if TYPE_CHECKING:
     from ..migration import Migration
-    from .cpu import CpuState
 
-EM_386, EM_X86_64, EM_AARCH64, EM_ARM = 3, 62, 183, 40
-EM_PPC64, EM_S390, EM_RISCV, EM_LOONGARCH = 21, 22, 243, 258
-NT_PRSTATUS, NT_PRFPREG = 1, 2
 PT_LOAD, PT_NOTE = 1, 4
 PN_XNUM = 0xFFFF
 EHDR, PHDR, SHDR = 64, 56, 64
@@ -47,152 +42,6 @@ ALIGN = 1 << 16
 
 def _align(x: int, a: int = ALIGN) -> int:
     return -(-x // a) * a
-
-
-# -- notes ---------------------------------------------------------------------------
-
-
-def _note(name: bytes, ntype: int, desc: bytes, e: str) -> bytes:
-    name_z = name + b"\0"
-    hdr = struct.pack(e + "III", len(name_z), len(desc), ntype)
-    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
-    return hdr + pad(name_z) + pad(desc)
-
-
-def _x86_prstatus64(r: dict[str, Any], pid: int) -> bytes:
-    seg = lambda s: r[s]["selector"]  # noqa: E731
-    regs = [
-        r["r15"], r["r14"], r["r13"], r["r12"], r["rbp"], r["rbx"], r["r11"], r["r10"],
-        r["r9"], r["r8"], r["rax"], r["rcx"], r["rdx"], r["rsi"], r["rdi"], 0,
-        r["rip"], seg("cs"), r["rflags"], r["rsp"], seg("ss"), r["fs"]["base"], r["gs"]["base"],
-        seg("ds"), seg("es"), seg("fs"), seg("gs"),
-    ]  # fmt: skip
-    return bytes(32) + struct.pack("<I", pid) + bytes(76) + struct.pack("<27Q", *regs) + bytes(8)
-
-
-def _x86_prstatus32(r: dict[str, Any], pid: int) -> bytes:
-    m = 0xFFFFFFFF
-    seg = lambda s: r[s]["selector"] & 0xFFFF  # noqa: E731
-    body = struct.pack(
-        "<7I8H2I2H2I2H",
-        r["rbx"] & m, r["rcx"] & m, r["rdx"] & m, r["rsi"] & m, r["rdi"] & m, r["rbp"] & m,
-        r["rax"] & m,
-        seg("ds"), 0, seg("es"), 0, seg("fs"), 0, seg("gs"), 0,
-        0, r["rip"] & m, seg("cs"), 0, r["rflags"] & m, r["rsp"] & m, seg("ss"), 0,
-    )  # fmt: skip
-    return bytes(24) + struct.pack("<I", pid) + bytes(44) + body + bytes(4)
-
-
-def _qemu_cpu_state(r: dict[str, Any]) -> bytes:
-    """``QEMUCPUState`` (target/i386/arch_dump.c), version 1, 0x1b8 bytes."""
-    gprs = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp")
-    gprs += tuple(f"r{i}" for i in range(8, 16)) + ("rip", "rflags")
-    out = struct.pack("<II", 1, 0x1B8) + struct.pack("<18Q", *(r[k] for k in gprs))
-    for s in ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt"):
-        seg = r[s]
-        out += struct.pack(
-            "<IIIIQ", seg.get("selector", 0), seg["limit"], seg.get("flags", 0), 0, seg["base"]
-        )
-    out += struct.pack("<5Q", r["cr0"], 0, r["cr2"], r["cr3"], r["cr4"])
-    return out + struct.pack("<Q", r.get("kernel_gs_base", 0))
-
-
-def _arm64_notes(cpu: CpuState, pid: int) -> list[bytes]:
-    r = cpu.registers
-    regs = [r[f"x{i}"] for i in range(31)] + [r["sp"], r["pc"], r["pstate"]]
-    prstatus = (
-        bytes(32)
-        + struct.pack("<I", pid)
-        + bytes(76)
-        + struct.pack("<34Q", *regs)
-        + struct.pack("<I", 1)
-        + bytes(4)
-    )
-    vregs = []
-    for i in range(32):
-        q = r[f"q{i}"]
-        vregs += [q & (1 << 64) - 1, q >> 64]
-    fp = struct.pack("<64QII", *vregs, r["fpsr"], r["fpcr"]) + bytes(8)
-    return [_note(b"CORE", NT_PRSTATUS, prstatus, "<"), _note(b"CORE", NT_PRFPREG, fp, "<")]
-
-
-def _riscv64_prstatus(cpu: CpuState, pid: int) -> bytes:
-    r = cpu.registers
-    names = ("ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1") + tuple(
-        f"a{i}" for i in range(8)
-    )
-    names += tuple(f"s{i}" for i in range(2, 12)) + ("t3", "t4", "t5", "t6")
-    regs = [r["pc"]] + [r[n] for n in names]
-    return bytes(32) + struct.pack("<I", pid) + bytes(76) + struct.pack("<32Q", *regs) + bytes(8)
-
-
-@dataclass
-class Target:
-    """ELF machine, byte order and CPU notes for a stream."""
-
-    machine: int
-    endian: str
-    notes: bytes
-
-
-def target_for(mig: Migration) -> tuple[Target, list[str]]:
-    """The ELF machine, byte order and notes of ``mig``'s CPUs, plus warnings."""
-    from .cpu import cpus
-
-    try:
-        found = cpus(mig)
-    except QevmError as e:
-        return Target(0, "<", b""), [f"no CPU notes: {e}"]
-    if not found:
-        return Target(0, "<", b""), ["no CPU notes: the stream has no CPU"]
-    try:
-        return _target(found)
-    except KeyError as e:  # a register the notes need is not in the stream's cpu state
-        machine, endian = _machine(found[0])
-        return Target(machine, endian, b""), [f"no CPU notes: register {e} is not in the stream"]
-
-
-def _machine(cpu: CpuState) -> tuple[int, str]:
-    """ELF machine and byte order for the first CPU (as QEMU's cpu_get_dump_info picks them)."""
-    r = cpu.registers
-    if cpu.arch in ("x86_64", "i386"):
-        return (EM_X86_64 if r.get("efer", 0) & (1 << 10) else EM_386), "<"
-    return {
-        "aarch64": (EM_AARCH64, "<"),
-        "riscv64": (EM_RISCV, "<"),
-        "arm": (EM_ARM, "<"),
-        "ppc64": (EM_PPC64, "<" if r.get("msr", 0) & 1 else ">"),
-        "s390x": (EM_S390, ">"),
-        "loongarch64": (EM_LOONGARCH, "<"),
-    }.get(cpu.arch, (0, "<"))
-
-
-def _target(found: list[CpuState]) -> tuple[Target, list[str]]:
-    warnings: list[str] = []
-    arch = found[0].arch
-    notes: list[bytes] = []
-    if arch in ("x86_64", "i386"):
-        lma = bool(found[0].registers.get("efer", 0) & (1 << 10))
-        machine = EM_X86_64 if lma else EM_386
-        for c in found:
-            pr = (_x86_prstatus64 if lma else _x86_prstatus32)(c.registers, c.index + 1)
-            notes.append(_note(b"CORE", NT_PRSTATUS, pr, "<"))
-        for c in found:
-            notes.append(_note(b"QEMU", 0, _qemu_cpu_state(c.registers), "<"))
-        return Target(machine, "<", b"".join(notes)), warnings
-    if arch == "aarch64":
-        for c in found:
-            notes += _arm64_notes(c, c.index + 1)
-        if any("zcr_el1" in k.lower() or k.startswith("z0") for k in found[0].registers):
-            warnings.append("SVE registers are not written (no NT_ARM_SVE note)")
-        return Target(EM_AARCH64, "<", b"".join(notes)), warnings
-    if arch == "riscv64":
-        for c in found:
-            notes.append(_note(b"CORE", NT_PRSTATUS, _riscv64_prstatus(c, c.index + 1), "<"))
-        return Target(EM_RISCV, "<", b"".join(notes)), warnings
-    machine, endian = _machine(found[0])
-    warnings.append(f"no CPU notes for {arch} (memory only)")
-    return Target(machine, endian, b""), warnings
 
 
 # -- the ELF file --------------------------------------------------------------------

@@ -9,6 +9,10 @@ set) and the system registers travel as two parallel arrays,
 (ELR_ELx, SPSR_ELx, SP_ELx) are not in that list; they come from
 ``env.elr_el``, ``env.banked_spsr`` and ``env.sp_el``.
 
+With SVE, ``z0``..``z31``, ``p0``..``p15`` and ``ffr`` hold the whole
+registers as little-endian integers (``cpu/vfp`` and ``cpu/sve``); they are
+left out of the text output.
+
 The architecture is ``aarch64`` when the CPU has AArch64 system registers,
 ``arm`` otherwise.  A CPU executing in AArch32 state has ``r0``..``r15`` and
 ``cpsr`` instead of ``x0``..``x30``, ``sp`` and ``pstate``.
@@ -514,6 +518,26 @@ def _qregs(cpu: CpuSection) -> list[int]:
     return out
 
 
+def _sve(cpu: CpuSection) -> dict[str, int]:
+    """Z0..Z31, P0..P15 and FFR from cpu/vfp and cpu/sve, as little-endian integers.
+
+    QEMU migrates Z bits 0..1023 only (``cpu/sve/zreg_hi`` holds d[2..15]),
+    so for vector lengths over 1024 bits the upper parts are not in the stream.
+    """
+    sve = cpu.state.subsection("cpu/sve")
+    vfp = cpu.state.subsection("cpu/vfp")
+    if sve is None or vfp is None:
+        return {}
+    out: dict[str, int] = {}
+    for n, hi in enumerate(sve.values("env.vfp.zregs")):
+        words = list(vfp.values(f"env.vfp.zregs[{n}].d")) + list(hi.get("d"))
+        out[f"z{n}"] = sum(unsigned(int(w)) << (64 * i) for i, w in enumerate(words))
+    for n, pred in enumerate(sve.values("env.vfp.pregs")):
+        value = sum(unsigned(int(w)) << (64 * i) for i, w in enumerate(pred.get("p")))
+        out["ffr" if n == 16 else f"p{n}"] = value
+    return out
+
+
 def _decode(cpu: CpuSection, arch: str) -> dict[str, Any]:
     f = field_index(cpu.state)
     pstate = _pstate(f)
@@ -559,6 +583,7 @@ def _decode(cpu: CpuSection, arch: str) -> dict[str, Any]:
     if arch == "aarch64":
         for n, q in enumerate(qregs):
             out[f"q{n}"] = q
+        out.update(_sve(cpu))
     else:
         # AArch32 D<2n> and D<2n+1> are the halves of Q<n>.
         for n, q in enumerate(qregs[:16]):
@@ -593,13 +618,13 @@ def _format(r: dict[str, Any], arch: str) -> list[str]:
             " ".join(f"{k}={v >> 64:016x}:{v & (1 << 64) - 1:016x}" for k, v in qs[i : i + 2])
         )
     lines += grid([(k.upper(), r[k]) for k in r if _numbered(k, "d")], 4, 16)
-    shown = {"pc", "sp", "pstate", "el", "cpsr", "spsr", "mode", "fpcr", "fpsr"}
+    shown = {"pc", "sp", "pstate", "el", "cpsr", "spsr", "mode", "fpcr", "fpsr", "ffr"}
     rest = [
         (k, v)
         for k, v in r.items()
         if k not in shown
         and not k.startswith(("sp_el", "ELR_EL", "SPSR_EL"))
-        and not any(_numbered(k, p) for p in "xrqd")
+        and not any(_numbered(k, p) for p in "xrqdzp")
     ]
     if rest:
         lines.append("system registers")

@@ -6,6 +6,13 @@ decrementer), so the SPR array is the architected view.  CR is rebuilt from
 the eight 4-bit fields ``env.crf`` (``ppc_get_cr``).  SPRs are named with the
 Book3S/POWER numbers (target/ppc/cpu.h); an SPR without a name here is listed
 as ``SPR<number>`` when it is not zero.
+
+Vector registers: ``vr0``..``vr31`` (128-bit, from ``cpu/altivec``) and
+``vscr``; ``vsr0_lo``..``vsr31_lo`` are the low doublewords of VSR0..31 (the
+halves that are not FPRs, from ``cpu/vsx``).  QEMU writes each AVR as its two
+host-order 64-bit halves (``put_avr``: ``u64[0]`` first); qevm reads them as a
+little-endian host wrote them (every host QEMU runs TCG or KVM ppc64 guests on
+today but s390x), i.e. the low doubleword first.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from typing import Any
 from .base import Arch, CpuSection, be_int, field_index, grid, register, unsigned
 
 SPR_XER, SPR_LR, SPR_CTR = 1, 8, 9
+#: cpu_pre_save copies env.spe_fscr here (SPR_BOOKE_SPEFSCR) on every CPU model.
+SPR_SPEFSCR = 0x200
 #: SPR number -> name (POWER/Book3S 64-bit numbering).
 SPR_NAMES: dict[int, str] = {
     0x011: "DSCR",
@@ -82,6 +91,7 @@ SPR_NAMES: dict[int, str] = {
     0x1D4: "HASHKEYR",
     0x1D5: "HASHPKEYR",
     0x1D7: "HDEXCR",
+    0x200: "SPEFSCR",
     0x300: "USIER",
     0x301: "UMMCR2",
     0x302: "UMMCRA",
@@ -169,6 +179,19 @@ def _decode(cpu: CpuSection, arch: str) -> dict[str, Any]:
             out[f"fpr{n}"] = v
         if fpu.get("env.fpscr") is not None:
             out["fpscr"] = unsigned(int(fpu.get("env.fpscr")))
+    altivec = cpu.state.subsection("cpu/altivec")
+    if altivec is not None:
+        for n, v in enumerate(altivec.values("env.vsr")):
+            raw = bytes(v)
+            out[f"vr{n}"] = be_int(raw[8:16]) << 64 | be_int(raw[:8])
+        if altivec.get("vscr") is not None:
+            out["vscr"] = be_int(altivec.get("vscr"))
+    vsx = cpu.state.subsection("cpu/vsx")
+    if vsx is not None:
+        for n, v in enumerate(vsx.values("env.vsr")):
+            out[f"vsr{n}_lo"] = be_int(v)
+    if f.get("env.spe_acc") is not None:
+        out["spe_acc"] = unsigned(int(f["env.spe_acc"]))
     named = {name: n for n, name in SPR_NAMES.items()}
     for name in _ALWAYS:
         out[name] = spr[named[name]]
@@ -198,9 +221,16 @@ def _format(r: dict[str, Any], arch: str) -> list[str]:
             lines.append(f"FPR{i:02d} " + " ".join(f"{r[f'fpr{n}']:016x}" for n in range(i, i + 4)))
     if "fpscr" in r:
         lines.append(f"FPSCR {r['fpscr']:016x}")
-    core = {"nip", "msr", "lr", "ctr", "xer", "cr", "fpscr"}
+    for n in range(0, 32, 2):
+        if f"vr{n}" in r:
+            lines.append(" ".join(f"VR{i:02d} {r[f'vr{i}']:032x}" for i in (n, n + 1)))
+    if "vscr" in r:
+        lines.append(f"VSCR {r['vscr']:08x}")
+    core = {"nip", "msr", "lr", "ctr", "xer", "cr", "fpscr", "vscr", "spe_acc"}
     sprs = [
-        (k, v) for k, v in r.items() if k not in core and not k.startswith(("gpr", "fpr", "sr"))
+        (k, v)
+        for k, v in r.items()
+        if k not in core and not k.startswith(("gpr", "fpr", "sr", "vr", "vsr"))
     ]
     lines += grid(sprs, 4, d, sep=" ")
     srs = [(f"SR{n:02d}", r[f"sr{n}"]) for n in range(16) if f"sr{n}" in r]

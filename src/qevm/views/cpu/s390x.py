@@ -5,6 +5,8 @@ The PSW is stored as QEMU keeps it.  Under TCG the condition code lives in
 stored PSW mask may be stale (``info registers`` prints the mask with the CC
 computed by ``s390_cpu_get_psw_mask``); :data:`PSW_MASK_CC` names those bits.
 Floating-point registers are the high halves of vector registers 0..15.
+The guarded-storage control block (``gs0``..``gs3``) is in the stream only
+when the CPU model has the guarded-storage facility (``cpu/gscb``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def _decode(cpu: CpuSection, arch: str) -> dict[str, Any]:
     for n in range(16):
         if high[n] is not None:
             out[f"f{n}"] = unsigned(int(high[n]))
+    gscb = f.get("env.gscb")
+    if gscb is not None:
+        for n, v in enumerate(gscb):
+            out[f"gs{n}"] = unsigned(int(v))
     # cpu/vregs (vector facility) carries the rest of each vector register.
     if all(v is not None for v in high + low):
         for n in range(32):
@@ -78,6 +84,7 @@ def _format(r: dict[str, Any], arch: str) -> list[str]:
     lines += grid([(f"C{n:02d}", r[f"c{n}"]) for n in range(16)], 4, 16)
     lines += grid([(f"A{n:02d}", r[f"a{n}"]) for n in range(16) if f"a{n}" in r], 4, 8)
     rest = [(k.upper(), r[k]) for _, k in _SCALARS if k in r and k != "fpc"]
+    rest += [(f"GS{n}", r[f"gs{n}"]) for n in range(4) if f"gs{n}" in r]
     lines += grid(rest, 3, 16)
     return lines
 
