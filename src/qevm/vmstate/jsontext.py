@@ -84,15 +84,30 @@ def _scalar(v: Any, where: str) -> str:
     raise DescriptionError(f"{where}: cannot write a {type(v).__name__} into the description")
 
 
+class _Style:
+    """Punctuation and string quoting of one of QEMU's JSON writers."""
+
+    def __init__(
+        self, open_obj: str, close_obj: str, open_arr: str, close_arr: str, key_sep: str, quote: Any
+    ) -> None:
+        self.open_obj, self.close_obj = open_obj, close_obj
+        self.open_arr, self.close_arr = open_arr, close_arr
+        self.key_sep = key_sep
+        self.quote = quote
+
+
+_STYLES = {
+    JSONWRITER: _Style("{", "}", "[", "]", ": ", _quote_jsonwriter),
+    QJSON: _Style("{ ", " }", "[ ", " ]", " : ", _quote_qjson),
+}
+
+
 def dump(obj: JsonObject, style: str = JSONWRITER) -> bytes:
     """The text of ``obj`` exactly as QEMU's writer of ``style`` would produce it."""
     if style not in STYLES:
         raise ValueError(f"unknown JSON style {style!r}")
     out: list[str] = []
-    if style == JSONWRITER:
-        _write_jw(obj, out)
-    else:
-        _write_qj(obj, out)
+    _write(obj, out, _STYLES[style])
     return "".join(out).encode("utf-8")
 
 
@@ -100,51 +115,24 @@ def _pairs(obj: Any) -> list[tuple[str, Any]]:
     return obj.pairs if isinstance(obj, JsonObject) else list(obj.items())
 
 
-def _write_jw(v: Any, out: list[str]) -> None:
+def _write(v: Any, out: list[str], st: _Style) -> None:
     if isinstance(v, dict):
-        out.append("{")
-        first = True
-        for k, x in _pairs(v):
-            if not first:
+        out.append(st.open_obj)
+        for i, (k, x) in enumerate(_pairs(v)):
+            if i:
                 out.append(", ")
-            first = False
-            out.append(_quote_jsonwriter(k))
-            out.append(": ")
-            _write_jw(x, out)
-        out.append("}")
+            out.append(st.quote(k))
+            out.append(st.key_sep)
+            _write(x, out, st)
+        out.append(st.close_obj)
     elif isinstance(v, list):
-        out.append("[")
+        out.append(st.open_arr)
         for i, x in enumerate(v):
             if i:
                 out.append(", ")
-            _write_jw(x, out)
-        out.append("]")
+            _write(x, out, st)
+        out.append(st.close_arr)
     elif isinstance(v, str):
-        out.append(_quote_jsonwriter(v))
-    else:
-        out.append(_scalar(v, "description"))
-
-
-def _write_qj(v: Any, out: list[str]) -> None:
-    if isinstance(v, dict):
-        out.append("{ ")
-        first = True
-        for k, x in _pairs(v):
-            if not first:
-                out.append(", ")
-            first = False
-            out.append(_quote_qjson(k))
-            out.append(" : ")
-            _write_qj(x, out)
-        out.append(" }")
-    elif isinstance(v, list):
-        out.append("[ ")
-        for i, x in enumerate(v):
-            if i:
-                out.append(", ")
-            _write_qj(x, out)
-        out.append(" ]")
-    elif isinstance(v, str):
-        out.append(_quote_qjson(v))
+        out.append(st.quote(v))
     else:
         out.append(_scalar(v, "description"))
