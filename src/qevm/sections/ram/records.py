@@ -272,22 +272,21 @@ class RamState:
                 self._seen_flush = True
                 if self.consumer is not None:
                     self.consumer.epoch += 1
-            elif kind == FLAG_XBZRLE:
+            elif kind == FLAG_XBZRLE or kind == FLAG_COMPRESS_PAGE:
                 block = self._block(r, flags, off)
                 if ps is None:
-                    raise FormatError("XBZRLE page before the page size is known", offset=off)
+                    raise FormatError(
+                        f"{FLAG_NAMES[kind]} page before the page size is known", offset=off
+                    )
                 self._check_addr(block, addr, off)
-                self._xbzrle(r, block, addr, off)
-                block.records["xbzrle"] += 1
-                counts["xbzrle"] += 1
-            elif kind == FLAG_COMPRESS_PAGE:
-                block = self._block(r, flags, off)
-                if ps is None:
-                    raise FormatError("compressed page before the page size is known", offset=off)
-                self._check_addr(block, addr, off)
-                self._compressed(r, block, addr, off)
-                block.records["zlib"] += 1
-                counts["zlib"] += 1
+                if kind == FLAG_XBZRLE:
+                    self._xbzrle(r, block, addr, off)
+                    key = "xbzrle"
+                else:
+                    self._compressed(r, block, addr, off)
+                    key = "zlib"
+                block.records[key] += 1
+                counts[key] += 1
             else:
                 _bad_record(kind, flags, off)
             n += 1
