@@ -40,7 +40,9 @@ def edited(tmp_path, name: str, *sets: str, ram: tuple[str, ...] = ()) -> tuple[
 
 
 # -- device fields -----------------------------------------------------------------
-@pytest.mark.parametrize("name", ["q35-7.2", "q35-11.1", "pc-devices-7.2", "q35-mapped-ram-11.1"])
+@pytest.mark.parametrize(
+    "name", ["q35-11.1", "pc-devices-7.2", "s390x-7.2", "q35-mapped-ram-multifd-11.1"]
+)
 def test_set_rax_changes_exactly_its_bytes(name, tmp_path):
     with qevm.open(unpack(PATHS[name])) as mig:
         regs = mig.device("cpu", 0).state.field("env.regs")
@@ -56,7 +58,7 @@ def test_set_rax_changes_exactly_its_bytes(name, tmp_path):
 def test_second_cpu_struct_element_and_device_name_with_colons(tmp_path):
     name = "linux-x86-pc-smp2-qemu111"
     if name not in PATHS:
-        name = "pc-devices-11.1"
+        name = "pc-devices-7.2"
     with qevm.open(unpack(PATHS[name])) as mig:
         cpus = sorted(d.instance_id for d in mig.devices("cpu"))
         inst = cpus[-1]
@@ -78,7 +80,7 @@ def test_second_cpu_struct_element_and_device_name_with_colons(tmp_path):
 
 
 def test_subsection_by_full_and_short_name(tmp_path):
-    with qevm.open(unpack(PATHS["q35-7.2"])) as mig:
+    with qevm.open(unpack(PATHS["q35-11.1"])) as mig:
         cpu = mig.device("cpu").state
         sub = cpu.subsections[0]
         f = sub.node.fields[0]
@@ -113,7 +115,7 @@ def test_subsection_by_full_and_short_name(tmp_path):
     ],
 )
 def test_bad_paths_and_values_are_refused(path, value, message, capsys, tmp_path):
-    src = unpack(PATHS["q35-7.2"])
+    src = unpack(PATHS["q35-11.1"])
     rc, _, err = cli(capsys, "edit", src, "-o", tmp_path / "o", "--set", f"{path}={value}")
     assert rc == 2
     assert re.search(message, err), err
@@ -121,7 +123,7 @@ def test_bad_paths_and_values_are_refused(path, value, message, capsys, tmp_path
 
 
 def test_value_spellings():
-    with qevm.open(unpack(PATHS["q35-7.2"])) as mig:
+    with qevm.open(unpack(PATHS["q35-11.1"])) as mig:
         a20 = mig.device("cpu").state.field("env.a20_mask")
         assert a20.desc.type == "int32"
         set_field(mig, "cpu:env.a20_mask", "0xffffffff")  # the unsigned spelling
@@ -197,10 +199,10 @@ def test_buffer_of_another_length_updates_the_description(tmp_path):
 
 
 def test_buffer_in_a_struct_updates_the_struct_size(tmp_path):
-    with qevm.open(unpack(PATHS["q35-7.2"])) as mig:
+    with qevm.open(unpack(PATHS["q35-11.1"])) as mig:
         parent = mig.device("ps2kbd").state.field("parent_obj")
         before = parent.desc.size
-    old, new = edited(tmp_path, "q35-7.2", "ps2kbd:parent_obj/queue.data=" + "ab" * 300)
+    old, new = edited(tmp_path, "q35-11.1", "ps2kbd:parent_obj/queue.data=" + "ab" * 300)
     assert _diff(_desc_json(old), _desc_json(new)) == [
         ("/devices[ps2kbd]/fields[parent_obj]/struct/fields[queue.data]/size", 256, 300),
         ("/devices[ps2kbd]/fields[parent_obj]/size", before, before + 44),
@@ -263,7 +265,7 @@ def _records(path) -> dict[str, dict[str, int]]:
 def test_write_ram_into_zero_pages_across_a_page_boundary(tmp_path):
     data = os.urandom(0x2020)
     (tmp_path / "data").write_bytes(data)
-    name = "q35-7.2"
+    name = "q35-11.1"
     src = unpack(PATHS[name])
     before = _block_bytes(src, "pc.ram")
     assert before[0x100000:0x104000] == bytes(0x4000)  # zero pages in the input
@@ -395,11 +397,11 @@ def test_write_ram_into_mapped_ram_sets_slots_and_bitmap(tmp_path):
     [
         ("multifd-111", "pc.ram:0=00", "multifd"),
         ("q35-ignore-shared-7.2", "m0:0=00", "not in the stream"),
-        ("q35-7.2", "pc.ramx:0=00", "no RAM block 'pc.ramx'.*pc.ram"),
-        ("q35-7.2", "pc.ram:0x7fffffe=000000", "do not fit"),
-        ("q35-7.2", "pc.ram=00", "BLOCK:OFFSET"),
-        ("q35-7.2", "pc.ram:0=@/nonexistent/file", "No such file"),
-        ("q35-7.2", "pc.ram:0=xyz", "neither @FILE nor hex"),
+        ("q35-11.1", "pc.ramx:0=00", "no RAM block 'pc.ramx'.*pc.ram"),
+        ("q35-11.1", "pc.ram:0x7fffffe=000000", "do not fit"),
+        ("q35-11.1", "pc.ram=00", "BLOCK:OFFSET"),
+        ("q35-11.1", "pc.ram:0=@/nonexistent/file", "No such file"),
+        ("q35-11.1", "pc.ram:0=xyz", "neither @FILE nor hex"),
     ],
 )
 def test_bad_ram_writes_are_refused(name, spec, message, capsys, tmp_path):
@@ -457,7 +459,7 @@ def test_old_style_section_is_edited_through_its_description(tmp_path):
 
 
 def test_size_change_with_a_borrowed_description_is_refused(capsys, tmp_path):
-    src = unpack(PATHS["q35-7.2"])
+    src = unpack(PATHS["q35-11.1"])
     rc, _, err = cli(
         capsys,
         "edit",

@@ -69,10 +69,10 @@ def test_streaming_input_is_spooled(tmp_path):
 @pytest.mark.parametrize("tail", [b"\x00\x00junk after the description", b""])
 def test_bytes_after_the_stream_are_kept(tail, tmp_path):
     """Whatever follows the description (or EOF, when it is not one) comes back too."""
-    data = unpack(STREAM_FILES["q35-7.2"]).read_bytes()
+    data = unpack(STREAM_FILES["q35-11.1"]).read_bytes()
     if not tail:
         # cut the description: EOF is followed by bytes that are not one
-        with qevm.open(unpack(STREAM_FILES["q35-7.2"])) as mig:
+        with qevm.open(unpack(STREAM_FILES["q35-11.1"])) as mig:
             data = data[: mig.records[-1].offset] + b"\x00 is not a description"
     src = tmp_path / "in.mig"
     src.write_bytes(data + tail)
