@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from ..convert import ConvertWriter
-from ..edit import set_field
 from ..errors import UsageError
-from ..sections.ram.write import RamPatch, RamWrite, bytes_reader, file_reader
 from ..vmstate.types import field_type
-from ..writer import open_for_writing, write_stream
 from . import add_input, command
 from .ram import _add_channel
+
+if TYPE_CHECKING:
+    from ..sections.ram.write import RamWrite
 
 
 def _split(spec: str, what: str, example: str) -> tuple[str, str]:
@@ -24,6 +24,8 @@ def _split(spec: str, what: str, example: str) -> tuple[str, str]:
 
 def parse_ram_write(spec: str) -> RamWrite:
     """``BLOCK:OFFSET=@FILE`` or ``BLOCK:OFFSET=HEX`` as a :class:`RamWrite`."""
+    from ..sections.ram.write import RamWrite, bytes_reader, file_reader
+
     example = "BLOCK:OFFSET=@FILE or BLOCK:OFFSET=HEXBYTES, e.g. pc.ram:0x100000=@data.bin"
     left, value = _split(spec, "--write-ram", example)
     block, sep, off = left.rpartition(":")
@@ -74,6 +76,10 @@ def _setup_edit(p: argparse.ArgumentParser) -> None:
     _setup_edit,
 )
 def run_edit(args: argparse.Namespace) -> int:
+    from ..edit import set_field
+    from ..sections.ram.write import RamPatch
+    from ..writer import open_for_writing, write_stream
+
     sets = [_split(s, "--set", "NAME[#INSTANCE]:FIELD=VALUE") for s in args.set]
     writes = [parse_ram_write(s) for s in args.write_ram]
     mig = open_for_writing(
@@ -129,6 +135,9 @@ def _setup_convert(p: argparse.ArgumentParser) -> None:
     _setup_convert,
 )
 def run_convert(args: argparse.Namespace) -> int:
+    from ..convert import ConvertWriter
+    from ..writer import open_for_writing, write_stream
+
     mig = open_for_writing(
         args.file,
         desc=args.desc,
