@@ -46,6 +46,8 @@ SECTION_TYPE_NAMES = {
     SECTION_FULL: "FULL",
 }
 
+#: PACKAGED blobs inside PACKAGED blobs (QEMU nests none).
+MAX_PACKAGED_DEPTH = 8
 #: Largest JSON description accepted (QEMU's are a few MB at most).
 MAX_DESCRIPTION = 256 << 20
 #: Most bytes read into memory to find the description of a piped stream without footers.
@@ -228,6 +230,7 @@ class StreamParser:
         self.config: Configuration | None = None
         self.stream_desc: Description | None = None
         self._pending: list[SectionRecord] = []
+        self._depth = 0
 
     # -- top level --------------------------------------------------------
     def parse(self) -> ParsedStream:
@@ -365,16 +368,22 @@ class StreamParser:
     def _packaged(self, rec: CommandRecord) -> None:
         """The nested stream of a PACKAGED command (postcopy's device state)."""
         r = self.r
+        if self._depth >= MAX_PACKAGED_DEPTH:
+            raise FormatError(
+                "PACKAGED blobs nested too deeply", offset=rec.offset, section="command"
+            )
         size = rec.info["length"]
         start = r.offset
         end = start + size
         r._check_room(size)
         outer = r.limit
         r.limit = end
+        self._depth += 1
         try:
             rec.nested = self._records(top=False)
         finally:
             r.limit = outer
+            self._depth -= 1
         if r.offset != end:
             self.ctx.warn(f"PACKAGED blob at {start:#x}: {end - r.offset} bytes after POSTCOPY_RUN")
             r.seek(end)

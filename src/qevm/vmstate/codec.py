@@ -14,10 +14,12 @@ from typing import Any
 
 from ..errors import DescriptionError, FormatError, QevmError
 from ..wire import Reader, Writer
-from .desc import FieldDesc, VmsdDesc
+from .desc import MAX_DEPTH, FieldDesc, VmsdDesc
 from .types import NULLPTR_MARKER, IntType, field_type
 from .values import NULL, FieldValue, StateNode, SubsectionValue
 
+#: Most elements of zero bytes one array may have.
+MAX_EMPTY_ELEMENTS = 1 << 20
 #: Marker byte that starts a subsection on the wire.
 SUBSECTION = 0x05
 
@@ -70,6 +72,8 @@ class Decoder:
         """Read one VMSD instance: its fields, then its subsections."""
         r = self.r
         start = r.offset
+        if len(self._stack) > MAX_DEPTH:
+            raise DescriptionError("VMSDs nested too deeply", offset=start)
         frame: list[Any] = [desc, 0]
         self._stack.append(frame)
         fields = []
@@ -134,6 +138,8 @@ class Decoder:
         r = self.r
         start = r.offset
         t = field_type(f)
+        if f.count > 1:
+            self._check_count(f, start)
         try:
             value = t.decode(self, f) if f.count == 1 else t.decode_many(self, f, f.count)
         except QevmError as e:
@@ -162,6 +168,21 @@ class Decoder:
                 expected=f"{f.size} bytes as the description says",
             )
         return FieldValue(f, start, size, value)
+
+    def _check_count(self, f: FieldDesc, start: int) -> None:
+        """Refuse element counts the rest of the input cannot hold (hostile descriptions).
+
+        Elements of a described size take at least a byte each; empty ones
+        (a struct without fields) are allowed in QEMU-like numbers only.
+        """
+        left = self.end - start if self.end is not None else self.r.source.size
+        limit = MAX_EMPTY_ELEMENTS if f.size == 0 else (left if left is not None else f.count)
+        if f.count > max(limit, 1):
+            raise DescriptionError(
+                f"array of {f.count} elements cannot fit in the {left} bytes left",
+                offset=start,
+                field=f.name,
+            )
 
     # -- QEMU < 10.0 arrays of pointers with NULL elements -------------------
     def pointer_array(self, f: FieldDesc, n: int) -> list[Any]:

@@ -57,6 +57,8 @@ def parse_json(text: bytes | str) -> JsonObject:
         obj = json.loads(text, object_pairs_hook=JsonObject)
     except (ValueError, UnicodeDecodeError) as e:
         raise DescriptionError(f"the VM description is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DescriptionError("the VM description is nested too deeply") from None
     if not isinstance(obj, JsonObject):
         raise DescriptionError("the VM description is not a JSON object")
     return obj
@@ -195,8 +197,14 @@ def _inline_vmsds(obj: JsonObject, where: str) -> list[VmsdDesc]:
     return out
 
 
+#: Deepest nesting of VMSDs accepted (QEMU's real ones nest a handful deep).
+MAX_DEPTH = 64
+
+
 def parse_vmsd(obj: Any, where: str) -> VmsdDesc:
     """Build a :class:`VmsdDesc` from a ``struct``/subsection object."""
+    if where.count("/") + where.count(".") > 4 * MAX_DEPTH:
+        raise DescriptionError(f"{where[:200]}...: descriptions nested too deeply")
     if not isinstance(obj, JsonObject):
         raise DescriptionError(f"{where}: VMSD description is not an object")
     name = obj.get("vmsd_name")
