@@ -124,3 +124,40 @@ def test_cli_missing_file(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def _with_description(stream_bytes: bytes, eof: int, text: bytes) -> bytes:
+    """The stream up to and including EOF, then ``text`` as its description."""
+    return stream_bytes[: eof + 1] + b"\x06" + len(text).to_bytes(4, "big") + text
+
+
+def test_hostile_descriptions_are_refused(tmp_path, stream_bytes, layout):
+    eof, _ = layout
+    with qevm.open(unpack(STREAMS[SMALL]), decode_devices=False) as mig:
+        first = mig.devices()[0]
+        name, inst = first.name, first.instance_id
+    head = (
+        f'{{"page_size": 4096, "devices": [{{"name": "{name}", "instance_id": {inst}, '
+        '"vmsd_name": "x", "version": 1, "fields": ['
+    ).encode()
+    huge = head + b'{"name": "a", "array_len": 1099511627776, "type": "uint8", "size": 1}]}]}'
+    deep_field = b'{"name": "s", "type": "struct", "struct": {"vmsd_name": "d", "fields": ['
+    deep = head + deep_field * 3000 + b']}, "size": 1}' * 3000 + b"]}]}"
+    for text, pattern in ((huge, "cannot fit"), (deep, "nested too deeply")):
+        with pytest.raises(QevmError, match=pattern) as e:
+            _open_bytes(tmp_path, _with_description(stream_bytes, eof, text)).close()
+        assert e.value.offset is not None
+
+
+def test_nested_packaged_blobs_are_bounded(tmp_path):
+    inner = b""
+    for _ in range(100):
+        inner = (
+            b"\x08"
+            + (7).to_bytes(2, "big")
+            + (4).to_bytes(2, "big")
+            + len(inner).to_bytes(4, "big")
+            + inner
+        )
+    with pytest.raises(FormatError, match="nested too deeply"):
+        _open_bytes(tmp_path, b"QEVM\x00\x00\x00\x03" + inner + b"\x00")
