@@ -191,9 +191,13 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
         comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
         if comp is None:
             raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
-        summary.compression = comp
         payload_off = r.offset
+        # Only packets with pages carry a payload, whatever next_packet_size
+        # says: QEMU reads one only for them, and 7.2 leaves the previous
+        # packet's size in its empty SYNC packets (and sets the compression
+        # flag only on packets with pages).
         if normal or zero:
+            summary.compression = comp
             bname = name.split(b"\0")[0].decode("latin-1")
             block = state.blocks.get(bname)
             if block is None:
@@ -204,7 +208,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                     raise FormatError(
                         f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
                     )
-            if comp == "none":
+            if normal and comp == "none":
                 if next_size != normal * ps:
                     raise FormatError(
                         f"multifd payload of {next_size} bytes for {normal} pages",
@@ -215,7 +219,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 for i, a in enumerate(offs[:normal]):
                     consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
                 r.skip(next_size)
-            else:
+            elif normal:
                 if inflater is None:
                     inflater = _Inflater(comp, off)
                 data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
@@ -229,8 +233,6 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 block.records["zero"] += zero
             summary.pages += normal
             summary.zero_pages += zero
-        else:
-            r.skip(next_size)
         if flags & FLAG_SYNC:
             epoch += 1
             summary.syncs += 1
