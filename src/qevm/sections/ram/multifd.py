@@ -120,15 +120,16 @@ def apply_channel(state: RamState, source: Source, src_no: int) -> ChannelSummar
     """Read an extra connection's pages into the RAM state's consumer."""
     kind = channel_kind(source)
     if kind == "postcopy-preempt":
-        return _apply_preempt(state, source)
+        return _apply_preempt(state, source, src_no)
     return _apply_multifd(state, source, src_no)
 
 
-def _apply_preempt(state: RamState, source: Source) -> ChannelSummary:
+def _apply_preempt(state: RamState, source: Source, src_no: int) -> ChannelSummary:
     summary = ChannelSummary(source.name, "postcopy-preempt")
     r = Reader(source, 0)
     saved = state.last
     state.last = None  # the preempt channel has its own "last block"
+    state.src = src_no  # page offsets are in this channel's file, not the main stream
     try:
         while not r.at_end():
             stats = state.read_section(r)
@@ -137,6 +138,7 @@ def _apply_preempt(state: RamState, source: Source) -> ChannelSummary:
             summary.zero_pages += stats.records.get("zero", 0)
     finally:
         state.last = saved
+        state.src = 0
     return summary
 
 
