@@ -120,15 +120,16 @@ def apply_channel(state: RamState, source: Source, src_no: int) -> ChannelSummar
     """Read an extra connection's pages into the RAM state's consumer."""
     kind = channel_kind(source)
     if kind == "postcopy-preempt":
-        return _apply_preempt(state, source)
+        return _apply_preempt(state, source, src_no)
     return _apply_multifd(state, source, src_no)
 
 
-def _apply_preempt(state: RamState, source: Source) -> ChannelSummary:
+def _apply_preempt(state: RamState, source: Source, src_no: int) -> ChannelSummary:
     summary = ChannelSummary(source.name, "postcopy-preempt")
     r = Reader(source, 0)
     saved = state.last
     state.last = None  # the preempt channel has its own "last block"
+    state.src = src_no  # page offsets are in this channel's file, not the main stream
     try:
         while not r.at_end():
             stats = state.read_section(r)
@@ -137,6 +138,7 @@ def _apply_preempt(state: RamState, source: Source) -> ChannelSummary:
             summary.zero_pages += stats.records.get("zero", 0)
     finally:
         state.last = saved
+        state.src = 0
     return summary
 
 
@@ -191,9 +193,13 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
         comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
         if comp is None:
             raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
-        summary.compression = comp
         payload_off = r.offset
+        # Only packets with pages carry a payload, whatever next_packet_size
+        # says: QEMU reads one only for them, and 7.2 leaves the previous
+        # packet's size in its empty SYNC packets (and sets the compression
+        # flag only on packets with pages).
         if normal or zero:
+            summary.compression = comp
             bname = name.split(b"\0")[0].decode("latin-1")
             block = state.blocks.get(bname)
             if block is None:
@@ -204,7 +210,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                     raise FormatError(
                         f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
                     )
-            if comp == "none":
+            if normal and comp == "none":
                 if next_size != normal * ps:
                     raise FormatError(
                         f"multifd payload of {next_size} bytes for {normal} pages",
@@ -215,7 +221,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 for i, a in enumerate(offs[:normal]):
                     consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
                 r.skip(next_size)
-            else:
+            elif normal:
                 if inflater is None:
                     inflater = _Inflater(comp, off)
                 data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
@@ -229,8 +235,6 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 block.records["zero"] += zero
             summary.pages += normal
             summary.zero_pages += zero
-        else:
-            r.skip(next_size)
         if flags & FLAG_SYNC:
             epoch += 1
             summary.syncs += 1

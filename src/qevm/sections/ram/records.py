@@ -165,6 +165,9 @@ class RamState:
         self._np: Any = None
         self._records_seen = 0
         self._seen_flush = False
+        #: The input the records being read are in (0: the main stream; an
+        #: extra channel's number while its bare RAM records are read).
+        self.src = 0
 
     @property
     def multifd_flushes(self) -> bool:
@@ -242,7 +245,7 @@ class RamState:
                     key = "zero" if fill == 0 else "fill"
                 else:
                     r.ensure(ps)
-                    self.consumer.page(block, addr, r.base + r.pos, r)
+                    self.consumer.page(block, addr, r.base + r.pos, r, self.src)
                     r.pos += ps
                     key = "page"
                 block.records[key] += 1
@@ -337,7 +340,7 @@ class RamState:
                 elif kind == FLAG_PAGE:
                     r.ensure(ps)
                     rec.data_offset, rec.data_length = r.offset, ps
-                    self.consumer.page(block, addr, r.offset, r)
+                    self.consumer.page(block, addr, r.offset, r, self.src)
                     r.pos += ps
                 elif kind == FLAG_XBZRLE:
                     rec.data_offset = r.offset + 3
@@ -435,6 +438,7 @@ class RamState:
         consumer = self.consumer
         keep = type(consumer) is not PageConsumer
         zero, page = consumer.zero, consumer.page
+        src = self.src
         unpack = _U64.unpack_from
         zc = FLAG_ZERO | FLAG_CONTINUE
         pc = FLAG_PAGE | FLAG_CONTINUE
@@ -455,7 +459,7 @@ class RamState:
                     break
                 if keep:
                     r.pos = pos + 8
-                    page(block, a, base + pos + 8, r)
+                    page(block, a, base + pos + 8, r, src)
                 pos += rec_page
                 npg += 1
             else:
@@ -497,7 +501,7 @@ class RamState:
             else:
                 start = r.base + r.pos + 8
                 offs = np.arange(k, dtype=np.uint64) * np.uint64(size) + np.uint64(start)
-                self.consumer.page_run(block, addrs, offs, r)
+                self.consumer.page_run(block, addrs, offs, r, self.src)
             r.pos += k * size
             total += k
             if k < n:
