@@ -150,3 +150,10 @@ def test_capture_made_now_equals_destination(tmp_path, capsys):
 
     gen_live.capture(LIVE_NAME, gen_live.CAPTURES[LIVE_NAME], tmp_path / "cap", log=lambda s: None)
     check_capture(tmp_path / "cap", LIVE_NAME, tmp_path, capsys)
+
+
+def test_write_ram_is_refused_when_pages_travel_on_channels(tmp_path):
+    """QEMU 7.2 multifd writes no MULTIFD_FLUSH: the missing pages tell."""
+    path, _ = _files(LIVE_DIR, "multifd-zlib-72")
+    rc = cli_main(["edit", str(path), "-o", str(tmp_path / "o"), "--write-ram", "pc.ram:0=00"])
+    assert rc == 2

@@ -141,7 +141,8 @@ def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> Non
             extra.append("not in the stream (x-ignore-shared): left as zeros")
         elif b.name in missing:
             extra.append(
-                f"{missing[b.name]} pages missing (give the multifd channels with --channel)"
+                f"{missing[b.name]} pages missing (give the multifd or postcopy-preempt "
+                "channels with --channel)"
             )
         print(paths[b.name] + ("  (" + "; ".join(extra) + ")" if extra else ""))
     for w in mig.warnings:
@@ -250,7 +251,7 @@ def _print_stats(j: dict[str, Any]) -> None:
             ranges = ", ".join(f"{o:#x}+{n:#x}" for o, n in b["missing_ranges"])
             w(
                 f"{'':40} {'':>12}  {b['missing_pages']} pages missing ({ranges}): give the "
-                "multifd channels with --channel\n"
+                "multifd or postcopy-preempt channels with --channel\n"
             )
     for c in j["channels"]:
         w(

@@ -112,10 +112,15 @@ class RamPatch:
         ram = mig.ram
         assert ram is not None
         plain = [b for b in ram.blocks.values() if b.mapped is None and b.in_stream]
-        if plain and (ram.multifd_flushes or not any(b.records for b in plain)):
+        # Pages no record of this file gives travelled on other connections
+        # (multifd before QEMU 8.1 writes no MULTIFD_FLUSH, postcopy-preempt).
+        missing = (
+            mig.missing_pages() if ram.consumer is not None and ram.consumer.uses_numpy else {}
+        )
+        if plain and (ram.multifd_flushes or not any(b.records for b in plain) or missing):
             raise UsageError(
-                "this stream was sent with multifd: its RAM pages are on the multifd "
-                "channels, not in this file; convert it with its channels first "
+                "this stream's RAM pages are not all in this file (they travel on multifd "
+                "or postcopy-preempt channels); convert it with its channels first "
                 "(qevm convert --channel ...)"
             )
 
