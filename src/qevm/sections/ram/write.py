@@ -119,8 +119,8 @@ class RamPatch:
         )
         if plain and (ram.multifd_flushes or not any(b.records for b in plain) or missing):
             raise UsageError(
-                "this stream's RAM pages are not all in this file (they travel on multifd "
-                "or postcopy-preempt channels); convert it with its channels first "
+                "this stream was sent with multifd: its RAM pages are on the multifd "
+                "channels, not in this file; convert it with its channels first "
                 "(qevm convert --channel ...)"
             )
 
