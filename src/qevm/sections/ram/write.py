@@ -112,12 +112,12 @@ class RamPatch:
         ram = mig.ram
         assert ram is not None
         plain = [b for b in ram.blocks.values() if b.mapped is None and b.in_stream]
-        # Pages no record of this file gives travelled on other connections
-        # (multifd before QEMU 8.1 writes no MULTIFD_FLUSH, postcopy-preempt).
-        missing = (
-            mig.missing_pages() if ram.consumer is not None and ram.consumer.uses_numpy else {}
-        )
-        if plain and (ram.multifd_flushes or not any(b.records for b in plain) or missing):
+        # Multifd before QEMU 8.1 writes no MULTIFD_FLUSH: its main channel has
+        # zero pages only, the data pages are missing from this file.
+        index = ram.consumer is not None and ram.consumer.uses_numpy
+        missing = mig.missing_pages() if index else {}
+        only_zero = bool(missing) and not any(b.records.get("page") for b in plain)
+        if plain and (ram.multifd_flushes or not any(b.records for b in plain) or only_zero):
             raise UsageError(
                 "this stream was sent with multifd: its RAM pages are on the multifd "
                 "channels, not in this file; convert it with its channels first "
