@@ -17,9 +17,7 @@ guest-physical range for ELF cores.
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
-import sys
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -208,64 +206,25 @@ def _copy_strided(
 ) -> None:
     """Write ``n`` pages found every ``stride`` bytes from ``soff`` as one range.
 
-    Each step copies its pages straight into a mapped window of the output
-    (one copy, page tables filled in bulk), or, where the output cannot be
-    mapped that way, gathers them into a buffer written as one range; the
-    kernel writes one large range far faster than thousands of 4 KiB pieces.
+    Pages separated by record headers are gathered into a buffer first: the
+    kernel writes one large range much faster than thousands of 4 KiB pieces.
     Each step's input is dropped from memory once written.
     """
     import numpy as np
 
     step = max(1, COPY_STEP // stride)
-    buf: Any = None
-    mapped = True
+    buf = np.empty(min(step, n) * ps, dtype=np.uint8) if stride != ps else None
     for i0 in range(0, n, step):
         k = min(step, n - i0)
         lo = soff + i0 * stride
-        pages = np.ndarray((k, ps), np.uint8, view, lo, (stride, 1))
-        dest = out + i0 * ps
-        if not (mapped and _copy_into_mapping(fd, dest, pages)):
-            mapped = False
-            if stride == ps:
-                _pwrite_all(fd, view[lo : lo + k * ps], dest)
-            else:
-                if buf is None:
-                    buf = np.empty(min(step, n) * ps, dtype=np.uint8)
-                np.copyto(buf[: k * ps].reshape(k, ps), pages)
-                _pwrite_all(fd, memoryview(buf)[: k * ps], dest)
+        if buf is None:
+            data: Any = view[lo : lo + k * ps]
+        else:
+            pages = np.ndarray((k, ps), np.uint8, view, lo, (stride, 1))
+            np.copyto(buf[: k * ps].reshape(k, ps), pages)
+            data = memoryview(buf)[: k * ps]
+        _pwrite_all(fd, data, out + i0 * ps)
         source.release(lo, lo + k * stride)
-
-
-#: madvise(MADV_POPULATE_WRITE) (Linux 5.14): fill a mapping's page tables for
-#: writing in one call, and fail with an error rather than SIGBUS if the
-#: filesystem cannot take the pages.
-_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23 if sys.platform == "linux" else None)
-
-
-def _copy_into_mapping(fd: int, dest: int, pages: Any) -> bool:
-    """Copy ``pages`` into the output at ``dest`` through a shared mapping (False: cannot)."""
-    if _POPULATE_WRITE is None:
-        return False
-    import numpy as np
-
-    size = pages.nbytes
-    base = dest - dest % mmap.ALLOCATIONGRANULARITY
-    try:
-        m = mmap.mmap(fd, size + dest - base, mmap.MAP_SHARED, offset=base)
-    except (OSError, ValueError):
-        return False
-    try:
-        try:
-            m.madvise(_POPULATE_WRITE)
-        except OSError:
-            return False
-        target = np.frombuffer(m, np.uint8, count=size, offset=dest - base)
-        np.copyto(target.reshape(pages.shape), pages)
-        del target
-        m.madvise(mmap.MADV_DONTNEED)
-    finally:
-        m.close()
-    return True
 
 
 def _pwrite_all(fd: int, data: Any, dest: int) -> None:
