@@ -47,6 +47,15 @@ class LzoError(ContainerError):
     """LZO1X data that does not decode."""
 
 
+def _long_count(src: bytes, ip: int, base: int) -> tuple[int, int]:
+    """A count that did not fit its instruction's bits: ``base`` + 255 per zero byte
+    + the first non-zero byte.  Returns the count and the new input position."""
+    while src[ip] == 0:
+        base += 255
+        ip += 1
+    return base + src[ip], ip + 1
+
+
 def lzo1x_decompress(src: bytes, dst_len: int) -> bytes:
     """Decompress one LZO1X block that must produce exactly ``dst_len`` bytes.
 
@@ -76,12 +85,7 @@ def lzo1x_decompress(src: bytes, dst_len: int) -> bytes:
             if t < 16:
                 if state == 0:
                     if t == 0:
-                        t = 15
-                        while src[ip] == 0:
-                            t += 255
-                            ip += 1
-                        t += src[ip]
-                        ip += 1
+                        t, ip = _long_count(src, ip, 15)
                     t += 3
                     if ip + t > n or len(out) + t > dst_len:
                         raise LzoError(f"literal run of {t} bytes overruns the block", offset=ip)
@@ -105,12 +109,7 @@ def lzo1x_decompress(src: bytes, dst_len: int) -> bytes:
             elif t >= 32:
                 length = t & 31
                 if length == 0:
-                    length = 31
-                    while src[ip] == 0:
-                        length += 255
-                        ip += 1
-                    length += src[ip]
-                    ip += 1
+                    length, ip = _long_count(src, ip, 31)
                 length += 2
                 d = src[ip] | (src[ip + 1] << 8)
                 ip += 2
@@ -119,12 +118,7 @@ def lzo1x_decompress(src: bytes, dst_len: int) -> bytes:
             else:
                 length = t & 7
                 if length == 0:
-                    length = 7
-                    while src[ip] == 0:
-                        length += 255
-                        ip += 1
-                    length += src[ip]
-                    ip += 1
+                    length, ip = _long_count(src, ip, 7)
                 length += 2
                 d = src[ip] | (src[ip + 1] << 8)
                 ip += 2
