@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import mmap
 import pathlib
 import shutil
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from qemu_util import Qemu, xz_file  # noqa: E402
 
 #: name -> (binary, arguments, [(pattern, guest-physical address)])
 RECIPES: dict[str, tuple[str, list[str], list[tuple[str, int]]]] = {
@@ -220,44 +220,6 @@ def pattern_files() -> dict[str, bytes]:
     }
 
 
-class Qmp:
-    """A minimal QMP client over a unix socket."""
-
-    def __init__(self, path: str) -> None:
-        for _ in range(200):
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("QEMU's QMP socket did not appear")
-        self.file = self.sock.makefile("rwb")
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self) -> dict:
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise RuntimeError("QMP connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def cmd(self, name: str, **args: object) -> object:
-        self.file.write(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
-        self.file.flush()
-        reply = self._read()
-        if "error" in reply:
-            raise RuntimeError(f"{name}: {reply['error']}")
-        return reply["return"]
-
-    def hmp(self, line: str) -> str:
-        return str(self.cmd("human-monitor-command", **{"command-line": line}))
-
-
 def summarise_elf(path: str) -> dict:
     """PT_LOADs of QEMU's ELF and the sha256 of each non-zero 4 KiB page in them."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -287,17 +249,14 @@ def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib
     binary, args, loads = RECIPES[name]
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qevm-gen-"))
     try:
-        sock = str(tmp / "qmp.sock")
         if binary in ("qemu-system-x86_64", "qemu-system-ppc64") and "-bios" not in args:
             args = [*args, "-bios", "patterns/bios64k.bin"]
-        argv = [binary, "-S", "-display", "none", "-nodefaults"]
+        argv = [binary, "-S", "-nodefaults"]
         argv += [str(patterns_dir / a[9:]) if a.startswith("patterns/") else a for a in args]
         for pat, addr in loads:
             argv += ["-device", f"loader,file={patterns_dir / pat},addr={addr:#x}"]
-        argv += ["-qmp", f"unix:{sock},server=on,wait=off"]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            q = Qmp(sock)
+        with Qemu(argv) as vm:
+            q = vm.qmp
             version = q.cmd("query-version")
             mtree = q.hmp("info mtree -f")
             ramblocks = q.hmp("info ramblock")
@@ -309,29 +268,10 @@ def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib
             except RuntimeError:  # e.g. loongarch64 in QEMU 7.2 cannot dump
                 elf = None
             mig = tmp / f"{name}.mig"
-            q.cmd("migrate", uri=f"exec:cat > {mig}")
-            while True:
-                st = q.cmd("query-migrate")
-                if st.get("status") in ("completed", "failed", "cancelled"):  # type: ignore[union-attr]
-                    break
-                time.sleep(0.05)
-            if st.get("status") != "completed":  # type: ignore[union-attr]
-                raise RuntimeError(f"{name}: migration {st}")
-            q.cmd("quit")
-        except (OSError, RuntimeError) as e:
-            proc.kill()
-            out = proc.communicate()[0].decode(errors="replace")
-            raise RuntimeError(f"{name}: {e}; QEMU said: {out.strip()}") from None
-        finally:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            vm.save(str(mig))
         outdir.mkdir(parents=True, exist_ok=True)
         out = outdir / f"{name}.mig.xz"
-        with open(mig, "rb") as src, lzma.open(out, "wb", preset=9 | lzma.PRESET_EXTREME) as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
+        xz_file(mig, out)
         recipe = {
             "name": name,
             "qemu_version": version,
@@ -353,11 +293,8 @@ def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib
 
 def main(argv: list[str]) -> int:
     outdir = pathlib.Path(argv[0])
-    here = pathlib.Path(__file__).parent
     patterns = pathlib.Path(tempfile.mkdtemp(prefix="qevm-pat-"))
     try:
-        sys.path.insert(0, str(here))
-
         for pat, data in pattern_files().items():
             (patterns / pat).write_bytes(data)
         for name in argv[1:] or list(RECIPES):

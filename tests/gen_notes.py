@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import mmap
 import pathlib
 import re
@@ -35,7 +34,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qemu_util import Qemu, qemu_version
+from qemu_util import Qemu, qemu_version, xz_file
 
 #: aarch64 code run before the registers are written: enable SVE at EL1
 #: (CPACR_EL1.ZEN/FPEN from x0) and set ZCR_EL1 from x1, so the CPU's SVE
@@ -332,8 +331,7 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
             version = vm.qmp.cmd("query-version")
         outdir.mkdir(parents=True, exist_ok=True)
         out = outdir / f"{name}.mig.xz"
-        with open(mig, "rb") as src, lzma.open(out, "wb", preset=9 | lzma.PRESET_EXTREME) as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
+        xz_file(mig, out)
         recipe = {
             "name": name,
             "qemu_version": version,

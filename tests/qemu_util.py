@@ -104,6 +104,14 @@ class Qemu:
         self.close()
 
 
+def xz_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Compress ``src`` into ``dst`` as tightly as xz can (committed test data)."""
+    import lzma
+
+    with open(src, "rb") as f, lzma.open(dst, "wb", preset=9 | lzma.PRESET_EXTREME) as out:
+        shutil.copyfileobj(f, out, 1 << 22)
+
+
 def qemu_version(binary: str = "qemu-system-x86_64") -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
     return out.split("version", 1)[1].split()[0] if "version" in out else "?"
