@@ -103,3 +103,21 @@ def test_block_migration_and_dirty_bitmap_sections():
         assert (start["node"], start["bitmap"], start["granularity"]) == ("disk0", "bm0", 65536)
         advise = [c for c in mig.commands() if c.name == "POSTCOPY_ADVISE"]
         assert advise and advise[0].info == {"ram": False}
+
+
+def test_description_page_size_must_agree_with_the_ram_read(tmp_path):
+    """Without a configuration section a pipe's RAM is read with an assumed page size;
+    a description that says otherwise is refused, not silently believed."""
+    data = unpack(GENERATED["pc-7.2-noconfig"]).read_bytes()
+    assert data.count(b'"page_size": 4096') == 1
+    bad = tmp_path / "bad.mig"
+    bad.write_bytes(data.replace(b'"page_size": 4096', b'"page_size": 8192'))
+    with open(bad, "rb") as f:
+        res = subprocess.run(
+            [sys.executable, "-m", "qevm", "state", "--json", "-"],
+            stdin=f,
+            capture_output=True,
+            text=True,
+        )
+    assert res.returncode == 2
+    assert "page size" in res.stderr and "offset" in res.stderr

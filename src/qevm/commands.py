@@ -45,9 +45,6 @@ COMMANDS: dict[int, CommandSpec] = {
     SWITCHOVER_START: CommandSpec("SWITCHOVER_START", 0),
 }
 
-#: QEMU 3.0 numbered POSTCOPY_RESUME 8 and RECV_BITMAP 9 (3.1 inserted ENABLE_COLO).
-QEMU30_RECV_BITMAP = 9
-
 
 def command_name(cmd: int) -> str:
     spec = COMMANDS.get(cmd)

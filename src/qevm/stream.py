@@ -634,6 +634,9 @@ class StreamParser:
                 )
             text = r.bytes(length)
             desc = parse_description(text, off + 5)
+            if desc.page_size:
+                # RAM was read with the page size known then; they must agree.
+                self._set_page_size(desc.page_size, "the VM description", off + 5)
             self.stream_desc = desc
             rec: Record = DescriptionRecord(off, r.offset, length, desc)
             if not r.at_end():

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..migration import Migration
 from ..render import compat, jsonout, native, text
-from ..stream import DescriptionRecord, SectionRecord, TrailingRecord
+from ..stream import SECTION_FULL, DescriptionRecord, SectionRecord, TrailingRecord
 from . import add_input, command, open_stream
 
 
@@ -181,7 +181,7 @@ def state_json(mig: Migration, pattern: str | None) -> dict[str, Any]:
     out["devices"] = [device_json(d) for d in mig.devices(pattern)]
     live = []
     for entry in mig.entries.values():
-        if entry.handler is None or not any(r.type != 4 for r in entry.records):
+        if entry.handler is None or all(r.type == SECTION_FULL for r in entry.records):
             continue
         if pattern and not _match(entry.idstr, pattern):
             continue

@@ -186,14 +186,10 @@ class RamState:
             for b in self.blocks.values():
                 self.consumer.add_block(b)
 
-    def _probe_page_size(self, r: Reader, record_off: int, has_name: bool) -> int:
-        """Find the target page size from the first PAGE record's framing."""
-        name_len = 0
-        if has_name:
-            head = r.peek_at(r.offset, 1)
-            name_len = 1 + (head[0] if head else 0)
+    def _probe_page_size(self, r: Reader, record_off: int) -> int:
+        """Find the target page size from the framing of the first PAGE record."""
         for ps in _PROBE_SIZES:
-            nxt = r.peek_at(r.offset + name_len + ps, 8)
+            nxt = r.peek_at(r.offset + ps, 8)
             if len(nxt) < 8:
                 continue
             v = _U64.unpack(nxt)[0]
@@ -235,7 +231,7 @@ class RamState:
             if kind == FLAG_ZERO or kind == FLAG_PAGE:
                 block = self._block(r, flags, off)
                 if ps is None:
-                    ps = self._page_size_for(r, off, flags)
+                    ps = self._page_size_for(r, off, kind)
                     flags = v & (ps - 1)
                     addr = v - flags
                 self._check_addr(block, addr, off)
@@ -330,7 +326,7 @@ class RamState:
                 if ps is None:
                     if kind not in (FLAG_ZERO, FLAG_PAGE):
                         raise FormatError("page record before the page size is known", offset=off)
-                    ps = self._page_size_for(r, off, flags)
+                    ps = self._page_size_for(r, off, kind)
                     rec.flags = flags = v & (ps - 1)
                     rec.addr = addr = v - flags
                 self._check_addr(block, addr, off)
@@ -363,16 +359,19 @@ class RamState:
             if kind == FLAG_EOS:
                 return
 
-    def _page_size_for(self, r: Reader, off: int, flags: int) -> int:
+    def _page_size_for(self, r: Reader, off: int, kind: int) -> int:
+        """The page size when nothing stated it before the first page record."""
         machine = self.ctx.machine or ""
-        # x86, s390x, riscv, ppc, loongarch all use 4 KiB target pages; others
-        # (arm) state theirs in the configuration section.
-        if machine.startswith(
-            ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries", "virt")
-        ):
+        # x86, s390x, riscv, ppc and loongarch use 4 KiB target pages; arm
+        # states its size in the configuration section.
+        if machine.startswith(_FOUR_K_MACHINES):
             ps = 4096
+        elif kind == FLAG_PAGE:
+            ps = self._probe_page_size(r, off)
         else:
-            ps = self._probe_page_size(r, off, False)
+            # a ZERO record's framing does not depend on the page size
+            ps = 4096
+            self.ctx.warn("target page size not stated before the first page; assumed 4096")
         self._set_page_size(ps)
         self._ensure_consumer()
         return ps
@@ -709,25 +708,6 @@ def write_page(
 ) -> None:
     """A PAGE record with the page's bytes."""
     write_record_head(w, FLAG_PAGE | (FLAG_CONTINUE if cont else 0), addr, block)
-    w.bytes(data)
-
-
-def write_xbzrle(
-    w: Writer, block: RamBlock, addr: int, delta: bytes | memoryview, cont: bool = False
-) -> None:
-    """An XBZRLE record: encoding byte, u16 length, delta."""
-    write_record_head(w, FLAG_XBZRLE | (FLAG_CONTINUE if cont else 0), addr, block)
-    w.u8(ENCODING_FLAG_XBZRLE)
-    w.u16(len(delta))
-    w.bytes(delta)
-
-
-def write_compressed(
-    w: Writer, block: RamBlock, addr: int, data: bytes | memoryview, cont: bool = False
-) -> None:
-    """A COMPRESS_PAGE record: u32 length, zlib stream."""
-    write_record_head(w, FLAG_COMPRESS_PAGE | (FLAG_CONTINUE if cont else 0), addr, block)
-    w.u32(len(data))
     w.bytes(data)
 
 
