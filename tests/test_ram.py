@@ -6,6 +6,7 @@ import hashlib
 import json
 import lzma
 import os
+import struct
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from mtree import block_at, loaded_patterns
 import qevm
 from qevm.cli import main as cli_main
 from qevm.ramio import block_path, block_paths
+from qevm.stream import EofRecord
 
 WITH_BLOCKS = sorted(n for n in STREAMS if expected(n, "blocks"))
 WITH_PATTERN = sorted(n for n in STREAMS if loaded_patterns(meta(STREAMS[n])["argv"]))
@@ -131,6 +133,90 @@ def test_pipe_extraction_equals_file_extraction(name, tmp_path):
     assert files_a == files_b
     for rel in files_a:
         assert _sha(a / rel) == _sha(b / rel), rel
+
+
+ONE_PASS = [
+    ("live", "xbzrle-111"),
+    ("live", "compress-72"),
+    ("live", "multipass-111"),
+    ("live", "postcopy-paused-111"),
+    ("streams", "q35-mapped-ram-11.1"),
+    ("streams", "q35-mapped-ram-multifd-11.1"),
+    ("streams", "q35-ignore-shared-7.2"),
+    ("streams", "ppc64-pseries-11.1"),
+]
+
+
+@pytest.mark.parametrize("kind,name", ONE_PASS)
+def test_one_pass_extraction_equals_page_index(kind, name, tmp_path, capsys):
+    """extract writes pages as it reads them; the page index is the other way."""
+    path = unpack((LIVE if kind == "live" else STREAMS)[name])
+    assert cli_main(["extract", str(path), "-o", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    with qevm.open(path, index_ram=True, decode_devices=False) as mig:
+        index = mig.page_index
+        rels = block_paths(b.name for b in mig.ram_blocks)
+        for b in mig.ram_blocks:
+            rel = rels[b.name][0]
+            assert any(line.split("  (")[0] == rel for line in listed), rel
+            with open(tmp_path / rel, "rb") as f:
+                for off in range(0, b.used_length, 1 << 24):
+                    n = min(1 << 24, b.used_length - off)
+                    assert f.read(n) == index.read(b.name, off, n), (b.name, hex(off))
+
+
+def _append_ram_pass(stream: bytes, eof: int, section: int, block: str, records: list) -> bytes:
+    """``stream`` with one more RAM section (footer included) just before its EOF."""
+    body = bytearray()
+    for i, (page, data) in enumerate(records):
+        flags = (0x08 if data else 0x02) | (0x20 if i else 0)
+        body += struct.pack(">Q", page * 4096 | flags)
+        if not i:
+            body += bytes([len(block)]) + block.encode()
+        body += data if data else b"\x00"
+    body += struct.pack(">Q", 0x10)
+    sid = struct.pack(">I", section)
+    return stream[:eof] + b"\x02" + sid + body + b"\x7e" + sid + stream[eof:]
+
+
+def test_pages_sent_again_end_with_their_last_content(tmp_path):
+    """A later pass re-sends pages with new data, or as zero: the last copy wins."""
+    src = unpack(STREAMS["riscv64-virt-11.1"])
+    with qevm.open(src, index_ram=True) as mig:
+        eof = next(r for r in mig.records if isinstance(r, EofRecord)).offset
+        section = next(e.section_id for e in mig.entries.values() if e.idstr == "ram")
+        block = "riscv_virt_board.ram"
+        first, count = next((p, n) for p, n, *_ in mig.page_index.data_runs(block) if n > 200)
+        before = mig.page_index.read(block, first * 4096, count * 4096)
+    assert before.count(0) != len(before)
+    # one zero page, one new page, then a run of zero records long enough to be
+    # read vectorised (pages that held data), then new data again
+    new = bytes(range(256)) * 16
+    records = [(first + 3, b""), (first + 4, new)]
+    records += [(first + 10 + i, b"") for i in range(150)]
+    records += [(first + 20, new[::-1])]
+    path = tmp_path / "resent.mig"
+    path.write_bytes(_append_ram_pass(src.read_bytes(), eof, section, block, records))
+
+    want = bytearray(before)
+    for page, data in records:
+        want[(page - first) * 4096 : (page - first + 1) * 4096] = data or bytes(4096)
+
+    with qevm.open(path, index_ram=True) as mig:
+        assert mig.page_index.read(block, first * 4096, count * 4096) == want
+    out = tmp_path / "file"
+    assert cli_main(["extract", str(path), "-o", str(out)]) == 0
+    with open(path, "rb") as f:
+        res = subprocess.run(
+            [sys.executable, "-m", "qevm", "extract", "-", "-o", str(tmp_path / "pipe")],
+            stdin=f,
+            capture_output=True,
+        )
+    assert res.returncode == 0, res.stderr
+    for d in (out, tmp_path / "pipe"):
+        with open(d / block, "rb") as f:
+            f.seek(first * 4096)
+            assert f.read(count * 4096) == want, d
 
 
 def test_block_paths_stay_inside():

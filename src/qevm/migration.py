@@ -186,13 +186,20 @@ class Migration:
         return summary
 
     def missing_pages(self) -> dict[str, int]:
-        """Pages per block that no record gave (x-ignore-shared blocks not counted)."""
-        index = self.page_index
+        """Pages per block that no record gave (x-ignore-shared blocks not counted).
+
+        Needs RAM indexed (``index_ram=True``) or written by a sink as it was
+        read; only the blocks the consumer followed are counted.
+        """
+        ram = self.ram
+        consumer = ram.consumer if ram is not None else None
+        if consumer is None or not consumer.tracks_pages:
+            raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         out = {}
         for b in self.ram_blocks:
             if not b.in_stream:
                 continue
-            n = index.encoding_counts(b.name)["absent"]
+            n = consumer.absent_pages(b.name)
             if n:
                 out[b.name] = n
         return out

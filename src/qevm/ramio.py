@@ -2,12 +2,17 @@
 
 Two ways, one result:
 
-* From a seekable input, the page index says where each page's latest bytes
-  are; :func:`copy_block_range` writes runs of pages with vectored writes
-  straight from the mapped input (zero pages stay holes in a sparse output).
-* From a pipe, :class:`StreamingSink` receives pages as the stream goes by and
-  writes them where they belong at once; a page re-sent later overwrites, a
-  page later sent as zero is zeroed.
+* :class:`StreamingSink` receives pages as the stream goes by and writes them
+  where they belong at once; a page re-sent later overwrites, a page later
+  sent as zero is zeroed.  This is how pipes are read, and files whose pages
+  are all in the file: one pass over the input.
+* With a page index (which knows where each page's latest bytes are, also in
+  the recorded multifd channels), :func:`copy_block_range` writes runs of
+  pages straight from the mapped input.
+
+Either way runs of pages are gathered into large ranges and written on a
+background thread (:mod:`qevm.writebehind`); zero pages stay holes in a sparse
+output.
 
 Where a block's bytes go is a :class:`Placement`: pieces of the block mapped
 to (file, offset) — one piece per block file for ``extract``, one piece per
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import FormatError, UsageError
 from .sections.ram import xbzrle
 from .sections.ram.consumer import PageConsumer
+from .writebehind import IOV_MAX, WriteBehind, pwrite_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,11 +39,6 @@ if TYPE_CHECKING:
     from .sections.ram.index import PageIndex
     from .sections.ram.records import RamBlock
     from .wire import Reader
-
-#: Most buffers one pwritev call takes (Linux IOV_MAX).
-IOV_MAX = 1024
-#: Input bytes copied between hints that they can leave memory.
-COPY_STEP = 16 << 20
 
 
 @dataclass
@@ -146,18 +147,48 @@ def create_block_file(root: str, rel: str, size: int) -> int:
     return fd
 
 
+# -- gathering pages into ranges ------------------------------------------------------
+
+
+def write_strided(
+    wb: WriteBehind,
+    fd: int,
+    dest: int,
+    buf: Any,
+    off: int,
+    stride: int,
+    count: int,
+    ps: int,
+    release: Callable[[int, int], None] | None = None,
+) -> None:
+    """Queue ``count`` pages found every ``stride`` bytes from ``buf[off:]`` as one range.
+
+    Pages separated by record headers are gathered into pool buffers first:
+    the kernel writes one large range much faster than thousands of 4 KiB
+    pieces.  ``release(lo, hi)`` is told when input bytes are no longer needed.
+    """
+    import numpy as np
+
+    if stride == ps:
+        step = wb.buffer_size
+        view = memoryview(buf)
+        for lo in range(off, off + count * ps, step):
+            hi = min(lo + step, off + count * ps)
+            after = (lambda lo=lo, hi=hi: release(lo, hi)) if release else None
+            wb.write(fd, view[lo:hi], dest + lo - off, after=after)
+        return
+    per = max(1, wb.buffer_size // ps)
+    for i0 in range(0, count, per):
+        k = min(per, count - i0)
+        lo = off + i0 * stride
+        out = wb.buffer()[: k * ps]
+        np.copyto(out.reshape(k, ps), np.ndarray((k, ps), np.uint8, buf, lo, (stride, 1)))
+        wb.write(fd, out, dest + i0 * ps, recycle=out.base)
+        if release is not None:
+            release(lo, lo + k * stride)
+
+
 # -- copying from the page index ------------------------------------------------------
-
-
-def _pwritev_all(fd: int, bufs: list[Any], dest: int) -> None:
-    for i in range(0, len(bufs), IOV_MAX):
-        chunk = bufs[i : i + IOV_MAX]
-        want = sum(len(b) for b in chunk)
-        done = os.pwritev(fd, chunk, dest)
-        if done != want:  # short write: finish it plainly
-            data = b"".join(bytes(b) for b in chunk)
-            os.pwrite(fd, data[done:], dest + done)
-        dest += want
 
 
 def copy_block_range(
@@ -167,14 +198,24 @@ def copy_block_range(
     length: int,
     fd: int,
     dest: int,
+    wb: WriteBehind | None = None,
 ) -> int:
     """Write bytes ``[start, start+length)`` of block ``name`` to ``fd`` at ``dest``.
 
     Zero and absent pages are not written (the output must already read as
-    zeros there, e.g. a freshly truncated file).  Returns the bytes written.
+    zeros there, e.g. a freshly truncated file).  Writes go through ``wb``
+    (the caller drains it) or, without one, are finished on return.
+    Returns the bytes written.
     """
+    if wb is None:
+        wb = WriteBehind()
+        try:
+            return copy_block_range(index, name, start, length, fd, dest, wb)
+        finally:
+            wb.close()
     ps = index.page_size
     if start % ps or length % ps:
+        wb.drain()
         return _copy_unaligned(index, name, start, length, fd, dest)
     first, last = start // ps, (start + length) // ps
     written = 0
@@ -189,50 +230,15 @@ def copy_block_range(
         view = source.view()
         if view is None:
             for i in range(n):
-                os.pwrite(fd, source.read_at(soff + i * stride, ps), out + i * ps)
-            written += n * ps
-            continue
-        _copy_strided(view, soff, stride, n, ps, fd, out, source)
+                wb.write(fd, source.read_at(soff + i * stride, ps), out + i * ps)
+        else:
+            write_strided(wb, fd, out, view, soff, stride, n, ps, source.release)
         written += n * ps
     for page in index.computed_pages(name):
         if first <= page < last:
-            os.pwrite(fd, index.read_page(name, page), dest + (page - first) * ps)
+            wb.write(fd, index.read_page(name, page), dest + (page - first) * ps)
             written += ps
     return written
-
-
-def _copy_strided(
-    view: Any, soff: int, stride: int, n: int, ps: int, fd: int, out: int, source: Any
-) -> None:
-    """Write ``n`` pages found every ``stride`` bytes from ``soff`` as one range.
-
-    Pages separated by record headers are gathered into a buffer first: the
-    kernel writes one large range much faster than thousands of 4 KiB pieces.
-    Each step's input is dropped from memory once written.
-    """
-    import numpy as np
-
-    step = max(1, COPY_STEP // stride)
-    buf = np.empty(min(step, n) * ps, dtype=np.uint8) if stride != ps else None
-    for i0 in range(0, n, step):
-        k = min(step, n - i0)
-        lo = soff + i0 * stride
-        if buf is None:
-            data: Any = view[lo : lo + k * ps]
-        else:
-            pages = np.ndarray((k, ps), np.uint8, view, lo, (stride, 1))
-            np.copyto(buf[: k * ps].reshape(k, ps), pages)
-            data = memoryview(buf)[: k * ps]
-        _pwrite_all(fd, data, out + i0 * ps)
-        source.release(lo, lo + k * stride)
-
-
-def _pwrite_all(fd: int, data: Any, dest: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, dest)
-        view = view[done:]
-        dest += done
 
 
 def _copy_unaligned(
@@ -245,106 +251,194 @@ def _copy_unaligned(
         n = min(step, length - pos)
         data = index.read(name, start + pos, n)
         if data.count(0) != len(data):
-            os.pwrite(fd, data, dest + pos)
+            pwrite_all(fd, data, dest + pos)
         pos += n
     return length
 
 
-# -- streaming ------------------------------------------------------------------------
+# -- writing as the stream is read ----------------------------------------------------
+
+#: What a page last was, for :class:`PageStates`.
+UNSEEN, ZERO, DATA = 0, 1, 2
 
 
-class _Bits:
-    """A bit per page, allocated 1 Mi pages at a time as pages are marked."""
+class PageStates:
+    """A byte per page of a block: unseen, zero or data (allocated 1 Mi pages at a time)."""
 
     SHIFT = 20
 
-    def __init__(self) -> None:
-        self._chunks: dict[int, bytearray] = {}
+    def __init__(self, npages: int) -> None:
+        self.npages = npages
+        self._chunks: dict[int, np.ndarray] = {}
 
-    def any_in(self, pages: np.ndarray) -> bool:
-        """Whether a chunk holding any of ``pages`` has ever been marked."""
-        if not self._chunks:
-            return False
-        return any(c in self._chunks for c in set((pages >> self.SHIFT).tolist()))
-
-    def get(self, page: int) -> bool:
-        chunk = self._chunks.get(page >> self.SHIFT)
-        i = page & ((1 << self.SHIFT) - 1)
-        return bool(chunk and chunk[i >> 3] & (1 << (i & 7)))
-
-    def set(self, page: int, on: bool) -> bool:
-        """Set or clear a page's bit; return what it was."""
-        c = page >> self.SHIFT
+    def _chunk(self, c: int) -> np.ndarray:
         chunk = self._chunks.get(c)
         if chunk is None:
-            if not on:
-                return False
-            chunk = self._chunks[c] = bytearray(1 << (self.SHIFT - 3))
+            import numpy as np
+
+            chunk = self._chunks[c] = np.zeros(1 << self.SHIFT, dtype=np.uint8)
+        return chunk
+
+    def get(self, page: int) -> int:
+        chunk = self._chunks.get(page >> self.SHIFT)
+        return 0 if chunk is None else int(chunk[page & ((1 << self.SHIFT) - 1)])
+
+    def set(self, page: int, state: int) -> int:
+        """Set a page's state; return the previous one."""
+        chunk = self._chunk(page >> self.SHIFT)
         i = page & ((1 << self.SHIFT) - 1)
-        mask = 1 << (i & 7)
-        was = bool(chunk[i >> 3] & mask)
-        if on:
-            chunk[i >> 3] |= mask
-        else:
-            chunk[i >> 3] &= ~mask & 0xFF
+        was = int(chunk[i])
+        chunk[i] = state
         return was
+
+    def set_many(self, pages: np.ndarray, state: int) -> np.ndarray:
+        """Set the state of many pages; return their previous states."""
+        import numpy as np
+
+        pages = pages.astype(np.int64, copy=False)
+        mask = (1 << self.SHIFT) - 1
+        c0, c1 = int(pages.min()) >> self.SHIFT, int(pages.max()) >> self.SHIFT
+        if c0 == c1:
+            chunk, idx = self._chunk(c0), pages & mask
+            was = chunk[idx]
+            chunk[idx] = state
+            return was
+        was = np.empty(len(pages), dtype=np.uint8)
+        which = pages >> self.SHIFT
+        for c in np.unique(which).tolist():
+            sel = which == c
+            chunk, idx = self._chunk(c), pages[sel] & mask
+            was[sel] = chunk[idx]
+            chunk[idx] = state
+        return was
+
+    def set_range(self, first: int, count: int, state: int) -> None:
+        """Set pages ``[first, first + count)`` to one state."""
+        step = 1 << self.SHIFT
+        page, end = first, first + count
+        while page < end:
+            c, i = page >> self.SHIFT, page & (step - 1)
+            n = min(step - i, end - page)
+            self._chunk(c)[i : i + n] = state
+            page += n
+
+    def unseen(self) -> int:
+        """How many pages no record has given."""
+        import numpy as np
+
+        seen = 0
+        for c, chunk in self._chunks.items():
+            valid = max(0, min(1 << self.SHIFT, self.npages - (c << self.SHIFT)))
+            seen += int(np.count_nonzero(chunk[:valid]))
+        return self.npages - seen
 
 
 class StreamingSink(PageConsumer):
-    """Writes pages to their placement as a (non-seekable) stream is read."""
+    """Writes pages to their placement in one pass as the stream is read.
+
+    Used for pipes, and for files whose pages are all in the file: each page
+    goes out as soon as its record is read (on a writer thread); a page re-sent
+    later is written again, a page later sent as zero is zeroed.
+    """
 
     streaming = True
+    uses_numpy = True
+    tracks_pages = True
 
-    def __init__(self, page_size: int, place: Callable[[RamBlock], Placement | None]) -> None:
+    def __init__(
+        self,
+        page_size: int,
+        place: Callable[[RamBlock], Placement | None],
+        source: Any = None,
+    ) -> None:
         super().__init__(page_size)
         self._place = place
+        #: The main input, for mapped-ram pages read from a seekable file.
+        self._source = source
         self.placements: dict[str, Placement] = {}
-        # pages written with data so far, per block (a later ZERO must clear them)
-        self._written: dict[str, _Bits] = {}
+        self._states: dict[str, PageStates] = {}
         self._zero = bytes(page_size)
-        # consecutive pages not yet written: block, first address, buffers
+        self._shift = page_size.bit_length() - 1
+        self._wb = WriteBehind()
+        # consecutive single pages not yet queued: block, first address, buffers
         self._run: tuple[str, int, list[Any]] | None = None
 
     def add_block(self, block: RamBlock) -> None:
-        if block.name in self._written:
+        if block.name in self._states:
             return
         placement = self._place(block)
         if placement is not None:
             self.placements[block.name] = placement
-            self._written[block.name] = _Bits()
+            self._states[block.name] = PageStates(-(-block.used_length // self.page_size))
 
-    def _mark(self, name: str, page: int, on: bool) -> bool:
-        return self._written[name].set(page, on)
+    def absent_pages(self, name: str) -> int | None:
+        states = self._states.get(name)
+        return None if states is None else states.unseen()
 
+    # -- output ---------------------------------------------------------------------
     def _put(self, name: str, addr: int, data: Any) -> None:
-        for fd, dest, _src, _n in self.placements[name].locate(addr, len(data)):
-            os.pwrite(fd, data, dest)
+        for fd, dest, src, n in self.placements[name].locate(addr, len(data)):
+            part = data if n == len(data) else memoryview(data)[src - addr : src - addr + n]
+            self._wb.write(fd, part, dest)
+
+    def _put_run(self, name: str, addr: int, bufs: list[Any]) -> None:
+        size = len(bufs) * self.page_size
+        pieces = self.placements[name].locate(addr, size)
+        if len(pieces) == 1 and pieces[0][3] == size:
+            self._wb.write(pieces[0][0], bufs, pieces[0][1])
+        else:
+            self._put(name, addr, b"".join(bytes(b) for b in bufs))
+
+    def _put_strided(self, name: str, addr: int, buf: Any, off: int, stride: int, n: int) -> None:
+        ps = self.page_size
+        for fd, dest, src, size in self.placements[name].locate(addr, n * ps):
+            skip = (src - addr) // ps
+            write_strided(self._wb, fd, dest, buf, off + skip * stride, stride, size // ps, ps)
 
     def flush(self) -> None:
-        """Write the pages gathered so far."""
+        """Queue the single pages gathered so far."""
         if self._run is not None:
             name, addr, bufs = self._run
             self._run = None
-            self._flush(name, addr, bufs)
+            self._put_run(name, addr, bufs)
 
+    def drain(self) -> None:
+        """Wait until everything read so far is in the output files."""
+        self.flush()
+        self._wb.drain()
+
+    def close(self) -> None:
+        self.flush()
+        self._wb.close()
+
+    def abort(self) -> None:
+        """Stop writing (after an error)."""
+        self._run = None
+        self._wb.abort()
+
+    # -- records ----------------------------------------------------------------------
     def zero(self, block: RamBlock, addr: int, fill: int = 0) -> None:
         name = block.name
         if name not in self.placements:
             return
         self.flush()
-        page = addr // self.page_size
+        page = addr >> self._shift
         if fill:
             self._put(name, addr, bytes((fill,)) * self.page_size)
-            self._mark(name, page, True)
-        elif self._mark(name, page, False):
+            self._states[name].set(page, DATA)
+        elif self._states[name].set(page, ZERO) == DATA:
             self._put(name, addr, self._zero)
 
     def zero_run(self, block: RamBlock, addrs: np.ndarray) -> None:
-        bits = self._written.get(block.name)
-        if bits is None or not bits.any_in(addrs // self.page_size):
-            return  # none of these pages holds data yet: nothing to clear
-        for a in addrs.tolist():
-            self.zero(block, a)
+        name = block.name
+        if name not in self.placements:
+            return
+        was = self._states[name].set_many(addrs >> self._shift, ZERO)
+        cleared = addrs[was == DATA]
+        if len(cleared):
+            self.flush()
+            for a in cleared.tolist():
+                self._put(name, a, self._zero)
 
     def page(self, block: RamBlock, addr: int, offset: int, r: Reader, src: int = 0) -> None:
         name = block.name
@@ -354,7 +448,7 @@ class StreamingSink(PageConsumer):
         # A view keeps the reader's old window alive after a refill, so pages
         # can be gathered and written together.
         data = memoryview(r.buf)[i : i + self.page_size]
-        self._mark(name, addr // self.page_size, True)
+        self._states[name].set(addr >> self._shift, DATA)
         run = self._run
         if run is not None and run[0] == name and len(run[2]) < IOV_MAX:
             if run[1] + len(run[2]) * self.page_size == addr:
@@ -366,37 +460,26 @@ class StreamingSink(PageConsumer):
     def page_run(
         self, block: RamBlock, addrs: np.ndarray, offsets: np.ndarray, r: Reader, src: int = 0
     ) -> None:
+        import numpy as np
+
         name = block.name
         if name not in self.placements:
             return
         self.flush()
         ps = self.page_size
-        base = r.base
-        buf = r.buf
-        run_addr = None
-        bufs: list[Any] = []
-        for a, o in zip(addrs.tolist(), offsets.tolist()):
-            self._mark(name, a // ps, True)
-            if run_addr is not None and a == run_addr + len(bufs) * ps and len(bufs) < IOV_MAX:
-                bufs.append(buf[o - base : o - base + ps])
-                continue
-            if bufs:
-                self._flush(name, run_addr, bufs)  # type: ignore[arg-type]
-            run_addr, bufs = a, [buf[o - base : o - base + ps]]
-        if bufs:
-            self._flush(name, run_addr, bufs)  # type: ignore[arg-type]
-
-    def _flush(self, name: str, addr: int, bufs: list[Any]) -> None:
-        size = len(bufs) * self.page_size
-        pieces = self.placements[name].locate(addr, size)
-        if len(pieces) == 1 and pieces[0][3] == size:
-            _pwritev_all(pieces[0][0], bufs, pieces[0][1])
-        else:
-            self._put(name, addr, b"".join(bytes(b) for b in bufs))
+        self._states[name].set_many(addrs >> self._shift, DATA)
+        n = len(addrs)
+        stride = int(offsets[1] - offsets[0]) if n > 1 else ps
+        # pieces of the run whose pages follow each other in the block
+        breaks = (np.flatnonzero(np.diff(addrs) != ps) + 1).tolist() if n > 1 else []
+        for i, j in zip([0, *breaks], [*breaks, n]):
+            off = int(offsets[i]) - r.base
+            self._put_strided(name, int(addrs[i]), r.buf, off, stride, j - i)
 
     def _current(self, name: str, addr: int) -> bytes:
-        if not self._written[name].get(addr // self.page_size):
+        if self._states[name].get(addr >> self._shift) != DATA:
             return self._zero
+        self.drain()
         fd, dest, _s, _n = self.placements[name].locate(addr, self.page_size)[0]
         return os.pread(fd, self.page_size, dest)
 
@@ -416,7 +499,7 @@ class StreamingSink(PageConsumer):
         if block.name in self.placements:
             self.flush()
             self._put(block.name, addr, data)
-            self._mark(block.name, addr // self.page_size, True)
+            self._states[block.name].set(addr >> self._shift, DATA)
 
     def zlib_data(self, block: RamBlock, addr: int, data: bytes, offset: int) -> None:
         if block.name not in self.placements:
@@ -433,15 +516,53 @@ class StreamingSink(PageConsumer):
             )
         self.computed(block, addr, page)
 
+    # -- mapped-ram ---------------------------------------------------------------------
+    def mapped(self, block: RamBlock, bitmap: bytes, pages_offset: int) -> None:
+        name = block.name
+        if name not in self.placements:
+            return
+        if self._source is None:
+            raise UsageError("a mapped-ram file needs its source given to the sink")
+        self.flush()
+        ps = self.page_size
+        states = self._states[name]
+        states.set_range(0, states.npages, ZERO)
+        view = self._source.view()
+        for first, count in _bit_runs(bitmap, states.npages):
+            states.set_range(first, count, DATA)
+            off = pages_offset + first * ps
+            if view is None:
+                for k in range(count):
+                    self._put(name, (first + k) * ps, self._source.read_at(off + k * ps, ps))
+            else:
+                self._put_strided(name, first * ps, view, off, ps, count)
+
     def mapped_stream(self, block: RamBlock, bitmap: bytes, r: Reader) -> None:
         self.flush()
         name = block.name
         ps = self.page_size
         npages = block.used_length // ps
-        bits = int.from_bytes(bitmap, "little")
-        for page in range(npages):
-            if name in self.placements and bits >> page & 1:
-                r.ensure(ps)
-                self._put(name, page * ps, r.buf[r.pos : r.pos + ps])
-                self._mark(name, page, True)
-            r.skip(ps)
+        states = self._states.get(name)
+        if states is not None:
+            states.set_range(0, npages, ZERO)
+        done = 0
+        for first, count in _bit_runs(bitmap, npages):
+            r.skip((first - done) * ps)
+            if states is not None:
+                states.set_range(first, count, DATA)
+            for k in range(count):
+                if states is not None:
+                    r.ensure(ps)
+                    self._put(name, (first + k) * ps, r.buf[r.pos : r.pos + ps])
+                r.skip(ps)
+            done = first + count
+        r.skip((npages - done) * ps)
+
+
+def _bit_runs(bitmap: bytes, npages: int) -> list[tuple[int, int]]:
+    """(first, count) of each run of set bits among the first ``npages`` (little-endian)."""
+    import numpy as np
+
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")[:npages]
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0])).astype(np.int8)))
+    return [(int(a), int(b - a)) for a, b in zip(edges[0::2], edges[1::2])]

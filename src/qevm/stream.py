@@ -633,7 +633,11 @@ class StreamParser:
                     expected=f"at most {MAX_DESCRIPTION} bytes",
                 )
             text = r.bytes(length)
-            desc = parse_description(text, off + 5)
+            early = self.options.fallback_description
+            if early is not None and early.offset == off + 5 and early.text == text:
+                desc = early  # already parsed when the stream was opened
+            else:
+                desc = parse_description(text, off + 5)
             if desc.page_size:
                 # RAM was read with the page size known then; they must agree.
                 self._set_page_size(desc.page_size, "the VM description", off + 5)

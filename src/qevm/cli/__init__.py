@@ -6,6 +6,7 @@ Each module of this package registers its subcommands with :func:`command`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # qevm does no linear algebra: a BLAS thread pool, started with numpy,
+    # would only take CPU time from the thread that writes RAM out.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -22,6 +22,7 @@ from ..ramio import (
 )
 from ..render import compat, jsonout
 from ..source import open_source
+from ..writebehind import WriteBehind
 from . import add_input, command
 from .progress import Progress
 
@@ -77,27 +78,34 @@ def run_extract(args: argparse.Namespace) -> int:
         fds[block.name] = fd
         return Placement([Piece(0, block.used_length, fd, 0)])
 
+    # One pass: pages are written as they are read.  Only the pages of extra
+    # channels need the whole main stream indexed first (their order comes
+    # from its sync points), then copied.
+    sink: StreamingSink | None = None
+
+    def consumer(ctx: Any, ps: int) -> StreamingSink:
+        nonlocal sink
+        sink = StreamingSink(ps, place, src if src.seekable else None)
+        return sink
+
     try:
-        if src.seekable:
+        if args.channel:
             mig = qopen(
                 src, desc=args.desc, index_ram=True, channels=args.channel, progress=progress.update
             )
         else:
-            sink: StreamingSink | None = None
-
-            def consumer(ctx: Any, ps: int) -> StreamingSink:
-                nonlocal sink
-                sink = StreamingSink(ps, place)
-                return sink
-
             mig = qopen(src, desc=args.desc, ram_consumer=consumer, progress=progress.update)
         with mig:
             progress.done()
-            if src.seekable:
+            if args.channel:
                 _write_blocks(mig, args, place)
+            elif sink is not None:
+                sink.close()
             _write_json(mig, args.output)
             _report(mig, paths, notes)
     finally:
+        if sink is not None:
+            sink.abort()
         for fd in fds.values():
             os.close(fd)
     return 0
@@ -108,12 +116,17 @@ def _write_blocks(mig: Migration, args: argparse.Namespace, place: Any) -> None:
     blocks = [b for b in mig.ram_blocks if _selected(b.name, args.block)]
     progress = Progress("writing", sum(b.used_length for b in blocks))
     done = 0
-    for b in blocks:
-        placement = place(b)
-        piece = placement.pieces[0]
-        copy_block_range(index, b.name, 0, b.used_length, piece.fd, 0)
-        done += b.used_length
-        progress.update(done)
+    wb = WriteBehind()
+    try:
+        for b in blocks:
+            placement = place(b)
+            piece = placement.pieces[0]
+            copy_block_range(index, b.name, 0, b.used_length, piece.fd, 0, wb)
+            done += b.used_length
+            progress.update(done)
+        wb.close()
+    finally:
+        wb.abort()
     progress.done()
 
 
@@ -130,7 +143,8 @@ def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> Non
     if mig.description is not None:
         print("desc.json")
     print("state.json")
-    missing = mig.missing_pages() if mig.ram is not None and not mig.ram.consumer.streaming else {}
+    ram = mig.ram
+    missing = mig.missing_pages() if ram is not None and ram.consumer.tracks_pages else {}
     for b in mig.ram_blocks:
         if b.name not in paths:
             continue

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import UsageError
 from ..ramio import Piece, Placement, StreamingSink, copy_block_range
+from ..writebehind import WriteBehind
 from .memmap import MemoryMap, Range, layout
 from .notes import Target, target_for
 
@@ -119,8 +120,13 @@ class CoreResult:
 
 def _copy_ranges(mig: Migration, fd: int, jobs: Iterator[tuple[str, int, int, int]]) -> None:
     index = mig.page_index
-    for block, start, length, dest in jobs:
-        copy_block_range(index, block, start, length, fd, dest)
+    wb = WriteBehind()
+    try:
+        for block, start, length, dest in jobs:
+            copy_block_range(index, block, start, length, fd, dest, wb)
+        wb.close()
+    finally:
+        wb.abort()
 
 
 def write_core(
@@ -219,12 +225,20 @@ class _Staged:
     def open(self, src: Any, args: dict[str, Any], progress: Any) -> Migration:
         from .. import open as qopen
 
-        return qopen(
-            src,
-            ram_consumer=lambda ctx, ps: StreamingSink(ps, self.place),
-            progress=progress,
-            **args,
-        )
+        sinks: list[StreamingSink] = []
+
+        def consumer(ctx: Any, ps: int) -> StreamingSink:
+            sinks.append(StreamingSink(ps, self.place))
+            return sinks[-1]
+
+        mig = qopen(src, ram_consumer=consumer, progress=progress, **args)
+        try:
+            for sink in sinks:
+                sink.drain()  # the blocks are read back from fd
+        except BaseException:
+            mig.close()
+            raise
+        return mig
 
 
 def layout_streamed(

@@ -27,12 +27,18 @@ class PageConsumer:
     epoch = 0
     #: Consumers that import numpy anyway let the reader use it from the start.
     uses_numpy = False
+    #: Consumers that know which pages no record gave (see :meth:`absent_pages`).
+    tracks_pages = False
 
     def __init__(self, page_size: int) -> None:
         self.page_size = page_size
 
     def add_block(self, block: RamBlock) -> None:
         """A block announced by MEM_SIZE."""
+
+    def absent_pages(self, name: str) -> int | None:
+        """Pages of block ``name`` that no record gave (None: block not followed)."""
+        return None
 
     def flush(self) -> None:
         """The end of a RAM section: finish what was gathered."""

@@ -128,6 +128,7 @@ class PageIndex(PageConsumer):
     """Page locations per RAM block, built while the stream is read."""
 
     uses_numpy = True
+    tracks_pages = True
 
     def __init__(self, page_size: int, inputs: list[Source]) -> None:
         super().__init__(page_size)
@@ -320,6 +321,9 @@ class PageIndex(PageConsumer):
             counts["fill"] += int((kinds == KIND_FILL).sum())
             counts["page"] += int((kinds < MAX_INPUTS).sum())
         return counts
+
+    def absent_pages(self, name: str) -> int | None:
+        return self.encoding_counts(name)["absent"] if name in self.loc else None
 
     def absent_ranges(self, name: str, limit: int = 16) -> list[tuple[int, int]]:
         """Up to ``limit`` runs ``(first page, count)`` of pages no record gave."""

@@ -114,8 +114,8 @@ class RamPatch:
         plain = [b for b in ram.blocks.values() if b.mapped is None and b.in_stream]
         # Multifd before QEMU 8.1 writes no MULTIFD_FLUSH: its main channel has
         # zero pages only, the data pages are missing from this file.
-        index = ram.consumer is not None and ram.consumer.uses_numpy
-        missing = mig.missing_pages() if index else {}
+        tracked = ram.consumer is not None and ram.consumer.tracks_pages
+        missing = mig.missing_pages() if tracked else {}
         only_zero = bool(missing) and not any(b.records.get("page") for b in plain)
         if plain and (ram.multifd_flushes or not any(b.records for b in plain) or only_zero):
             raise UsageError(

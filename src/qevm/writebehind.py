@@ -1,0 +1,144 @@
+"""Writing RAM out on a background thread while the stream is read.
+
+Copying a gigabyte into the page cache costs the kernel about as much as all
+of qevm's own reading and gathering; a :class:`WriteBehind` lets the two run on
+different cores.  Writes happen in the order they were queued, so a page sent
+again later (or later cleared) still ends with its last content.  Buffers to
+gather pages into come from a small pool, which bounds memory: a producer that
+gets ahead of the disk waits for a buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+#: Gather buffers in the pool, and the size of each.
+POOL_BUFFERS = 4
+BUFFER_SIZE = 4 << 20
+#: Most buffers one pwritev call takes (Linux IOV_MAX).
+IOV_MAX = 1024
+
+
+def pwrite_all(fd: int, data: Any, dest: int) -> None:
+    """Write all of ``data`` at ``dest`` (finishing short writes)."""
+    view = memoryview(data).cast("B")
+    while view:
+        done = os.pwrite(fd, view, dest)
+        view = view[done:]
+        dest += done
+
+
+def pwritev_all(fd: int, bufs: list[Any], dest: int) -> None:
+    """Write the buffers one after the other from ``dest``."""
+    for i in range(0, len(bufs), IOV_MAX):
+        chunk = bufs[i : i + IOV_MAX]
+        want = sum(len(b) for b in chunk)
+        done = os.pwritev(fd, chunk, dest)
+        if done != want:  # short write: finish it plainly
+            pwrite_all(fd, b"".join(bytes(b) for b in chunk)[done:], dest + done)
+        dest += want
+
+
+class WriteBehind:
+    """A writer thread with a bounded pool of gather buffers."""
+
+    def __init__(self, buffers: int = POOL_BUFFERS, buffer_size: int = BUFFER_SIZE) -> None:
+        self.buffer_size = buffer_size
+        self._limit = buffers
+        self._made = 0
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._dropping = False
+
+    # -- the producer's side ---------------------------------------------------
+    def buffer(self) -> Any:
+        """A free gather buffer (a numpy uint8 array of ``buffer_size`` bytes)."""
+        self._raise()
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        if self._made < self._limit:
+            import numpy as np
+
+            self._made += 1
+            return np.empty(self.buffer_size, dtype=np.uint8)
+        buf = self._free.get()
+        self._raise()
+        return buf
+
+    def write(
+        self,
+        fd: int,
+        data: Any,
+        dest: int,
+        recycle: Any = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue writing ``data`` (a buffer, or a list of buffers) at ``dest``.
+
+        ``data`` must not change until written; ``recycle`` is the pool buffer
+        ``data`` lives in, returned to the pool once written; ``after`` runs
+        on the writer thread once ``data`` is written (e.g. to drop input pages).
+        """
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="qevm-write", daemon=True)
+            self._thread.start()
+        self._jobs.put((fd, data, dest, recycle, after))
+
+    def drain(self) -> None:
+        """Wait until every queued write is done (and raise the first that failed)."""
+        if self._thread is not None:
+            self._jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Finish the queued writes and stop the thread."""
+        self._stop()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop without finishing (after an error elsewhere): queued writes are dropped."""
+        self._dropping = True
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise(self) -> None:
+        # A failed write fails every later call: the output is incomplete.
+        if self._error is not None:
+            raise self._error
+
+    # -- the thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                fd, data, dest, recycle, after = job
+                if self._error is None and not self._dropping:
+                    try:
+                        if isinstance(data, list):
+                            pwritev_all(fd, data, dest)
+                        else:
+                            pwrite_all(fd, data, dest)
+                        if after is not None:
+                            after()
+                    except BaseException as e:  # noqa: BLE001 - handed to the producer
+                        self._error = e
+                if recycle is not None:
+                    self._free.put(recycle)
+            finally:
+                self._jobs.task_done()
