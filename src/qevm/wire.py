@@ -128,11 +128,22 @@ class Reader:
             size = src.size if src.size is not None else end + want
             want = min(want, max(0, size - end))
             more = bytes(src.read_at(end, want)) if want else b""
-        else:
-            more = src.read(want) if not self._eof else b""
-            if len(more) < want:
+            self.buf = bytes(keep) + more if keep else more
+            return
+        # A new buffer each time: views of the old one (pages waiting to be
+        # written) stay valid.
+        buf = bytearray(len(keep) + want)
+        buf[: len(keep)] = keep
+        got = 0
+        if not self._eof:
+            with memoryview(buf) as view:
+                got = src.readinto(view[len(keep) :])
+            if got < want:
                 self._eof = True
-        self.buf = bytes(keep) + more if keep else more
+                del buf[len(keep) + got :]
+        else:
+            del buf[len(keep) :]
+        self.buf = buf
 
     def release_behind(self) -> None:
         """Let a mapped input drop from memory what lies behind the position."""

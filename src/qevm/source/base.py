@@ -18,6 +18,20 @@ from ..errors import ContainerError, TruncatedError
 
 #: How much a streaming source asks for per read.
 CHUNK = 1 << 20
+#: Pipe buffer asked for on pipe inputs (Linux's limit for unprivileged users).
+PIPE_SIZE = 1 << 20
+
+
+def _enlarge_pipe(fileobj: object) -> None:
+    """Ask for a larger buffer on a pipe: the writer wakes the reader far less often."""
+    try:
+        import fcntl
+
+        fd = fileobj.fileno()  # type: ignore[attr-defined]
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (AttributeError, ImportError, OSError, ValueError):
+        pass  # not a pipe, not Linux, or not allowed: the default buffer works
 
 
 class Source:
@@ -42,6 +56,12 @@ class Source:
     def read(self, n: int) -> bytes:
         """Read up to ``n`` bytes at the current position (short only at the end)."""
         raise NotImplementedError
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` from the current position; fewer bytes only at the end."""
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
 
     @property
     def position(self) -> int:
@@ -174,6 +194,7 @@ class StreamSource(Source):
         self._pos = start
         self.start = start
         self._pending = b""
+        _enlarge_pipe(fileobj)
 
     def unread(self, data: bytes) -> None:
         """Push back bytes read for detection, so the next read returns them first."""
@@ -193,6 +214,23 @@ class StreamSource(Source):
             n -= len(got)
         self._pos += len(out)
         return out
+
+    def readinto(self, view: memoryview) -> int:
+        readinto = getattr(self._f, "readinto", None)
+        if readinto is None:
+            return super().readinto(view)
+        n = 0
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+        while n < len(view):
+            got = readinto(view[n:])
+            if not got:
+                break
+            n += got
+        self._pos += n
+        return n
 
     def close(self) -> None:
         close = getattr(self._f, "close", None)

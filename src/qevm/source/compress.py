@@ -12,6 +12,7 @@ import gzip
 import io
 import lzma
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import ContainerError, UsageError
 from .base import Source, StreamSource
@@ -87,8 +88,14 @@ class _Decompressed(StreamSource):
         self._kind = kind
 
     def read(self, n: int) -> bytes:
+        return self._checked(super().read, n)
+
+    def readinto(self, view: memoryview) -> int:
+        return self._checked(super().readinto, view)
+
+    def _checked(self, fn: Callable[[Any], Any], arg: Any) -> Any:
         try:
-            return super().read(n)
+            return fn(arg)
         except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
             raise ContainerError(
                 f"{self._kind} data is corrupt or truncated: {e}", offset=self._pos
