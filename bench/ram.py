@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -281,6 +282,8 @@ class Result:
     s: Scenario
     stream_size: int
     runs: dict[str, Run] = field(default_factory=dict)
+    #: every round's wall time per command
+    walls: dict[str, list[float]] = field(default_factory=dict)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
 
     def check(self, what: str, ok: bool, detail: str = "") -> None:
@@ -347,6 +350,8 @@ def bench(s: Scenario, meta: dict[str, Any], script: Path, rounds: int) -> Resul
                     max(old[1], r.rss_anon),
                     max(old[2], r.rss_file),
                 )
+                if r.ok:
+                    res.walls.setdefault(mode, []).append(r.wall)
                 best = res.runs.get(mode)
                 if best is None or (best.ok and (not r.ok or r.wall < best.wall)):
                     res.runs[mode] = r
@@ -464,9 +469,16 @@ def report(results: list[Result], rounds: int) -> bool:
         cpu = (ref.user + ref.sys) / max(ext.user + ext.sys, 1e-9)
         good = ratio >= res.s.target
         ok = ok and good
+        walls = res.walls
+        median = (
+            statistics.median(walls["ref"]) / statistics.median(walls["extract"])
+            if walls.get("ref") and walls.get("extract")
+            else 0.0
+        )
         print(
             f"{verdict(good)}  {res.s.name}: qevm extract {ratio:.1f}x faster than "
-            f"analyze-migration.py -x (target >= {res.s.target:.0f}x; CPU-time ratio {cpu:.1f}x)"
+            f"analyze-migration.py -x (target >= {res.s.target:.0f}x; CPU-time ratio {cpu:.1f}x; "
+            f"ratio of the medians {median:.1f}x)"
         )
         for mode in ("extract", "extract-pipe", "state-pipe"):
             r = res.runs[mode]
@@ -482,7 +494,7 @@ def report(results: list[Result], rounds: int) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", "--rounds", type=int, default=3, help="rounds (best of)")
+    ap.add_argument("-n", "--rounds", type=int, default=5, help="rounds (best of)")
     ap.add_argument("scenarios", nargs="*", help=f"of {', '.join(SCENARIOS)} (default: all)")
     ap.add_argument("--regenerate", action="store_true", help="make the streams anew")
     args = ap.parse_args()
