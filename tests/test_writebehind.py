@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
 
+from qevm import writebehind
 from qevm.ramio import DATA, UNSEEN, ZERO, PageStates
 from qevm.writebehind import WriteBehind
 
@@ -45,6 +47,28 @@ def test_the_pool_is_bounded_and_buffers_come_back(tmp_path):
     finally:
         os.close(fd)
     assert len(seen) == 2
+
+
+def test_queued_bytes_stay_bounded_when_the_disk_is_slow(tmp_path, monkeypatch):
+    wb = WriteBehind(max_pending=3 * 4096)
+    peak = []
+    real = writebehind.pwrite_all
+
+    def slow(fd, data, dest):
+        peak.append(wb._pending)
+        time.sleep(0.002)
+        real(fd, data, dest)
+
+    monkeypatch.setattr(writebehind, "pwrite_all", slow)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for i in range(50):
+            wb.write(fd, bytes([i]) * 4096, i * 4096)
+        wb.close()
+    finally:
+        os.close(fd)
+    assert max(peak) == 3 * 4096  # the producer waited for the writer
+    assert (tmp_path / "out").read_bytes()[-4096:] == bytes([49]) * 4096
 
 
 def test_a_failed_write_is_raised_to_the_producer(tmp_path):

@@ -528,14 +528,16 @@ class StreamingSink(PageConsumer):
         states = self._states[name]
         states.set_range(0, states.npages, ZERO)
         view = self._source.view()
+        step = max(1, self._wb.buffer_size // ps)
         for first, count in _bit_runs(bitmap, states.npages):
             states.set_range(first, count, DATA)
             off = pages_offset + first * ps
-            if view is None:
-                for k in range(count):
-                    self._put(name, (first + k) * ps, self._source.read_at(off + k * ps, ps))
-            else:
+            if view is not None:
                 self._put_strided(name, first * ps, view, off, ps, count)
+                continue
+            for k in range(0, count, step):  # a source that cannot be mapped
+                n = min(step, count - k) * ps
+                self._put(name, (first + k) * ps, self._source.read_at(off + k * ps, n))
 
     def mapped_stream(self, block: RamBlock, bitmap: bytes, r: Reader) -> None:
         self.flush()

@@ -19,6 +19,8 @@ from typing import Any
 #: Gather buffers in the pool, and the size of each.
 POOL_BUFFERS = 4
 BUFFER_SIZE = 4 << 20
+#: Most bytes queued and not yet written (the producer waits beyond it).
+MAX_PENDING = 32 << 20
 #: Most buffers one pwritev call takes (Linux IOV_MAX).
 IOV_MAX = 1024
 
@@ -46,7 +48,12 @@ def pwritev_all(fd: int, bufs: list[Any], dest: int) -> None:
 class WriteBehind:
     """A writer thread with a bounded pool of gather buffers."""
 
-    def __init__(self, buffers: int = POOL_BUFFERS, buffer_size: int = BUFFER_SIZE) -> None:
+    def __init__(
+        self,
+        buffers: int = POOL_BUFFERS,
+        buffer_size: int = BUFFER_SIZE,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self.buffer_size = buffer_size
         self._limit = buffers
         self._made = 0
@@ -55,6 +62,10 @@ class WriteBehind:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._dropping = False
+        # bytes queued and not yet written, so that queued copies stay bounded
+        self._max_pending = max_pending
+        self._pending = 0
+        self._written = threading.Condition()
 
     # -- the producer's side ---------------------------------------------------
     def buffer(self) -> Any:
@@ -91,7 +102,12 @@ class WriteBehind:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="qevm-write", daemon=True)
             self._thread.start()
-        self._jobs.put((fd, data, dest, recycle, after))
+        size = sum(len(b) for b in data) if isinstance(data, list) else len(data)
+        with self._written:
+            while self._pending and self._pending + size > self._max_pending:
+                self._written.wait()
+            self._pending += size
+        self._jobs.put((fd, data, dest, size, recycle, after))
 
     def drain(self) -> None:
         """Wait until every queued write is done (and raise the first that failed)."""
@@ -127,7 +143,7 @@ class WriteBehind:
             try:
                 if job is None:
                     return
-                fd, data, dest, recycle, after = job
+                fd, data, dest, size, recycle, after = job
                 if self._error is None and not self._dropping:
                     try:
                         if isinstance(data, list):
@@ -140,5 +156,8 @@ class WriteBehind:
                         self._error = e
                 if recycle is not None:
                     self._free.put(recycle)
+                with self._written:
+                    self._pending -= size
+                    self._written.notify()
             finally:
                 self._jobs.task_done()

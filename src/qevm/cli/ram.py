@@ -144,7 +144,8 @@ def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> Non
         print("desc.json")
     print("state.json")
     ram = mig.ram
-    missing = mig.missing_pages() if ram is not None and ram.consumer.tracks_pages else {}
+    tracked = ram is not None and ram.consumer is not None and ram.consumer.tracks_pages
+    missing = mig.missing_pages() if tracked else {}
     for b in mig.ram_blocks:
         if b.name not in paths:
             continue
