@@ -135,28 +135,32 @@ def test_pipe_extraction_equals_file_extraction(name, tmp_path):
         assert _sha(a / rel) == _sha(b / rel), rel
 
 
-# Committed streams, plus two more when the corpus is there.
+# Committed streams, plus two more when the corpus is there, and containers.
 ONE_PASS = [
-    ("live", "xbzrle-111"),
-    ("live", "compress-72"),
-    ("live", "postcopy-paused-111"),
-    ("streams", "q35-mapped-ram-multifd-11.1"),
-    ("streams", "q35-ignore-shared-7.2"),
-    ("streams", "ppc64-pseries-11.1"),
+    ("live", "xbzrle-111", None),
+    ("live", "compress-72", None),
+    ("live", "postcopy-paused-111", None),
+    ("streams", "q35-mapped-ram-multifd-11.1", None),
+    ("streams", "q35-ignore-shared-7.2", None),
+    ("streams", "ppc64-pseries-11.1", None),
+    ("data", "libvirt/save-sparse.img.xz", None),
+    ("data", "streams/savevm-11.1.qcow2.xz", "snap1"),
+    ("data", "streams/savevm-11.1.qcow2.xz", "snap2"),
 ] + [
-    (kind, name)
+    (kind, name, None)
     for kind, name in (("live", "multipass-111"), ("streams", "q35-mapped-ram-11.1"))
     if name in (LIVE if kind == "live" else STREAMS)
 ]
 
 
-@pytest.mark.parametrize("kind,name", ONE_PASS)
-def test_one_pass_extraction_equals_page_index(kind, name, tmp_path, capsys):
+@pytest.mark.parametrize("kind,name,snapshot", ONE_PASS)
+def test_one_pass_extraction_equals_page_index(kind, name, snapshot, tmp_path, capsys):
     """extract writes pages as it reads them; the page index is the other way."""
-    path = unpack((LIVE if kind == "live" else STREAMS)[name])
-    assert cli_main(["extract", str(path), "-o", str(tmp_path)]) == 0
+    path = unpack({"live": LIVE, "streams": STREAMS}[kind][name] if kind != "data" else DATA / name)
+    args = ["--snapshot", snapshot] if snapshot else []
+    assert cli_main(["extract", str(path), "-o", str(tmp_path), *args]) == 0
     listed = capsys.readouterr().out.splitlines()
-    with qevm.open(path, index_ram=True, decode_devices=False) as mig:
+    with qevm.open(path, index_ram=True, decode_devices=False, snapshot=snapshot) as mig:
         index = mig.page_index
         rels = block_paths(b.name for b in mig.ram_blocks)
         for b in mig.ram_blocks:
