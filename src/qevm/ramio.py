@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import os
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -561,10 +561,31 @@ class StreamingSink(PageConsumer):
         r.skip((npages - done) * ps)
 
 
-def _bit_runs(bitmap: bytes, npages: int) -> list[tuple[int, int]]:
-    """(first, count) of each run of set bits among the first ``npages`` (little-endian)."""
+def _bit_runs(bitmap: bytes, npages: int, step: int = 1 << 20) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of set bits among the first ``npages`` (little-endian).
+
+    The bitmap is unpacked ``step`` bytes at a time, so a bitmap of a large
+    guest does not become a byte per page all at once.
+    """
     import numpy as np
 
-    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")[:npages]
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0])).astype(np.int8)))
-    return [(int(a), int(b - a)) for a, b in zip(edges[0::2], edges[1::2])]
+    npages = min(npages, len(bitmap) * 8)
+    open_at: int | None = None  # a run still going at the end of the previous step
+    for lo in range(0, -(-npages // 8), step):
+        part = np.frombuffer(bitmap, dtype=np.uint8, count=min(step, len(bitmap) - lo), offset=lo)
+        bits = np.unpackbits(part, bitorder="little")[: npages - lo * 8].astype(np.int8)
+        edges = np.flatnonzero(np.diff(bits, prepend=0, append=0)) + lo * 8
+        starts, ends = edges[0::2].tolist(), edges[1::2].tolist()
+        if open_at is not None:
+            if starts and starts[0] == lo * 8:
+                starts[0] = open_at
+            else:
+                yield open_at, lo * 8 - open_at
+        open_at = None
+        last = lo * 8 + len(bits)
+        if ends and ends[-1] == last and last < npages:
+            open_at = starts.pop()
+            ends.pop()
+        yield from ((a, b - a) for a, b in zip(starts, ends))
+    if open_at is not None:
+        yield open_at, npages - open_at

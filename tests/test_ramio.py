@@ -1,15 +1,16 @@
-"""The writer thread and the page states behind one-pass RAM extraction."""
+"""The writer thread, page states and bitmap runs behind one-pass RAM extraction."""
 
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import numpy as np
 import pytest
 
 from qevm import writebehind
-from qevm.ramio import DATA, UNSEEN, ZERO, PageStates
+from qevm.ramio import DATA, UNSEEN, ZERO, PageStates, _bit_runs
 from qevm.writebehind import WriteBehind
 
 
@@ -112,3 +113,24 @@ def test_page_states_across_chunks():
     states.set_range(step - 2, 4, DATA)
     assert [states.get(p) for p in range(step - 3, step + 3)] == [0, DATA, DATA, DATA, DATA, 0]
     assert states.unseen() == 2 * step + 10 - 7
+
+
+def _runs_one_bit_at_a_time(bitmap: bytes, npages: int) -> list[tuple[int, int]]:
+    bits = [bitmap[i // 8] >> (i % 8) & 1 for i in range(min(npages, len(bitmap) * 8))]
+    runs: list[tuple[int, int]] = []
+    for i, b in enumerate(bits):
+        if b and runs and sum(runs[-1]) == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        elif b:
+            runs.append((i, 1))
+    return runs
+
+
+def test_bitmap_runs_across_steps():
+    rnd = random.Random(5)
+    for _ in range(2000):
+        bitmap = bytes(rnd.choice([0, 255, rnd.randrange(256)]) for _ in range(rnd.randrange(12)))
+        npages = rnd.randrange(len(bitmap) * 8 + 6)
+        step = rnd.randint(1, 4)
+        want = _runs_one_bit_at_a_time(bitmap, npages)
+        assert list(_bit_runs(bitmap, npages, step)) == want, (bitmap, npages, step)
