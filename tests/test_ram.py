@@ -172,6 +172,24 @@ def test_one_pass_extraction_equals_page_index(kind, name, snapshot, tmp_path, c
                     assert f.read(n) == index.read(b.name, off, n), (b.name, hex(off))
 
 
+@pytest.mark.parametrize("name", ["q35-mapped-ram-multifd-11.1"])
+def test_mapped_ram_from_a_pipe_equals_page_index(name, tmp_path):
+    path = unpack(STREAMS[name])
+    with open(path, "rb") as f:
+        res = subprocess.run(
+            [sys.executable, "-m", "qevm", "extract", "-", "-o", str(tmp_path)],
+            stdin=f,
+            capture_output=True,
+        )
+    assert res.returncode == 0, res.stderr
+    with qevm.open(path, index_ram=True, decode_devices=False) as mig:
+        assert any(b.mapped is not None for b in mig.ram_blocks)
+        rels = block_paths(b.name for b in mig.ram_blocks)
+        for b in mig.ram_blocks:
+            data = (tmp_path / rels[b.name][0]).read_bytes()
+            assert data == mig.page_index.read(b.name, 0, b.used_length), b.name
+
+
 def _append_ram_pass(stream: bytes, eof: int, section: int, block: str, records: list) -> bytes:
     """``stream`` with one more RAM section (footer included) just before its EOF."""
     body = bytearray()

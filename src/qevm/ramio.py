@@ -548,15 +548,15 @@ class StreamingSink(PageConsumer):
         if states is not None:
             states.set_range(0, npages, ZERO)
         done = 0
+        step = max(1, self._wb.buffer_size // ps)
         for first, count in _bit_runs(bitmap, npages):
             r.skip((first - done) * ps)
-            if states is not None:
+            if states is None:
+                r.skip(count * ps)
+            else:
                 states.set_range(first, count, DATA)
-            for k in range(count):
-                if states is not None:
-                    r.ensure(ps)
-                    self._put(name, (first + k) * ps, r.buf[r.pos : r.pos + ps])
-                r.skip(ps)
+                for k in range(0, count, step):
+                    self._put(name, (first + k) * ps, r.bytes(min(step, count - k) * ps))
             done = first + count
         r.skip((npages - done) * ps)
 
