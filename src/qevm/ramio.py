@@ -470,8 +470,13 @@ class StreamingSink(PageConsumer):
         self._states[name].set_many(addrs >> self._shift, DATA)
         n = len(addrs)
         stride = int(offsets[1] - offsets[0]) if n > 1 else ps
-        # pieces of the run whose pages follow each other in the block
-        breaks = (np.flatnonzero(np.diff(addrs) != ps) + 1).tolist() if n > 1 else []
+        # pieces of the run whose pages follow each other in the block (and
+        # lie at one distance from each other in the input)
+        if n > 1:
+            apart = (np.diff(addrs) != ps) | (np.diff(offsets) != stride)
+            breaks = (np.flatnonzero(apart) + 1).tolist()
+        else:
+            breaks = []
         for i, j in zip([0, *breaks], [*breaks, n]):
             off = int(offsets[i]) - r.base
             self._put_strided(name, int(addrs[i]), r.buf, off, stride, j - i)
