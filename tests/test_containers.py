@@ -326,6 +326,23 @@ def test_find_and_rfind_match_bytes():
         assert src.find(b"\xff" * 9 + b"nothere", 0, src.size) == -1
 
 
+def test_qcow2_clusters_read_are_let_go(monkeypatch):
+    """Data clusters copied out of a mapped image are released, so reading a
+    multi-GiB snapshot does not keep the image in the process's memory."""
+    with open_source(unpack(SAVEVM), snapshot="snap1") as src:
+        released: list[tuple[int, int]] = []
+        real = src._img.release
+        monkeypatch.setattr(
+            src._img, "release", lambda lo, hi: (released.append((lo, hi)), real(lo, hi))
+        )
+        step = 1 << 20
+        whole = b"".join(src.read_at(o, min(step, src.size - o)) for o in range(0, src.size, step))
+        assert len(whole) == src.size
+        covered = sum(hi - lo for lo, hi in released)
+        assert covered >= src.size  # every byte came from a data cluster let go afterwards
+        assert all(lo % 4096 == 0 and hi % 4096 == 0 for lo, hi in released)
+
+
 # -- qcow2: bad images ------------------------------------------------------------
 def _patched(tmp_path, src: pathlib.Path, patches: dict[int, bytes], cut: int | None = None):
     data = bytearray(unpack(src).read_bytes())

@@ -15,6 +15,7 @@ before use; no allocation is sized by a field of the image beyond one cluster
 from __future__ import annotations
 
 import datetime
+import mmap
 import struct
 import zlib
 from collections import OrderedDict
@@ -475,6 +476,8 @@ class SnapshotVMState(Source):
         self._l1: dict[int, int] = {}
         self._l2: OrderedDict[int, bytes] = OrderedDict()
         self._cluster_cache: tuple[int, bytes] | None = None
+        # host ranges of data clusters read by the current read_at
+        self._touched: list[tuple[int, int]] = []
         # The last buffer find/rfind read: successive searches mostly stay inside it.
         self._window: tuple[int, bytes] | None = None
         self._zero = bytes(self._cs)
@@ -653,6 +656,7 @@ class SnapshotVMState(Source):
             raise ContainerError(
                 f"data cluster at {host:#x} lies beyond the end of the image", offset=where
             )
+        self._touched.append((host + in_cluster, n))
         return self._img.read_at(host + in_cluster, n)
 
     # -- Source interface ---------------------------------------------
@@ -678,9 +682,23 @@ class SnapshotVMState(Source):
                 stop = min(end, (guest | (cs - 1)) + 1)
                 pieces.append(self._cluster_piece(guest, stop - guest))
             guest = stop
-        if len(pieces) == 1:
-            return bytes(pieces[0])
-        return b"".join(pieces)
+        data = bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+        self._release_touched()
+        return data
+
+    def _release_touched(self) -> None:
+        """Let the image's data clusters just copied out leave memory (a mapped
+        image file would otherwise keep every cluster read in the process)."""
+        touched, self._touched = self._touched, []
+        page = mmap.PAGESIZE
+        lo = hi = -1
+        for start, n in [*touched, (-1, 0)]:
+            if start == hi:
+                hi += n
+                continue
+            if hi > lo:
+                self._img.release(lo - lo % page, hi + (-hi) % page)
+            lo, hi = start, start + n
 
     def read(self, n: int) -> bytes:
         size = self.size or 0
