@@ -112,3 +112,21 @@ def test_live_stream_from_pipe_info():
         res = _run(["info", "-"], stdin=f)
     assert res.returncode == 0, res.stderr
     assert b"PACKAGED" in res.stdout
+
+
+def test_sequential_reads_of_a_mapped_file_let_it_go(tmp_path, monkeypatch):
+    """A decompressor reading a mapped file does not keep the file in memory."""
+    from qevm.source.base import READ_RELEASE_STEP, FileSource
+
+    path = tmp_path / "big"
+    path.write_bytes(bytes(range(256)) * (3 * READ_RELEASE_STEP // 256 + 100))
+    src = FileSource(path)
+    released: list[tuple[int, int]] = []
+    real = src.release
+    monkeypatch.setattr(src, "release", lambda lo, hi: (released.append((lo, hi)), real(lo, hi)))
+    got = b"".join(iter(lambda: src.read(1 << 20), b""))
+    src.close()
+    assert got == path.read_bytes()
+    assert released and released[0][0] == 0
+    assert all(b[0] <= a[1] for a, b in zip(released, released[1:]))  # no gaps
+    assert released[-1][1] >= 3 * READ_RELEASE_STEP

@@ -18,6 +18,8 @@ from ..errors import ContainerError, TruncatedError
 
 #: How much a streaming source asks for per read.
 CHUNK = 1 << 20
+#: Bytes read sequentially from a mapped file between hints that they can go.
+READ_RELEASE_STEP = 8 << 20
 #: Pipe buffer asked for on pipe inputs (Linux's limit for unprivileged users).
 PIPE_SIZE = 1 << 20
 
@@ -120,10 +122,16 @@ class FileSource(Source):
             if hasattr(self._map, "madvise"):
                 self._map.madvise(mmap.MADV_SEQUENTIAL)
         self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        self._read_released = 0
 
     def read(self, n: int) -> bytes:
         data = bytes(self._view[self._pos : self._pos + n])
         self._pos += len(data)
+        if self._pos - self._read_released >= READ_RELEASE_STEP:
+            # Read sequentially (by a decompressor, say): what lies behind is
+            # copied out and need not stay in this process's memory.
+            self.release(self._read_released, self._pos)
+            self._read_released = self._pos - self._pos % mmap.PAGESIZE
         return data
 
     def skip(self, n: int) -> None:
