@@ -536,3 +536,16 @@ def test_live_layouts(recipe, tmp_path):
         assert found == info["dump"]["nonzero_pages"]
     finally:
         elf.close()
+
+
+@pytest.mark.parametrize("snapshot", ["snap1", "snap2"])
+def test_raw_memory_of_a_qcow2_snapshot_equals_its_page_index(snapshot, tmp_path):
+    """A snapshot's VM state cannot be mapped: its pages are copied in pieces."""
+    path = unpack(DATA / "streams" / "savevm-11.1.qcow2.xz")
+    out = tmp_path / "mem.raw"
+    res = write_core(str(path), out, "raw", open_args={"snapshot": snapshot})
+    assert res.memmap.ranges
+    with qevm.open(path, snapshot=snapshot, index_ram=True) as mig, open(out, "rb") as f:
+        for r in res.memmap.ranges:
+            f.seek(r.gpa)
+            assert f.read(r.size) == mig.page_index.read(r.block, r.offset, r.size), r

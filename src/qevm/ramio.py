@@ -228,11 +228,14 @@ def copy_block_range(
         out = dest + (lo - first) * ps
         source = index.inputs[src]
         view = source.view()
-        if view is None:
-            for i in range(n):
-                wb.write(fd, source.read_at(soff + i * stride, ps), out + i * ps)
-        else:
+        if view is not None:
             write_strided(wb, fd, out, view, soff, stride, n, ps, source.release)
+        else:  # a source that cannot be mapped (a qcow2 snapshot): read in pieces
+            per = max(1, wb.buffer_size // stride)
+            for i0 in range(0, n, per):
+                k = min(per, n - i0)
+                data = source.read_at(soff + i0 * stride, (k - 1) * stride + ps)
+                write_strided(wb, fd, out + i0 * ps, data, 0, stride, k, ps)
         written += n * ps
     for page in index.computed_pages(name):
         if first <= page < last:
@@ -389,11 +392,22 @@ class StreamingSink(PageConsumer):
         else:
             self._put(name, addr, b"".join(bytes(b) for b in bufs))
 
-    def _put_strided(self, name: str, addr: int, buf: Any, off: int, stride: int, n: int) -> None:
+    def _put_strided(
+        self,
+        name: str,
+        addr: int,
+        buf: Any,
+        off: int,
+        stride: int,
+        n: int,
+        release: Callable[[int, int], None] | None = None,
+    ) -> None:
         ps = self.page_size
         for fd, dest, src, size in self.placements[name].locate(addr, n * ps):
             skip = (src - addr) // ps
-            write_strided(self._wb, fd, dest, buf, off + skip * stride, stride, size // ps, ps)
+            write_strided(
+                self._wb, fd, dest, buf, off + skip * stride, stride, size // ps, ps, release
+            )
 
     def flush(self) -> None:
         """Queue the single pages gathered so far."""
@@ -538,7 +552,7 @@ class StreamingSink(PageConsumer):
             states.set_range(first, count, DATA)
             off = pages_offset + first * ps
             if view is not None:
-                self._put_strided(name, first * ps, view, off, ps, count)
+                self._put_strided(name, first * ps, view, off, ps, count, self._source.release)
                 continue
             for k in range(0, count, step):  # a source that cannot be mapped
                 n = min(step, count - k) * ps
