@@ -43,6 +43,7 @@ from benchlib import (
     WORK,
     MiB,
     Run,
+    compile_qevm,
     first_error,
     load_line,
     machine_line,
@@ -503,6 +504,7 @@ def main() -> int:
         print(f"{QEMU} not found (apt-get install qemu-system-x86)", file=sys.stderr)
         return 2
     warn_if_busy()
+    compile_qevm()
     names = args.scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

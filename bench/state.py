@@ -28,6 +28,7 @@ from pathlib import Path
 from benchlib import (
     WORK,
     Run,
+    compile_qevm,
     corpus_dir,
     decompress_xz,
     first_error,
@@ -224,6 +225,7 @@ def main() -> int:
         print(f"no corpus at {corpus} (set QEVM_CORPUS)", file=sys.stderr)
         return 2
     warn_if_busy()
+    compile_qevm()
     script = reference_script()
     (WORK / "out").mkdir(parents=True, exist_ok=True)
     cases = []
