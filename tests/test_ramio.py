@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qevm import writebehind
-from qevm.ramio import DATA, UNSEEN, ZERO, PageStates, _bit_runs
+from qevm.ramsink import DATA, UNSEEN, ZERO, PageStates, _bit_runs
 from qevm.writebehind import WriteBehind
 
 

@@ -15,11 +15,11 @@ from ..migration import Migration
 from ..ramio import (
     Piece,
     Placement,
-    StreamingSink,
     block_paths,
     copy_block_range,
     create_block_file,
 )
+from ..ramsink import StreamingSink
 from ..render import compat, jsonout
 from ..source import open_source
 from ..writebehind import WriteBehind

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import UsageError
-from ..ramio import Piece, Placement, StreamingSink, copy_block_range
+from ..ramio import Piece, Placement, copy_block_range
+from ..ramsink import StreamingSink
 from ..writebehind import WriteBehind
 from .memmap import MemoryMap, Range, layout
 from .notes import Target, target_for
