@@ -325,28 +325,25 @@ def bench(s: Scenario, meta: dict[str, Any], script: Path, rounds: int) -> Resul
     out = RAMDIR / "out"
     shutil.rmtree(out, ignore_errors=True)
     free = shutil.disk_usage(RAMDIR).free
-    need = 2 * (s.data + 64 * MiB)
+    need = 3 * (s.data + 64 * MiB)
     if free < need:
         raise RuntimeError(f"{RAMDIR}: {free / GiB:.1f} GiB free, the outputs need {need / GiB}")
     dirs = {m: out / m for m in ("ref", "extract", "extract-pipe")}
     peak: dict[str, tuple[int, int, int]] = {}
     outputs: dict[str, Output] = {}
-    # The output of the previous extraction is deleted just before the next
-    # one starts, so that every extraction starts in the same state (right
-    # after a gigabyte of page cache was freed) and at most two outputs exist
-    # at a time.  Deleting all outputs at the end of a round gave the
-    # reference, which runs first, a state no other command had.
-    previous: Path | None = None
+    # Each command deletes its own previous output just before it runs again,
+    # as when a command is re-run into the same directory: every command
+    # starts right after the memory its last run filled was freed.  (Deleting
+    # all outputs at the end of a round gave the reference, which runs first,
+    # a start no other command had; on this VM where freed memory lands
+    # changes the kernel's cost of writing the next gigabyte by a second.)
     with ThreadPoolExecutor(2) as pool:
         for rnd in range(rounds):
             for mode in MODES:
                 d = dirs.get(mode)
                 if d is not None:
-                    if previous is not None:
-                        shutil.rmtree(previous, ignore_errors=True)
                     shutil.rmtree(d, ignore_errors=True)
                     d.mkdir(parents=True)
-                    previous = d
                 os.sync()  # no writeback of the previous run's output during this one
                 if mode == "ref":
                     r = run(
