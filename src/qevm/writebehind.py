@@ -46,7 +46,7 @@ def pwritev_all(fd: int, bufs: list[Any], dest: int) -> None:
     while i < len(bufs):
         # up to IOV_MAX buffers and about WRITE_SIZE bytes per call
         j, want = i, 0
-        while j < len(bufs) and j - i < IOV_MAX and (want < WRITE_SIZE or j == i):
+        while j < len(bufs) and j - i < IOV_MAX and want < WRITE_SIZE:
             want += len(bufs[j])
             j += 1
         chunk = bufs[i:j]
