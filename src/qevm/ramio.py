@@ -181,6 +181,28 @@ def write_strided(
             release(lo, lo + k * stride)
 
 
+def write_source_strided(
+    wb: WriteBehind,
+    fd: int,
+    dest: int,
+    source: Any,
+    off: int,
+    stride: int,
+    count: int,
+    ps: int,
+) -> None:
+    """:func:`write_strided` from a source: its mapping, or 4 MiB reads where it has none."""
+    view = source.view()
+    if view is not None:
+        write_strided(wb, fd, dest, view, off, stride, count, ps, source.release)
+        return
+    per = max(1, wb.buffer_size // stride)
+    for i0 in range(0, count, per):
+        k = min(per, count - i0)
+        data = source.read_at(off + i0 * stride, (k - 1) * stride + ps)
+        write_strided(wb, fd, dest + i0 * ps, data, 0, stride, k, ps)
+
+
 # -- copying from the page index ------------------------------------------------------
 
 
@@ -219,16 +241,7 @@ def copy_block_range(
         soff = off + (lo - page) * stride
         n = hi - lo
         out = dest + (lo - first) * ps
-        source = index.inputs[src]
-        view = source.view()
-        if view is not None:
-            write_strided(wb, fd, out, view, soff, stride, n, ps, source.release)
-        else:  # a source that cannot be mapped (a qcow2 snapshot): read in pieces
-            per = max(1, wb.buffer_size // stride)
-            for i0 in range(0, n, per):
-                k = min(per, n - i0)
-                data = source.read_at(soff + i0 * stride, (k - 1) * stride + ps)
-                write_strided(wb, fd, out + i0 * ps, data, 0, stride, k, ps)
+        write_source_strided(wb, fd, out, index.inputs[src], soff, stride, n, ps)
         written += n * ps
     for page in index.computed_pages(name):
         if first <= page < last:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, UsageError
-from .ramio import Placement, write_strided
+from .ramio import Placement, write_source_strided, write_strided
 from .sections.ram import xbzrle
 from .sections.ram.consumer import PageConsumer
 from .writebehind import IOV_MAX, WriteBehind
@@ -157,21 +157,16 @@ class StreamingSink(PageConsumer):
             self._put(name, addr, b"".join(bytes(b) for b in bufs))
 
     def _put_strided(
-        self,
-        name: str,
-        addr: int,
-        buf: Any,
-        off: int,
-        stride: int,
-        n: int,
-        release: Callable[[int, int], None] | None = None,
+        self, name: str, addr: int, buf: Any, off: int, stride: int, n: int, source: Any = None
     ) -> None:
+        """Queue ``n`` pages every ``stride`` bytes from ``off`` of ``buf`` (or of ``source``)."""
         ps = self.page_size
         for fd, dest, src, size in self.placements[name].locate(addr, n * ps):
-            skip = (src - addr) // ps
-            write_strided(
-                self._wb, fd, dest, buf, off + skip * stride, stride, size // ps, ps, release
-            )
+            at = off + (src - addr) // ps * stride
+            if source is not None:
+                write_source_strided(self._wb, fd, dest, source, at, stride, size // ps, ps)
+            else:
+                write_strided(self._wb, fd, dest, buf, at, stride, size // ps, ps)
 
     def flush(self) -> None:
         """Queue the single pages gathered so far."""
@@ -310,17 +305,10 @@ class StreamingSink(PageConsumer):
         ps = self.page_size
         states = self._states[name]
         states.set_range(0, states.npages, ZERO)
-        view = self._source.view()
-        step = max(1, self._wb.buffer_size // ps)
         for first, count in _bit_runs(bitmap, states.npages):
             states.set_range(first, count, DATA)
             off = pages_offset + first * ps
-            if view is not None:
-                self._put_strided(name, first * ps, view, off, ps, count, self._source.release)
-                continue
-            for k in range(0, count, step):  # a source that cannot be mapped
-                n = min(step, count - k) * ps
-                self._put(name, (first + k) * ps, self._source.read_at(off + k * ps, n))
+            self._put_strided(name, first * ps, None, off, ps, count, self._source)
 
     def mapped_stream(self, block: RamBlock, bitmap: bytes, r: Reader) -> None:
         self.flush()
