@@ -27,6 +27,11 @@ HAVE_CORPUS = (CORPUS / "README.md").exists()
 
 _CACHE = pathlib.Path(tempfile.mkdtemp(prefix="qevm-tests-"))
 
+# Subprocesses (`python -m qevm`) import this checkout's qevm, not whichever one
+# pip installed (a second work tree of the repository, say).
+_SRC = str(pathlib.Path(__file__).resolve().parents[1] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_CACHE, ignore_errors=True)
