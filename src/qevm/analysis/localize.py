@@ -1,0 +1,122 @@
+"""The first field that went out of step.
+
+Two readings of the same section bytes (the source's own description, and
+the destination's layout; or one description and the bytes it does not
+fit) are lists of :class:`~.loader.Step`.  Where they part — the same
+offset read as another field, another array length, another size — is
+what QEMU developers otherwise find by hand with two ``-d desc`` dumps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .loader import Step
+
+#: Arrays whose length a destination takes from its own configuration,
+#: by (VMSD name, field): what to change to make the two sides agree.
+CONFIG_SIZED = {
+    ("memory hotplug state", "devs"): "the number of memory hotplug slots (-m ...,slots=N)",
+    ("CPU hotplug state", "devs"): "the number of possible CPUs (-smp ...,maxcpus=N)",
+    ("cpu_hotplug_state", "devs"): "the number of possible CPUs (-smp ...,maxcpus=N)",
+}
+
+
+@dataclass
+class OutOfStep:
+    """Where two readings part, described."""
+
+    path: str
+    offset: int
+    message: str
+    source: Any = None
+    destination: Any = None
+    hints: list[str] = field(default_factory=list)
+
+
+def _key(s: Step) -> tuple:
+    # A container's size follows from its contents: compare those instead.
+    if s.kind == "subsection":
+        return (s.path, s.offset, s.value)
+    if s.kind in ("field", "element") and s.type in ("struct", "vstruct", "tmp", "qtailq", "qlist"):
+        return (s.path, s.offset, s.count)
+    return (s.path, s.offset, s.count, s.size)
+
+
+def out_of_step(own: Any, other: list[Step], limit: int | None = None) -> int | None:
+    """Index in ``other`` of the first step that differs from ``own`` (before ``limit``)."""
+    steps = own.steps if hasattr(own, "steps") else own
+    for i, s in enumerate(other):
+        if limit is not None and s.offset > limit:
+            return None
+        if i >= len(steps) or _key(steps[i]) != _key(s):
+            return i
+    if len(other) < len(steps):
+        nxt = steps[len(other)]
+        if limit is None or nxt.offset <= limit:
+            return len(other)
+    return None
+
+
+def _amount(s: Step) -> str:
+    if s.kind == "subsection":
+        return f"subsection {s.path.rsplit('/', 1)[-1]!r} version {s.value} ({s.size} bytes)"
+    if s.count != 1:
+        return f"{s.count} elements ({s.size} bytes)"
+    return f"{s.size} bytes" + (f" = {s.value:#x}" if isinstance(s.value, int) else "")
+
+
+def describe_out_of_step(
+    mine: list[Step], theirs: list[Step], limit: int | None = None
+) -> OutOfStep | None:
+    """Describe the first difference: ``mine`` is the source's own reading."""
+    i = out_of_step(mine, theirs, limit)
+    if i is None:
+        return None
+    a = mine[i] if i < len(mine) else None
+    b = theirs[i] if i < len(theirs) else None
+    if a is not None and b is not None and a.path == b.path and a.offset == b.offset:
+        what = "array length" if a.count != b.count else "size"
+        out = OutOfStep(
+            a.path,
+            a.offset,
+            f"first field out of step: {a.path} at {a.offset:#x}: the source wrote "
+            f"{_amount(a)}, the destination reads {_amount(b)} ({what} differs)",
+            a.count if a.count != b.count else a.size,
+            b.count if a.count != b.count else b.size,
+        )
+        _hint(out, a)
+        return out
+    if a is not None and (b is None or a.offset <= b.offset):
+        there = f"; the destination reads {b.path} there instead" if b is not None else ""
+        out = OutOfStep(
+            a.path,
+            a.offset,
+            f"first field out of step: {a.path} at {a.offset:#x}: the source wrote "
+            f"{_amount(a)} the destination's layout does not have{there}",
+            _amount(a),
+            b.path if b is not None else None,
+        )
+        _hint(out, a)
+        return out
+    assert b is not None
+    there = f"; the source wrote {a.path} there" if a is not None else ""
+    return OutOfStep(
+        b.path,
+        b.offset,
+        f"first field out of step: {b.path} at {b.offset:#x}: the destination reads "
+        f"{_amount(b)} the source did not write{there}",
+        a.path if a is not None else None,
+        _amount(b),
+    )
+
+
+def _hint(out: OutOfStep, s: Step) -> None:
+    name = s.path.rsplit("/", 1)[-1]
+    why = CONFIG_SIZED.get((s.vmsd or "", name))
+    if why is not None:
+        out.hints.append(
+            f"{s.vmsd!r}.{name} is sized by the destination's configuration: {why} must match "
+            "the source's"
+        )

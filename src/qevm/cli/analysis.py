@@ -1,0 +1,130 @@
+"""``qevm check``, ``qevm diff`` and ``qevm explain``: migration debugging."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..render import jsonout
+from . import add_input, command, open_stream
+
+
+def _check_setup(p: argparse.ArgumentParser) -> None:
+    add_input(p)
+    p.add_argument(
+        "--against",
+        required=True,
+        metavar="DEST",
+        help="what the destination expects: a stream its configuration wrote (any input qevm "
+        "reads), a description (qevm desc output) or its binary's -dump-vmstate JSON",
+    )
+    p.add_argument(
+        "--against-snapshot", metavar="NAME|ID", help="qcow2 destination: the snapshot to read"
+    )
+    p.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="the destination binary's -dump-vmstate JSON, in addition to a stream or "
+        "description (minimum versions, field versions, every subsection it knows)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command(
+    "check",
+    "will SOURCE load into the destination? QEMU's load-time checks in QEMU's order",
+    _check_setup,
+)
+def run_check(args: argparse.Namespace) -> int:
+    from ..analysis import check
+
+    report = check(
+        args.file,
+        args.against,
+        schema=args.schema,
+        source_desc=args.desc,
+        source_format=args.format,
+        source_snapshot=args.snapshot,
+        destination_snapshot=args.against_snapshot,
+    )
+    if args.json:
+        jsonout.dump(report.to_json(), sys.stdout, indent=2)
+    else:
+        _print_report(report, sys.stdout)
+    return 0 if report.loads else 1
+
+
+#: Problems printed as text (the first is where QEMU stops).
+MAX_SHOWN = 8
+
+
+def _print_report(report: Any, out: Any) -> None:
+    kinds = " + ".join(report.destination_kinds) or "?"
+    out.write(f"source       {report.source}\n")
+    out.write(f"destination  {report.destination} ({kinds})\n")
+    loads = report.loads
+    if loads:
+        out.write("verdict      loads: no load-time check fails\n")
+    elif loads is None and not report.problems:
+        out.write(
+            "verdict      cannot tell: nothing fails in what the destination is known by, "
+            "but that is not all QEMU checks\n"
+        )
+    elif loads is None:
+        out.write("verdict      cannot tell: qevm cannot decide what is listed below\n")
+    else:
+        out.write("verdict      does not load: QEMU stops at the first problem below\n")
+    shown = report.problems[:MAX_SHOWN]
+    for n, p in enumerate(shown, 1):
+        where = p.section or ""
+        if p.instance_id:
+            where += f" #{p.instance_id}"
+        mark = "" if p.certain else "  (not certain)"
+        out.write(f"\n{n:3}. {where}  [{p.kind}]{mark}\n")
+        out.write(f"     {p.message}\n")
+        for line in p.details:
+            out.write(f"     {line}\n")
+        if p.qemu:
+            out.write(f"     QEMU: {p.qemu}\n")
+    if len(report.problems) > len(shown):
+        out.write(f"\n     ... and {len(report.problems) - len(shown)} more (--json lists all)\n")
+    if report.warnings:
+        out.write("\nnotes\n")
+        for w in report.warnings:
+            out.write(f"  - {w}\n")
+
+
+def _explain_setup(p: argparse.ArgumentParser) -> None:
+    add_input(p)
+    p.add_argument(
+        "--section", metavar="GLOB", help="only sections whose idstr matches (default: all)"
+    )
+    p.add_argument("--all", action="store_true", help="also list sections that decode")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command(
+    "explain",
+    "where a device section does not fit its description: fields with offsets, where the "
+    "decode ran off, and what would make it end at its footer",
+    _explain_setup,
+)
+def run_explain(args: argparse.Namespace) -> int:
+    from ..analysis.explain import explain
+
+    with open_stream(args, decode_devices=False) as mig:
+        results = explain(mig, args.section)
+    bad = [r for r in results if not r.fits]
+    shown = results if args.all else bad
+    if args.json:
+        jsonout.dump({"sections": [r.to_json() for r in shown]}, sys.stdout, indent=2)
+    else:
+        if not shown:
+            sys.stdout.write(f"all {len(results)} device sections fit their description\n")
+        for n, r in enumerate(shown):
+            if n:
+                sys.stdout.write("\n")
+            for line in r.format():
+                sys.stdout.write(line + "\n")
+    return 1 if bad else 0
