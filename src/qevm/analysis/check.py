@@ -463,7 +463,7 @@ def _layout_problem(
 
     written = rec.body_end - rec.body_offset
     if stop is not None and stop.kind == "overrun":
-        how = f"reads past the {written} bytes the source wrote ({stop.message})"
+        how = f"reads past the end of the {written} bytes the source wrote"
     elif stop is not None:
         how = f"goes out of step and then fails: {stop.message}"
     else:

@@ -95,6 +95,8 @@ class Step:
     depth: int = 0
     #: The VMSD the field belongs to (for hints about what sizes it).
     vmsd: str | None = None
+    #: Whether it was read to its end (a load that stops leaves the last ones open).
+    done: bool = False
 
 
 @dataclass
@@ -237,7 +239,7 @@ class Loader(Decoder):
             frame.loaded.append(fv)
         gap = self.extra.get((id(desc), "fields"))
         if gap:
-            self.steps.append(Step(join(frame.path, "(gap)"), r.offset, gap, "gap"))
+            self.steps.append(Step(join(frame.path, "(gap)"), r.offset, gap, "gap", done=True))
             r.skip(gap)
         subs = self._subsections(frame)
         self._stack.pop()
@@ -284,6 +286,7 @@ class Loader(Decoder):
         finally:
             self._depth -= 1
         step.size = r.offset - start
+        step.done = True
         if f.type in _EQUAL_FMT or f.type == "int32 le":
             self._compare(f, value, dval, path, start)
         if eff.count == 1 and isinstance(value, int):
@@ -408,6 +411,7 @@ class Loader(Decoder):
         step = self.steps[-1]
         node = self._nested_vmsd(frame, f, peer, element_value(dval, k), nested, epath)
         step.size = node.size
+        step.done = True
         return node
 
     def _nested_vmsd(
@@ -531,5 +535,6 @@ class Loader(Decoder):
             finally:
                 self._depth -= 1
             step.size = r.offset - off
+            step.done = True
             out.append(SubsectionValue(name, version, off, node))
         return out

@@ -20,6 +20,9 @@ CONFIG_SIZED = {
     ("memory hotplug state", "devs"): "the number of memory hotplug slots (-m ...,slots=N)",
     ("CPU hotplug state", "devs"): "the number of possible CPUs (-smp ...,maxcpus=N)",
     ("cpu_hotplug_state", "devs"): "the number of possible CPUs (-smp ...,maxcpus=N)",
+    ("xhci-core", "ports"): "the number of ports (qemu-xhci/nec-usb-xhci p2= and p3=)",
+    ("xhci-core", "slots"): "the number of device slots (xhci slots=)",
+    ("xhci-core", "intr"): "the number of interrupters (xhci intrs=)",
 }
 
 
@@ -60,11 +63,12 @@ def out_of_step(own: Any, other: list[Step], limit: int | None = None) -> int | 
 
 
 def _amount(s: Step) -> str:
+    size = f"{s.size} bytes" if s.done else "not read to its end"
     if s.kind == "subsection":
-        return f"subsection {s.path.rsplit('/', 1)[-1]!r} version {s.value} ({s.size} bytes)"
+        return f"subsection {s.path.rsplit('/', 1)[-1]!r} version {s.value} ({size})"
     if s.count != 1:
-        return f"{s.count} elements ({s.size} bytes)"
-    return f"{s.size} bytes" + (f" = {s.value:#x}" if isinstance(s.value, int) else "")
+        return f"{s.count} elements ({size})"
+    return size + (f" = {s.value:#x}" if isinstance(s.value, int) else "")
 
 
 def describe_out_of_step(
@@ -86,8 +90,14 @@ def describe_out_of_step(
             a.count if a.count != b.count else a.size,
             b.count if a.count != b.count else b.size,
         )
-        _hint(out, a)
+        _hint(out, a, "both" if what == "array length" else None)
         return out
+    if a is not None and b is not None and a.offset == b.offset:
+        # Who went on inside the structure both had been reading has the field
+        # the other lacks.
+        last = mine[i - 1].path if i else ""
+        if _continues(b.path, last) and not _continues(a.path, last):
+            a = None
     if a is not None and (b is None or a.offset <= b.offset):
         there = f"; the destination reads {b.path} there instead" if b is not None else ""
         out = OutOfStep(
@@ -98,11 +108,11 @@ def describe_out_of_step(
             _amount(a),
             b.path if b is not None else None,
         )
-        _hint(out, a)
+        _hint(out, a, "source")
         return out
     assert b is not None
     there = f"; the source wrote {a.path} there" if a is not None else ""
-    return OutOfStep(
+    out = OutOfStep(
         b.path,
         b.offset,
         f"first field out of step: {b.path} at {b.offset:#x}: the destination reads "
@@ -110,13 +120,27 @@ def describe_out_of_step(
         a.path if a is not None else None,
         _amount(b),
     )
+    _hint(out, b, "destination")
+    return out
 
 
-def _hint(out: OutOfStep, s: Step) -> None:
+def _continues(path: str, last: str) -> bool:
+    """Whether ``path`` is a next field of the structure ``last`` was read in."""
+    parent = last.rsplit("/", 1)[0] if "/" in last else ""
+    return path.startswith(parent + "/") if parent else "/" not in path
+
+
+def _hint(out: OutOfStep, s: Step, array: str | None) -> None:
+    """What sizes the array, when it is known (or that the configuration does)."""
     name = s.path.rsplit("/", 1)[-1]
     why = CONFIG_SIZED.get((s.vmsd or "", name))
     if why is not None:
         out.hints.append(
             f"{s.vmsd!r}.{name} is sized by the destination's configuration: {why} must match "
             "the source's"
+        )
+    elif array == "both" or (array is not None and s.count != 1):
+        out.hints.append(
+            f"the length of {name} is not in the stream: each side takes it from its own "
+            "configuration (device properties, machine options)"
         )
