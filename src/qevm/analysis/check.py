@@ -246,7 +246,11 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
     assert e is not None
     version = rec.version if rec.version is not None else e.version
     ds = dest.section(e.idstr, e.instance_id)
-    if dest.knows_sections() and ds is None and (e.handler is None or dest.blocks is not None):
+    src_desc = mig.description.device(e.idstr, e.instance_id) if mig.description else None
+    # A description lists only what was described: live and old-style sections
+    # are judged only against a stream the destination wrote.
+    judged = dest.blocks is not None or (e.handler is None and src_desc is not None)
+    if dest.knows_sections() and ds is None and judged:
         report.problems.append(
             Problem(
                 "section",
@@ -260,7 +264,6 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
             )
         )
         return
-    src_desc = mig.description.device(e.idstr, e.instance_id) if mig.description else None
     dest_desc = ds.desc if ds is not None else None
     if dest_desc is None and dest.description is not None:
         dest_desc = dest.description.device(e.idstr, e.instance_id)

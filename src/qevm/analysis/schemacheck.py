@@ -97,6 +97,7 @@ def _vmsd(
         i += 1
         fpath = f"{path}/{f.name}" if path else f.name
         k = schema_index(sfields, f.name, pos)
+        renamed = k is None
         if k is None:
             k = _renamed(sfields, pos, gate, f, count)
             if k is None:
@@ -133,6 +134,8 @@ def _vmsd(
         doubtful += _maybe_missing(sfields[pos:k], gate)
         sf = sfields[k]
         pos = k + 1
+        if renamed:
+            continue  # the same bytes under another name (checked by _renamed)
         if sf.num is not None and count != sf.num:
             out.append(
                 _problem(
