@@ -368,7 +368,7 @@ def _device(
         found.append(_layout_problem(e.idstr, e.instance_id, rec, loader, own, end, None))
     elif stop is not None:
         step = out_of_step(own, loader.steps, stop.offset) if own is not None else None
-        if stop.kind == "overrun" or step is not None:
+        if stop.kind in ("overrun", "undescribed") or step is not None:
             found.append(_layout_problem(e.idstr, e.instance_id, rec, loader, own, end, stop))
         else:
             found.append(

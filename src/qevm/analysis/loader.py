@@ -97,6 +97,8 @@ class Step:
     vmsd: str | None = None
     #: Whether it was read to its end (a load that stops leaves the last ones open).
     done: bool = False
+    #: The description entry read (what-ifs override it by identity).
+    field: FieldDesc | None = None
 
 
 @dataclass
@@ -142,8 +144,9 @@ class Loader(Decoder):
 
     ``data`` are the section's body and footer bytes, ``base`` the absolute
     offset of ``data[0]``, ``end`` where the footer starts.  ``overrides``
-    (``id(FieldDesc)`` -> replacement) and ``skip`` (``id(VmsdDesc)`` of
-    subsections to treat as unknown... ) let :mod:`.localize` try what-ifs.
+    (``id(FieldDesc)`` -> the field read instead) and ``extra`` (VMSD path ->
+    bytes after its fields) let :mod:`.explain` try what would make a
+    description fit.
     """
 
     def __init__(
@@ -156,7 +159,8 @@ class Loader(Decoder):
         instance_id: int = 0,
         context: dict[str, Any] | None = None,
         overrides: dict[int, FieldDesc] | None = None,
-        extra: dict[tuple[int, str], int] | None = None,
+        extra: dict[str, int] | None = None,
+        strict: bool = False,
     ) -> None:
         super().__init__(Reader(MemorySource(data, base), base), end)
         self.data = data
@@ -165,9 +169,14 @@ class Loader(Decoder):
         self.instance_id = instance_id
         self.context = context or {}
         self.overrides = overrides or {}
-        #: (id(VmsdDesc), "fields") -> bytes the description does not account for
-        #: after that VMSD's fields (what-if gaps for localize)
+        #: Require exactly the described subsections, in order (a stream read with
+        #: its own description), not QEMU's any-known-subsection loop.
+        self.strict = strict
+        #: path of a VMSD -> bytes the description does not account for after
+        #: its fields (what-if gaps for :mod:`.explain`)
         self.extra = extra or {}
+        #: (VMSD path, description, offset) where each VMSD's fields ended
+        self.field_ends: list[tuple[str, VmsdDesc, int]] = []
         self.steps: list[Step] = []
         self.doubts: list[Doubt] = []
         self.notes: list[str] = []
@@ -237,7 +246,8 @@ class Loader(Decoder):
             fv = self._field(frame, i, f)
             out.append(fv)
             frame.loaded.append(fv)
-        gap = self.extra.get((id(desc), "fields"))
+        self.field_ends.append((frame.path, desc, r.offset))
+        gap = self.extra.get(frame.path)
         if gap:
             self.steps.append(Step(join(frame.path, "(gap)"), r.offset, gap, "gap", done=True))
             r.skip(gap)
@@ -279,6 +289,7 @@ class Loader(Decoder):
         step = Step(
             path, start, 0, "field", f.type, eff.count, None, self._depth, frame.desc.vmsd_name
         )
+        step.field = f
         self.steps.append(step)
         self._depth += 1
         try:
@@ -374,6 +385,8 @@ class Loader(Decoder):
         self, frame: Frame, f: FieldDesc, peer: FieldDesc | None, dval: FieldValue | None, path: str
     ) -> Any:
         kind = f.type
+        if f.count == 0:
+            return []
         if kind in _STRUCTS:
             nested = nested_desc(f, peer, 0)
             if nested is None:
@@ -516,7 +529,7 @@ class Loader(Decoder):
                 sub = peer_sub
                 if sub is None:
                     raise Stop(
-                        "overrun",
+                        "undescribed",
                         f"subsection {name} is described by neither side",
                         off,
                         path,
@@ -537,4 +550,16 @@ class Loader(Decoder):
             step.size = r.offset - off
             step.done = True
             out.append(SubsectionValue(name, version, off, node))
+        if self.strict:
+            want = [d.vmsd_name for d in desc.subsections]
+            got = [sv.name for sv in out]
+            if got != want:
+                missing = next((w for w in want if w not in got), None)
+                what = f"subsection {missing} is not there" if missing else "subsections differ"
+                raise Stop(
+                    "strict",
+                    f"{what} (found {', '.join(got) or 'none'} at {r.offset:#x})",
+                    r.offset,
+                    frame.path,
+                )
         return out

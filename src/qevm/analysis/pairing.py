@@ -8,6 +8,7 @@ destination's decoded values are found at the same place.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..vmstate.desc import FieldDesc, VmsdDesc
@@ -26,24 +27,30 @@ def find_vmsd(descs: list[VmsdDesc], name: str) -> VmsdDesc | None:
     return None
 
 
-def _occurrence(fields: list[FieldDesc], i: int) -> tuple[str, int]:
-    """Name of ``fields[i]`` and how many earlier fields share it."""
-    name = fields[i].name
-    return name, sum(1 for f in fields[:i] if f.name == name)
+@lru_cache(maxsize=4096)
+def _pairs(desc: VmsdDesc, peer: VmsdDesc) -> tuple[FieldDesc | None, ...]:
+    """For each field of ``desc``, the field of ``peer`` with its name and occurrence."""
+    by_name: dict[str, list[FieldDesc]] = {}
+    for g in peer.fields:
+        by_name.setdefault(g.name, []).append(g)
+    seen: dict[str, int] = {}
+    out: list[FieldDesc | None] = []
+    for f in desc.fields:
+        nth = seen.get(f.name, 0)
+        seen[f.name] = nth + 1
+        same = by_name.get(f.name, [])
+        out.append(same[nth] if nth < len(same) else None)
+    return tuple(out)
 
 
 def peer_field(frame: Frame, f: FieldDesc, i: int) -> FieldDesc | None:
     """The source's description of the same field (same name, same occurrence)."""
-    if frame.peer is None:
+    peer = frame.peer
+    if peer is None:
         return None
-    name, nth = _occurrence(frame.desc.fields, i)
-    seen = 0
-    for g in frame.peer.fields:
-        if g.name == name:
-            if seen == nth:
-                return g
-            seen += 1
-    return None
+    if peer is frame.desc:
+        return f
+    return _pairs(frame.desc, peer)[i]
 
 
 def dest_value(frame: Frame, i: int, f: FieldDesc) -> FieldValue | None:
