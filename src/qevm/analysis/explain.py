@@ -101,7 +101,8 @@ class Explanation:
         head = f"{self.section}" + (f" #{self.instance_id}" if self.instance_id else "")
         if self.fits:
             return [f"{head}: fits its description ({size} bytes)"]
-        lines = [f"{head}: {size} bytes at {self.body_offset:#x}, footer at {self.footer_offset:#x}"]
+        where = f"{size} bytes at {self.body_offset:#x}, footer at {self.footer_offset:#x}"
+        lines = [f"{head}: {where}"]
         if self.stop:
             lines.append(f"  the decode stopped at {self.read_end:#x}: {self.stop}")
         else:
@@ -262,7 +263,7 @@ def _deltas(data: bytes, base: int, end: int, first: Loader, stop: Stop | None) 
     if stop is None:
         out.append(end - first.r.offset)
     names = {sub.vmsd_name for _, d, _ in first.field_ends for sub in d.subsections}
-    for path, d, off in first.field_ends:
+    for path, _d, off in first.field_ends:
         expect = [off]
         if stop is not None and stop.path == path:
             expect.append(stop.offset)
