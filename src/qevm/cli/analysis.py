@@ -128,3 +128,104 @@ def run_explain(args: argparse.Namespace) -> int:
             for line in r.format():
                 sys.stdout.write(line + "\n")
     return 1 if bad else 0
+
+
+def _diff_setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="the first input (stream, libvirt image, qcow2 image, compressed)")
+    p.add_argument("b", help="the second input")
+    p.add_argument("--a-snapshot", metavar="NAME|ID", help="qcow2: the snapshot of A")
+    p.add_argument("--b-snapshot", metavar="NAME|ID", help="qcow2: the snapshot of B")
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out what matches: a section (timer), a field (cpu#0:env.tsc), a RAM block "
+        "(pc.ram), a register (cpu:rip), a configuration item (configuration:uuid); repeatable",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command(
+    "diff", "what differs between two inputs: configuration, devices, RAM, registers", _diff_setup
+)
+def run_diff(args: argparse.Namespace) -> int:
+    from ..analysis.diff import diff
+
+    a_snap, b_snap = args.a_snapshot, args.b_snapshot
+    report = diff(args.a, args.b, ignore=args.ignore, a_snapshot=a_snap, b_snapshot=b_snap)
+    if args.json:
+        jsonout.dump(report.to_json(), sys.stdout, indent=2)
+    else:
+        _print_diff(report, sys.stdout)
+    return 0 if report.equal else 1
+
+
+#: Entries printed per group as text.
+MAX_LINES = 20
+
+
+def _v(x: Any) -> str:
+    if isinstance(x, bool) or x is None:
+        return str(x).lower() if x is not None else "-"
+    if isinstance(x, int):
+        return f"{x:#x}" if abs(x) > 9 else str(x)
+    return str(x)
+
+
+def _group(out: Any, title: str, lines: list[str]) -> None:
+    if not lines:
+        out.write(f"{title:13} equal\n")
+        return
+    out.write(f"{title:13} {len(lines)} difference{'s' if len(lines) != 1 else ''}\n")
+    for line in lines[:MAX_LINES]:
+        out.write(f"  {line}\n")
+    if len(lines) > MAX_LINES:
+        out.write(f"  ... {len(lines) - MAX_LINES} more (--json lists all)\n")
+
+
+def _print_diff(r: Any, out: Any) -> None:
+    out.write(f"a  {r.a}\nb  {r.b}\n")
+    _group(out, "configuration", [f"{c['field']}: {c['a']} -> {c['b']}" for c in r.configuration])
+    _group(
+        out,
+        "description",
+        [
+            f"{d['name']}{'#' + str(d['instance_id']) if d['instance_id'] else ''} "
+            f"{d['change']}{' ' + d['path'] if d.get('path') else ''}: {_v(d['a'])} -> "
+            f"{_v(d['b'])}"
+            for d in r.description
+        ],
+    )
+    _group(
+        out,
+        "devices",
+        [
+            f"{d['name']}{'#' + str(d['instance_id']) if d['instance_id'] else ''}:"
+            f"{d['field']}  {_v(d['a'])} -> {_v(d['b'])}"
+            for d in r.devices
+        ],
+    )
+    ram = [
+        f"{x['block']} {x['offset']:#x}+{x['length']:#x}"
+        + (f" (only in {x['only_in']})" if x.get("only_in") else "")
+        for x in r.ram
+    ]
+    _group(out, "ram", ram)
+    if r.ram:
+        out.write(f"  {r.pages_differing} of {r.pages} pages differ\n")
+    _group(
+        out,
+        "memory",
+        [
+            f"{m['gpa']:#018x}-{m['gpa'] + m['length'] - 1:#018x} ({m['length']:#x})"
+            for m in r.memory
+        ],
+    )
+    _group(
+        out,
+        "cpus",
+        [f"CPU#{c['index']} {c['register']}: {_v(c['a'])} -> {_v(c['b'])}" for c in r.cpus],
+    )
+    for w in r.warnings:
+        out.write(f"note: {w}\n")
