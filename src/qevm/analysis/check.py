@@ -33,11 +33,12 @@ from ..stream import (
     SectionRecord,
 )
 from . import hooks
-from .loader import Loader, Stop
+from .loader import Loader
 from .localize import out_of_step
 from .problems import Problem, Report
 from .ramcheck import check_ram_blocks
 from .schemacheck import check_against_schema
+from .steps import Stop
 from .target import Destination, load_destination
 
 if TYPE_CHECKING:

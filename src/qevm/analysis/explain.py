@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..stream import SECTION_FULL
-from .loader import Loader, Step, Stop
+from .loader import Loader
+from .steps import Step, Stop
 
 if TYPE_CHECKING:
     from ..migration import Migration

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .loader import Step
+from .steps import Step
 
 #: Arrays whose length a destination takes from its own configuration,
 #: by (VMSD name, field): what to change to make the two sides agree.

@@ -16,8 +16,8 @@ from ..vmstate.values import FieldValue
 from .schema import schema_index
 
 if TYPE_CHECKING:
-    from .loader import Frame
     from .schema import SchemaField
+    from .steps import Frame
 
 
 def find_vmsd(descs: list[VmsdDesc], name: str) -> VmsdDesc | None:
