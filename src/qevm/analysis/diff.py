@@ -273,38 +273,76 @@ def _ram(a: _Side, b: _Side, rep: DiffReport, ignore: _Ignore) -> None:
                 + ", ".join(f"{n} {k}" for n, k in absent.items())
             )
     rep.memory = _guest_physical(a, b, changed, ps, rep)
+    if a.mig.machine != b.mig.machine:
+        rep.warnings.append("the inputs are of different machine types")
 
 
 def _guest_physical(
     a: _Side, b: _Side, changed: dict[str, list[tuple[int, int]]], ps: int, rep: DiffReport
 ) -> list[dict[str, Any]]:
-    """The differing block ranges as guest-physical ranges (the first input's layout)."""
+    """Guest-physical ranges whose contents differ, each input seen through its own layout.
+
+    The same address can be backed by another block on each side (the BIOS
+    area once firmware shadowed it: PAM), so addresses compare page digest
+    against page digest, wherever each side's bytes come from.
+    """
     from ..views.memmap import layout
 
     try:
-        mm = layout(a.mig, read=a.digests.read)  # type: ignore[union-attr]
+        la = layout(a.mig, read=a.digests.read).ranges  # type: ignore[union-attr]
+        lb = layout(b.mig, read=b.digests.read).ranges  # type: ignore[union-attr]
     except QevmError as e:
         rep.warnings.append(f"guest-physical ranges not given: {e}")
         return []
-    if {b.name: b.used_length for b in a.mig.ram_blocks} != {
-        x.name: x.used_length for x in b.mig.ram_blocks
-    } or a.mig.machine != b.mig.machine:
-        rep.warnings.append("the inputs' RAM layouts differ: guest-physical ranges follow a's")
+    da, db = a.digests.blocks, b.digests.blocks  # type: ignore[union-attr]
+    zero = a.digests.zero  # type: ignore[union-attr]
     spans: list[tuple[int, int]] = []
-    for r in mm.ranges:
-        for first, count in changed.get(r.block, []):
-            lo = max(first * ps, r.offset)
-            hi = min((first + count) * ps, r.offset + r.size)
-            if lo < hi:
-                spans.append((r.gpa + lo - r.offset, hi - lo))
+    for gpa, n, ra, rb in _overlaps(la, lb):
+        if ra is None or rb is None:
+            only = ra or rb
+            if only is not None:
+                spans.append((gpa, n))
+                rep.warnings.append(
+                    f"{gpa:#x}+{n:#x} is memory only in {'a' if ra else 'b'} ({only.block})"
+                )
+            continue
+        pa = _slice(da.get(ra.block), ra.offset + gpa - ra.gpa, n, ps, zero)
+        pb = _slice(db.get(rb.block), rb.offset + gpa - rb.gpa, n, ps, zero)
+        for first, count in differing_runs(pa, pb, zero):
+            spans.append((gpa + first * ps, count * ps))
     spans.sort()
     merged: list[list[int]] = []
-    for gpa, n in spans:
-        if merged and merged[-1][0] + merged[-1][1] == gpa:
+    for g, n in spans:
+        if merged and merged[-1][0] + merged[-1][1] == g:
             merged[-1][1] += n
         else:
-            merged.append([gpa, n])
+            merged.append([g, n])
     return [{"gpa": g, "length": n} for g, n in merged]
+
+
+def _overlaps(la: list, lb: list) -> list[tuple[int, int, Any, Any]]:
+    """``(gpa, size, range of a or None, range of b or None)`` over both layouts."""
+    points = sorted({p for r in (*la, *lb) for p in (r.gpa, r.gpa + r.size)})
+    out = []
+    for lo, hi in zip(points, points[1:]):
+        ra = next((r for r in la if r.gpa <= lo and hi <= r.gpa + r.size), None)
+        rb = next((r for r in lb if r.gpa <= lo and hi <= r.gpa + r.size), None)
+        if ra is not None or rb is not None:
+            out.append((lo, hi - lo, ra, rb))
+    return out
+
+
+def _slice(arr: Any, offset: int, n: int, ps: int, zero: int) -> Any:
+    """The digests of ``n`` bytes of a block from ``offset`` (zeros past its end)."""
+    import numpy as np
+
+    first, count = offset // ps, -(-n // ps)
+    if arr is None:
+        return np.full(count, zero, dtype=np.uint64)
+    part = arr[first : first + count]
+    if len(part) < count:
+        part = np.concatenate([part, np.full(count - len(part), zero, dtype=np.uint64)])
+    return part
 
 
 def _flat_registers(regs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
