@@ -287,6 +287,12 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
             )
         )
         return
+    if dest_version is not None and version < dest_version and sch is None:
+        report.warn(
+            f"{e.idstr}: the source wrote version {version}, the destination's is "
+            f"{dest_version}: it loads only if its minimum_version_id is at most {version} "
+            "(not in a stream; --schema with its -dump-vmstate says)"
+        )
     if e.handler is not None and e.idstr == "ram":
         check_ram_blocks(mig, rec, dest, report)
         return
@@ -368,13 +374,13 @@ def _device(
     if stop is None and end != rec.body_end:
         found.append(_layout_problem(e.idstr, e.instance_id, rec, loader, own, end, None))
     elif stop is not None:
-        step = out_of_step(own, loader.steps, stop.offset) if own is not None else None
-        if stop.kind in ("overrun", "undescribed") or step is not None:
+        step = out_of_step(own, loader.steps, stop.offset, True) if own is not None else None
+        if stop.kind == "overrun" or step is not None:
             found.append(_layout_problem(e.idstr, e.instance_id, rec, loader, own, end, stop))
         else:
             found.append(
                 Problem(
-                    stop.kind,
+                    "subsection" if stop.kind == "undescribed" else stop.kind,
                     stop.message,
                     section=e.idstr,
                     instance_id=e.instance_id,
@@ -382,7 +388,7 @@ def _device(
                     source=stop.details.get("source"),
                     destination=stop.details.get("destination"),
                     offset=stop.offset,
-                    qemu=stop.message,
+                    qemu=stop.message if stop.kind != "undescribed" else None,
                 )
             )
     for note in loader.notes:
@@ -485,7 +491,8 @@ def _layout_problem(
         qemu=f"Missing section footer for {idstr}",
     )
     if own is not None:
-        where = describe_out_of_step(own.steps, loader.steps, stop.offset if stop else end)
+        limit = stop.offset if stop else end
+        where = describe_out_of_step(own.steps, loader.steps, limit, stop is not None)
         if where is not None:
             p.field = where.path
             p.source = where.source

@@ -458,7 +458,8 @@ class Loader(Decoder):
                 if sub is None:
                     raise Stop(
                         "undescribed",
-                        f"subsection {name} is described by neither side",
+                        f"subsection {name}: neither the destination's description nor the "
+                        "source's lists it",
                         off,
                         path,
                     )

@@ -47,15 +47,23 @@ def _key(s: Step) -> tuple:
     return (s.path, s.offset, s.count, s.size)
 
 
-def out_of_step(own: Any, other: list[Step], limit: int | None = None) -> int | None:
-    """Index in ``other`` of the first step that differs from ``own`` (before ``limit``)."""
+def out_of_step(
+    own: Any, other: list[Step], limit: int | None = None, stopped: bool = False
+) -> int | None:
+    """Index in ``other`` of the first step that differs from ``own`` (before ``limit``).
+
+    ``stopped``: ``other`` ended because the load stopped there, not because
+    its layout had no more fields (then what ``own`` read after is no difference).
+    """
     steps = own.steps if hasattr(own, "steps") else own
     for i, s in enumerate(other):
         if limit is not None and s.offset > limit:
             return None
         if i >= len(steps) or _key(steps[i]) != _key(s):
+            if stopped and i == len(other) - 1 and not s.done and steps[i].path == s.path:
+                return None  # the field it stopped in
             return i
-    if len(other) < len(steps):
+    if len(other) < len(steps) and not stopped:
         nxt = steps[len(other)]
         if limit is None or nxt.offset <= limit:
             return len(other)
@@ -72,10 +80,10 @@ def _amount(s: Step) -> str:
 
 
 def describe_out_of_step(
-    mine: list[Step], theirs: list[Step], limit: int | None = None
+    mine: list[Step], theirs: list[Step], limit: int | None = None, stopped: bool = False
 ) -> OutOfStep | None:
     """Describe the first difference: ``mine`` is the source's own reading."""
-    i = out_of_step(mine, theirs, limit)
+    i = out_of_step(mine, theirs, limit, stopped)
     if i is None:
         return None
     a = mine[i] if i < len(mine) else None
