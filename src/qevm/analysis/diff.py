@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import QevmError
 from .fields import compare_nodes, compare_values, compare_vmsd
-from .pages import Digests, PageDigests, differing_runs, from_index
+from .pagecmp import IndexPages, Pages, block_sizes, differing
+from .pages import PageDigests
 
 if TYPE_CHECKING:
     from ..migration import Migration
@@ -89,7 +90,7 @@ class _Ignore:
 @dataclass
 class _Side:
     mig: Migration
-    digests: Digests | None
+    pages: Pages | None
 
 
 def _open(path: Any, snapshot: str | None, fmt: str) -> _Side:
@@ -100,7 +101,7 @@ def _open(path: Any, snapshot: str | None, fmt: str) -> _Side:
     src = open_source(path, format=fmt, snapshot=snapshot)
     if src.seekable:
         mig = qopen(src, index_ram=True)
-        return _Side(mig, from_index(mig, mig.page_index))
+        return _Side(mig, IndexPages(mig) if mig.ram is not None else None)
     sink: list[PageDigests] = []
 
     def consumer(ctx: Any, ps: int) -> PageDigests:
@@ -235,81 +236,81 @@ def _raw(mig: Migration, dev: Any) -> bytes:
 
 
 def _ram(a: _Side, b: _Side, rep: DiffReport, ignore: _Ignore) -> None:
-    if a.digests is None or b.digests is None:
+    pa, pb = a.pages, b.pages
+    if pa is None or pb is None:
         if a.mig.ram_blocks or b.mig.ram_blocks:
             rep.warnings.append("RAM was not compared (an input has no RAM section)")
         return
-    if a.digests.page_size != b.digests.page_size:
+    if pa.page_size != pb.page_size:
         rep.warnings.append("the inputs have different page sizes: RAM not compared")
         return
-    ps = a.digests.page_size
-    zero = a.digests.zero
-    changed: dict[str, list[tuple[int, int]]] = {}
-    names = [*a.digests.blocks, *(n for n in b.digests.blocks if n not in a.digests.blocks)]
-    for name in names:
+    ps = pa.page_size
+    sa, sb = block_sizes(pa), block_sizes(pb)
+    for name in [*sa, *(n for n in sb if n not in sa)]:
         if ignore(name):
             continue
-        da, db = a.digests.blocks.get(name), b.digests.blocks.get(name)
-        if da is None or db is None:
-            only = "b" if da is None else "a"
-            npages = len(db if da is None else da)
+        if name not in sa or name not in sb:
+            only = "b" if name not in sa else "a"
+            npages = sb[name] if name not in sa else sa[name]
             rep.ram.append({"block": name, "offset": 0, "length": npages * ps, "only_in": only})
             continue
-        rep.pages += max(len(da), len(db))
-        runs = differing_runs(da, db, zero)
-        changed[name] = runs
-        for first, count in runs:
+        n = max(sa[name], sb[name])
+        rep.pages += n
+        for first, count in differing(pa, name, 0, pb, name, 0, n):
             rep.ram.append({"block": name, "offset": first * ps, "length": count * ps})
             rep.pages_differing += count
-        if len(da) != len(db):
+        if sa[name] != sb[name]:
             rep.warnings.append(
-                f"RAM block {name} is {len(da) * ps:#x} bytes in a and {len(db) * ps:#x} in b"
+                f"RAM block {name} is {sa[name] * ps:#x} bytes in a and {sb[name] * ps:#x} in b"
             )
-    for side, label in ((a, "a"), (b, "b")):
-        absent = {n: k for n, k in side.digests.absent.items() if k}  # type: ignore[union-attr]
+    for pages, label in ((pa, "a"), (pb, "b")):
+        absent = {n: k for n, k in pages.absent.items() if k}
         if absent:
             rep.warnings.append(
                 f"{label}: pages no record gave (read as zeros): "
                 + ", ".join(f"{n} {k}" for n, k in absent.items())
             )
-    rep.memory = _guest_physical(a, b, changed, ps, rep)
+    rep.memory = _guest_physical(a, b, ps, rep, ignore)
     if a.mig.machine != b.mig.machine:
         rep.warnings.append("the inputs are of different machine types")
 
 
 def _guest_physical(
-    a: _Side, b: _Side, changed: dict[str, list[tuple[int, int]]], ps: int, rep: DiffReport
+    a: _Side, b: _Side, ps: int, rep: DiffReport, ignore: _Ignore
 ) -> list[dict[str, Any]]:
     """Guest-physical ranges whose contents differ, each input seen through its own layout.
 
     The same address can be backed by another block on each side (the BIOS
-    area once firmware shadowed it: PAM), so addresses compare page digest
-    against page digest, wherever each side's bytes come from.
+    area once firmware shadowed it: PAM), so addresses compare page against
+    page, wherever each side's bytes come from.
     """
     from ..views.memmap import layout
 
+    assert a.pages is not None and b.pages is not None
     try:
-        la = layout(a.mig, read=a.digests.read).ranges  # type: ignore[union-attr]
-        lb = layout(b.mig, read=b.digests.read).ranges  # type: ignore[union-attr]
+        la = layout(a.mig, read=a.pages.read).ranges
+        lb = layout(b.mig, read=b.pages.read).ranges
     except QevmError as e:
         rep.warnings.append(f"guest-physical ranges not given: {e}")
         return []
-    da, db = a.digests.blocks, b.digests.blocks  # type: ignore[union-attr]
-    zero = a.digests.zero  # type: ignore[union-attr]
     spans: list[tuple[int, int]] = []
     for gpa, n, ra, rb in _overlaps(la, lb):
         if ra is None or rb is None:
             only = ra or rb
-            if only is not None:
+            if only is not None and not ignore(only.block):
                 spans.append((gpa, n))
                 rep.warnings.append(
                     f"{gpa:#x}+{n:#x} is memory only in {'a' if ra else 'b'} ({only.block})"
                 )
             continue
-        pa = _slice(da.get(ra.block), ra.offset + gpa - ra.gpa, n, ps, zero)
-        pb = _slice(db.get(rb.block), rb.offset + gpa - rb.gpa, n, ps, zero)
-        for first, count in differing_runs(pa, pb, zero):
-            spans.append((gpa + first * ps, count * ps))
+        if ignore(ra.block) or ignore(rb.block):
+            continue
+        offa, offb = ra.offset + gpa - ra.gpa, rb.offset + gpa - rb.gpa
+        npages = -(-n // ps)
+        for first, count in differing(
+            a.pages, ra.block, offa // ps, b.pages, rb.block, offb // ps, npages
+        ):
+            spans.append((gpa + first * ps, min(count * ps, n - first * ps)))
     spans.sort()
     merged: list[list[int]] = []
     for g, n in spans:
@@ -330,19 +331,6 @@ def _overlaps(la: list, lb: list) -> list[tuple[int, int, Any, Any]]:
         if ra is not None or rb is not None:
             out.append((lo, hi - lo, ra, rb))
     return out
-
-
-def _slice(arr: Any, offset: int, n: int, ps: int, zero: int) -> Any:
-    """The digests of ``n`` bytes of a block from ``offset`` (zeros past its end)."""
-    import numpy as np
-
-    first, count = offset // ps, -(-n // ps)
-    if arr is None:
-        return np.full(count, zero, dtype=np.uint64)
-    part = arr[first : first + count]
-    if len(part) < count:
-        part = np.concatenate([part, np.full(count - len(part), zero, dtype=np.uint64)])
-    return part
 
 
 def _flat_registers(regs: dict[str, Any], prefix: str = "") -> dict[str, Any]:

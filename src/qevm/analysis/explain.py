@@ -118,8 +118,9 @@ class Explanation:
         for s in shown[cut:]:
             mark = "  <-- out of step" if self.fixes and s.path == self.fixes[0].path else ""
             val = _value(s)
+            size = f"{s.size:6}" if s.done else "     ?"
             lines.append(
-                f"    {s.offset:#010x} {s.size:6} {'  ' * s.depth}{s.path.rsplit('/', 1)[-1]}"
+                f"    {s.offset:#010x} {size} {'  ' * s.depth}{s.path.rsplit('/', 1)[-1]}"
                 f"{f'[{s.count}]' if s.count != 1 else ''}  {s.type}{val}{mark}"
             )
         if self.fixes:

@@ -166,6 +166,9 @@ MAX_LINES = 20
 
 
 def _v(x: Any) -> str:
+    if isinstance(x, dict) and {"type", "size", "count"} <= set(x):
+        n = f"{x['count']} x " if x["count"] != 1 else ""
+        return f"{n}{x['type']} ({x['size']} bytes)"
     if isinstance(x, bool) or x is None:
         return str(x).lower() if x is not None else "-"
     if isinstance(x, int):
