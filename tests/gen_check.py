@@ -36,6 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from qemuvm import QmpError, Vm  # noqa: E402
 
 OLD = "qemu-system-x86_64"
+ARM = "qemu-system-aarch64"
 NEW = os.environ.get("QEVM_QEMU_NEW", "/tmp/qevm-trixie/qemu-system-x86_64")
 BASE = ["-S", "-nodefaults", "-display", "none", "-accel", "tcg"]
 
@@ -219,6 +220,24 @@ def cases() -> list[Case]:
             Side(OLD, _q(p7, "-serial", "null")),
             Side(OLD, _q(p7)),
             "ISA serial port only at the source",
+        ),
+        Case(
+            "maxcpus-4-to-2-100",
+            Side(NEW, _q("pc-q35-10.0", "-smp", "1,maxcpus=4")),
+            Side(NEW, _q("pc-q35-10.0", "-smp", "1,maxcpus=2")),
+            "possible CPUs (10.0)",
+        ),
+        Case(
+            "arm-a57-to-a15",
+            Side(ARM, _q("virt-7.2", "-cpu", "cortex-a57")),
+            Side(ARM, _q("virt-7.2", "-cpu", "cortex-a15")),
+            "another CPU model (aarch64)",
+        ),
+        Case(
+            "arm-same",
+            Side(ARM, _q("virt-7.2", "-cpu", "cortex-a57")),
+            Side(ARM, _q("virt-7.2", "-cpu", "cortex-a57")),
+            "identical (aarch64)",
         ),
     ]
     return c

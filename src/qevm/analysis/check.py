@@ -38,7 +38,7 @@ from .localize import out_of_step
 from .problems import Problem, Report
 from .ramcheck import check_ram_blocks
 from .schemacheck import check_against_schema
-from .steps import Stop
+from .steps import Stop, base_name
 from .target import Destination, load_destination
 
 if TYPE_CHECKING:
@@ -272,6 +272,11 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
     if vmsd_name is None and e.handler is None:
         vmsd_name = e.idstr.rsplit("/", 1)[-1]
     sch = dest.vmsd_schema(vmsd_name)
+    if sch is not None and not _same_vmsd(sch, dest_desc or src_desc):
+        # A schema lists device classes only; a non-device section can share a
+        # VMSD name with one (the CPU timers' "timer" and an Arm timer device).
+        report.warn(f"{e.idstr}: the schema's VMSD {sch.name!r} has other fields: not used")
+        sch = None
     dest_version = _dest_version(ds, dest_desc, sch)
     if dest_version is not None and version > dest_version:
         report.problems.append(
@@ -309,6 +314,15 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
             report.warn(f"{e.idstr}: the destination's layout of this section is not known")
         return
     _device(mig, rec, dest, ds, src_desc, dest_desc, sch, version, dest_version, report)
+
+
+def _same_vmsd(sch: Any, desc: DeviceDesc | None) -> bool:
+    """Whether a schema VMSD is the one a description describes (most field names shared)."""
+    if desc is None or not desc.fields:
+        return True
+    names = {f.name for f in sch.fields}
+    have = [base_name(f.name) for f in desc.fields]
+    return sum(n in names for n in have) * 2 >= len(have)
 
 
 def _dest_version(ds: Any, dest_desc: DeviceDesc | None, sch: Any) -> int | None:

@@ -33,7 +33,7 @@ _RESIZABLE = frozenset({"buffer", "unused_buffer", "bitmap", "virtio", "data"})
 MAX_SWEEP = 64
 SWEPT_ARRAYS = 6
 #: Most what-ifs tried per section.
-MAX_TRIES = 200
+MAX_TRIES = 120
 #: Fixes searched for at most (each alone makes the section fit).
 MAX_FIXES = 8
 #: Fixes printed as text.
@@ -232,10 +232,11 @@ def _search(
     tries = 0
     seen: set[tuple] = set()
     whatifs = [c for delta in deltas for c in _candidates(first, delta)]
-    if stop is not None:
-        whatifs += list(_count_sweep(first, stop))
-    # Nearest the place the decode ran off first: that is where a mismatch shows.
+    # Nearest the place the decode ran off first: that is where a mismatch shows;
+    # when it stopped short, the lengths of the last arrays before it first of all.
     whatifs.sort(key=lambda c: -c[2].offset)
+    if stop is not None:
+        whatifs[:0] = list(_count_sweep(first, stop))
     for what, kw, fix in whatifs:
         key = (what, fix.path, fix.value)
         if key in seen:

@@ -114,7 +114,7 @@ def describe_out_of_step(
             f"first field out of step: {a.path} at {a.offset:#x}: the source wrote "
             f"{_amount(a)} the destination's layout does not have{there}",
             _amount(a),
-            b.path if b is not None else None,
+            None,
         )
         _hint(out, a, "source")
         return out
@@ -125,7 +125,7 @@ def describe_out_of_step(
         b.offset,
         f"first field out of step: {b.path} at {b.offset:#x}: the destination reads "
         f"{_amount(b)} the source did not write{there}",
-        a.path if a is not None else None,
+        None,
         _amount(b),
     )
     _hint(out, b, "destination")
