@@ -272,7 +272,7 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
     if vmsd_name is None and e.handler is None:
         vmsd_name = e.idstr.rsplit("/", 1)[-1]
     sch = dest.vmsd_schema(vmsd_name)
-    if sch is not None and not _same_vmsd(sch, dest_desc or src_desc):
+    if sch is not None and not _same_vmsd(sch, dest_desc or src_desc, e.idstr):
         # A schema lists device classes only; a non-device section can share a
         # VMSD name with one (the CPU timers' "timer" and an Arm timer device).
         report.warn(f"{e.idstr}: the schema's VMSD {sch.name!r} has other fields: not used")
@@ -316,9 +316,15 @@ def _section(mig: Migration, rec: SectionRecord, dest: Destination, report: Repo
     _device(mig, rec, dest, ds, src_desc, dest_desc, sch, version, dest_version, report)
 
 
-def _same_vmsd(sch: Any, desc: DeviceDesc | None) -> bool:
-    """Whether a schema VMSD is the one a description describes (most field names shared)."""
-    if desc is None or not desc.fields:
+def _same_vmsd(sch: Any, desc: DeviceDesc | None, idstr: str) -> bool:
+    """Whether a schema VMSD is the one a description describes (most field names shared).
+
+    Without a description only a section of a device with a qdev path
+    (``0000:00:02.0/e1000``) is surely the device class's VMSD.
+    """
+    if desc is None:
+        return "/" in idstr
+    if not desc.fields:
         return True
     names = {f.name for f in sch.fields}
     have = [base_name(f.name) for f in desc.fields]
