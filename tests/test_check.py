@@ -283,3 +283,40 @@ def test_committed_pairs_span_qemu_versions():
                 v = json.load(tar.extractfile(m))
                 versions.update((v["src_qemu"], v["dst_qemu"]))
     assert {"7.2.22", "10.0.13"} <= versions
+
+
+def test_device_decoders_plug_in(pairs_dir):
+    """What qevm.devices will register: an opaque field's reader and a check per VMSD."""
+    from qevm.analysis import hooks
+    from qevm.analysis.problems import Problem
+
+    src, dst = pairs_dir / "net-vectors.src.mig", pairs_dir / "net-vectors.dst.mig"
+    seen = {}
+
+    def read_virtio(ctx):
+        seen["reader"] = ctx
+        # a reader knows what the destination's load code reads and where it fails
+        bad = Problem("device", "Bad config data", section=ctx.section, offset=ctx.offset)
+        return hooks.FieldVerdict(size=len(ctx.data), problems=[bad])
+
+    def check_rng(ctx):
+        seen.setdefault("checks", []).append(ctx.section)
+        return []
+
+    saved = dict(hooks.FIELD_READERS), list(hooks.DEVICE_CHECKS)
+    try:
+        hooks.register_field_reader("virtio")(read_virtio)
+        hooks.register_device_check("virtio-*")(check_rng)
+        report = check(src, dst)
+    finally:
+        hooks.FIELD_READERS.clear()
+        hooks.FIELD_READERS.update(saved[0])
+        hooks.DEVICE_CHECKS[:] = saved[1]
+    ctx = seen["reader"]
+    assert ctx.field.type == "virtio" and ctx.source_field.size != ctx.field.size
+    with qevm.open(src) as mig:
+        rec = mig.device(ctx.section).record
+    assert ctx.offset + len(ctx.data) == rec.body_end  # the source's bytes up to the footer
+    assert report.loads is False
+    assert report.first().kind == "device" and report.first().message == "Bad config data"
+    assert ctx.section in seen["checks"]
