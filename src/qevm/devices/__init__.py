@@ -26,6 +26,7 @@ compares on load) and :meth:`VirtioDevice.ring_sizes`.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +124,7 @@ class DeviceReport:
 def decode(
     mig: Migration, *, memory: GuestMemory | None | bool = True, pattern: str | None = None
 ) -> DeviceReport:
-    """Decode the device sections of ``mig`` (those matching the glob ``pattern``).
+    """Decode the device sections of ``mig``; keep what those matching ``pattern`` gave.
 
     ``memory``: True reads guest RAM through the page index when the stream
     was opened with ``index_ram=True`` (else the rings are skipped, with a
@@ -142,7 +143,7 @@ def decode(
     else:
         mem = memory
     ctx = Context(mig, mem, note)
-    for dev in mig.devices(pattern):
+    for dev in mig.devices():
         state = dev.state
         if state is None:
             continue
@@ -164,6 +165,12 @@ def decode(
     items = {k: ctx.items.get(k, []) for k in KINDS}
     for k, v in ctx.items.items():
         items.setdefault(k, v)
+    if pattern:
+        items = {
+            k: [it for it in v if fnmatch.fnmatchcase(it.section, pattern)]
+            for k, v in items.items()
+        }
+        ctx.warnings = [w for w in ctx.warnings if fnmatch.fnmatchcase(w.split(":", 1)[0], pattern)]
     report = DeviceReport(mig.machine, items, ctx.warnings)
     if mig.description is None:
         report.notes.append(

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def _names(names: list[str], prefix: str) -> list[str]:
-    text = " ".join(n.removeprefix("VIRTIO_") for n in names) or "(none)"
+    text = " ".join(names) or "(none)"
     return textwrap.wrap(text, 96, initial_indent=prefix, subsequent_indent=" " * len(prefix))
 
 
@@ -41,7 +41,7 @@ def format_device(v: VirtioDevice) -> list[str]:
     extra = [n for n in h.names if n not in g.names]
     lines.append(
         "  host features   not migrated; the stream proves the negotiated ones"
-        + (f" and {' '.join(n.removeprefix('VIRTIO_') for n in extra)}" if extra else "")
+        + (f" and {' '.join(extra)}" if extra else "")
     )
     lines.append(
         "  queue   num  default  desc               avail              used"
