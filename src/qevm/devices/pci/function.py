@@ -280,15 +280,17 @@ def assign_buses(functions: list[PciFunction]) -> None:
             return f.path.root_bus
         bridge = by_path.get(parent)
         if bridge is None or depth > 32 or not bridge.is_bridge:
+            f.notes.append(f"bus number unknown: no bridge section for {parent} in the stream")
             return None
-        return bridge.config[header.SECONDARY_BUS]
+        sec = bridge.config[header.SECONDARY_BUS]
+        if sec == 0:
+            # firmware never numbered the bus: the guest cannot reach the device either
+            f.notes.append(f"bus number unknown: bridge {parent} has no secondary bus number")
+            return None
+        return sec
 
     for f in functions:
         f.bus = bus_of(f)
-        if f.bus is None:
-            f.notes.append(
-                f"bus number unknown: no bridge section for {f.path.parent()} in the stream"
-            )
 
 
 def sort_key(f: PciFunction) -> tuple[Any, ...]:

@@ -68,6 +68,8 @@ def check_ring(q: SavedQueue, avail: int | None, used: int | None, read_u16) -> 
     """
     out = RingCheck()
     if not q.desc:
+        # never set up: QEMU reads nothing and keeps the reset values
+        out.used_idx = out.inuse = 0
         if q.last_avail_idx:
             out.problem = (
                 f"VQ {q.index} address 0x0 inconsistent with Host index 0x{q.last_avail_idx:x}"

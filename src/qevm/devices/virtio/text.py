@@ -47,7 +47,30 @@ def format_device(v: VirtioDevice) -> list[str]:
         "  queue   num  default  desc               avail              used"
         "               last_avail  used_idx  avail_idx  inuse  vector"
     )
+    idle: list = []
+
+    def flush() -> None:
+        if idle:
+            span = f"{idle[0].index}-{idle[-1].index}" if len(idle) > 1 else f"{idle[0].index}"
+            lines.append(
+                f"  {span:>5} {idle[0].num:5} {idle[0].num_default:8}  (not set up)"
+                f"{'':56} {_opt(idle[0].vector):>7}"
+            )
+            idle.clear()
+
     for q in v.queues:
+        unused = not q.desc and not q.last_avail_idx and not q.ring.problem
+        if unused and (
+            not idle
+            or (idle[-1].num, idle[-1].num_default, idle[-1].vector)
+            == (q.num, q.num_default, q.vector)
+        ):
+            idle.append(q)
+            continue
+        flush()
+        if unused:
+            idle.append(q)
+            continue
         lines.append(
             f"  {q.index:5} {q.num:5} {q.num_default:8}  {q.desc:#018x}"
             f" {_opt(q.avail, '#018x'):>18}"
@@ -58,6 +81,7 @@ def format_device(v: VirtioDevice) -> list[str]:
             lines.append(f"        {'error' if q.ring.fatal else 'warning'}: {q.ring.problem}")
         elif q.ring.note and q.desc:
             lines.append(f"        note: {q.ring.note}")
+    flush()
     lines += _device_lines(v.device)
     for n in v.notes:
         lines.append(f"  note: {n}")

@@ -90,6 +90,8 @@ class VirtioBlob:
     subsections: list[Subsection] = field(default_factory=list)
     #: virtio-pci's modern registers (virtio_pci/modern_state)
     pci_modern: dict[str, int] | None = None
+    #: virtio-mmio's transport registers (virtio_mmio_save_config)
+    mmio: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
 
     def subsection(self, name: str) -> Subsection | None:
@@ -144,6 +146,12 @@ def parse(data: bytes, base: int, section: str, transport: str) -> VirtioBlob:
         _pci_config(r, blob)
         _header(r, blob, has_align=False, has_vector=blob.msix_table is not None)
     elif transport == "mmio":
+        # virtio_mmio_save_config(): host_features_sel, guest_features_sel, guest_page_shift
+        blob.mmio = {
+            "host_features_sel": r.be32("host_features_sel"),
+            "guest_features_sel": r.be32("guest_features_sel"),
+            "guest_page_shift": r.be32("guest_page_shift"),
+        }
         _header(r, blob, has_align=True, has_vector=False)
     else:
         r.pos = _locate_header(data, base, section)
@@ -381,16 +389,23 @@ def _extra_state(blob: VirtioBlob, body: bytes, n: int) -> None:
             "gfselect": gfselect,
             "guest_features": gf0 | (gf1 << 32),
         }
-        for q in blob.queues:
-            off = 16 + 28 * q.index
-            if off + 28 <= len(data):
-                num, _unused, enabled, d0, d1, a0, a1, u0, u1 = struct.unpack_from(
-                    ">HBB6I", data, off
-                )
-                q.transport = {
-                    "num": num,
-                    "enabled": bool(enabled),
-                    "desc": d0 | (d1 << 32),
-                    "avail": a0 | (a1 << 32),
-                    "used": u0 | (u1 << 32),
-                }
+        # virtio_pci/modern_queue_state: num, an unused byte, enabled, desc/avail/used
+        _queue_regs(blob, data, 16, ">HxB6I")
+    elif name == "virtio_mmio/state":
+        # virtio_mmio/queue_state: num, enabled, desc/avail/used
+        _queue_regs(blob, data, 0, ">HB6I")
+
+
+def _queue_regs(blob: VirtioBlob, data: bytes, start: int, fmt: str) -> None:
+    size = struct.calcsize(fmt)
+    for q in blob.queues:
+        off = start + size * q.index
+        if off + size <= len(data):
+            num, enabled, d0, d1, a0, a1, u0, u1 = struct.unpack_from(fmt, data, off)
+            q.transport = {
+                "num": num,
+                "enabled": bool(enabled),
+                "desc": d0 | (d1 << 32),
+                "avail": a0 | (a1 << 32),
+                "used": u0 | (u1 << 32),
+            }
