@@ -26,20 +26,21 @@ def _size(n: int | None) -> str:
 def _title(f: PciFunction) -> str:
     ids = database()
     cls = f.class_code
-    cname = ids.subclass_name(cls >> 8, cls & 0xFF) or f"Class {cls:04x}"
+    cname = ids.subclass_name(cls >> 8, cls & 0xFF)
     vname = ids.vendor(f.vendor_id)
     dname = ids.device(f.vendor_id, f.device_id)
     if vname:
         who = f"{vname} {dname or f'Device {f.device_id:04x}'}"
     else:
         who = "Device"
-    text = f"{f.address} {cname} [{cls:04x}]: {who} [{f.vendor_id:04x}:{f.device_id:04x}]"
+    what = f"{cname} [{cls:04x}]" if cname else f"Class {cls:04x}"
+    text = f"{f.address} {what}: {who} [{f.vendor_id:04x}:{f.device_id:04x}]"
     if f.revision:
         text += f" (rev {f.revision:02x})"
     if f.prog_if:
         text += f" (prog-if {f.prog_if:02x}"
         pname = ids.class_name(cls >> 8, cls & 0xFF, f.prog_if)
-        if pname and pname != cname:
+        if pname and cname and pname != cname:
             text += f" [{pname}]"
         text += ")"
     return text

@@ -1,0 +1,116 @@
+"""QEMU's PCI config compare masks (qevm.devices.pci.qemu_masks) against real loads.
+
+A destination QEMU refuses an incoming PCI device whose config space differs
+from its own in bits it compares ("Bad config data: i=0x.."); the masks
+rebuilt from the destination's config space must predict exactly that
+message, and nothing for pairs that load.  Truth: the destination QEMU's own
+verdict (the corpus' check pairs, and pairs made here at run time).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+
+import pytest
+from conftest import unpack
+from qemuvm import QmpError, Vm, incoming_from
+
+import qevm
+from qevm.devices import decode
+from qevm.devices.pci import qemu_masks
+
+
+def _functions(path: pathlib.Path) -> dict:
+    with qevm.open(path) as mig:
+        return {str(f.path): f for f in decode(mig, memory=False).pci}
+
+
+def predicted(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
+    """QEMU's message for every device whose config the destination would refuse."""
+    s, d = _functions(src), _functions(dst)
+    out = []
+    for path, df in d.items():
+        sf = s.get(path)
+        if sf is None or len(sf.config) != len(df.config):
+            continue
+        m = qemu_masks(df.config, df.bar_sizes).first_mismatch(df.config, sf.config)
+        if m is not None:
+            out.append(m.qemu_message())
+    return out
+
+
+def _bad_config(errors: list[str]) -> list[str]:
+    return [e.split(": ", 1)[1] for e in errors if "Bad config data" in e]
+
+
+@pytest.mark.corpus
+def test_masks_predict_the_check_corpus(corpus):
+    pairs = sorted((corpus / "check").glob("*.verdict.json"))
+    assert pairs
+    seen_bad = 0
+    for v in pairs:
+        meta = json.loads(v.read_text())
+        name = meta["name"]
+        src = unpack(corpus / "check" / f"{name}.src.mig.xz")
+        dst = unpack(corpus / "check" / f"{name}.dst.mig.xz")
+        ours = predicted(src, dst)
+        bad = _bad_config(meta["qemu_errors"])
+        if bad:
+            seen_bad += 1
+            assert ours[:1] == bad[:1], name
+        elif meta["loads"]:
+            assert ours == [], name
+    assert seen_bad
+
+
+CASES = {
+    # MSI-X table size is read-only: 3 vectors cannot load into a 4-vector device
+    "vectors": (
+        ["-M", "pc-i440fx-7.2", "-device", "virtio-net-pci,vectors=3,addr=0x4"],
+        ["-M", "pc-i440fx-7.2", "-device", "virtio-net-pci,vectors=4,addr=0x4"],
+    ),
+    # the physical slot number is in the Express capability's slot capabilities
+    "slot": (
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,slot=1,addr=0x10"],
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,slot=2,addr=0x10"],
+    ),
+    # the same configuration loads
+    "same": (
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,addr=0x10",
+         "-device", "e1000e,addr=0x4", "-device", "pci-bridge,chassis_nr=2,addr=0x5"],
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,addr=0x10",
+         "-device", "e1000e,addr=0x4", "-device", "pci-bridge,chassis_nr=2,addr=0x5"],
+    ),
+}  # fmt: skip
+BASE = ["-nodefaults", "-m", "32", "-display", "none", "-nic", "none"]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_masks_predict_a_real_load(case, tmp_path):
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    src_args, dst_args = CASES[case]
+    streams = {}
+    for side, args in (("src", src_args), ("dst", dst_args)):
+        streams[side] = tmp_path / f"{side}.mig"
+        with Vm(binary, [*BASE, *args, "-S"], tmp_path, side) as vm:
+            vm.save(streams[side])
+    ours = predicted(streams["src"], streams["dst"])
+    with Vm(binary, [*BASE, *dst_args, *incoming_from(streams["src"])], tmp_path, "load") as vm:
+        try:
+            vm.wait_incoming()
+            loaded, log = True, ""
+        except QmpError:
+            loaded, log = False, vm.log()
+    bad = re.findall(r"get_pci_config_device: Bad config data: [^\n]*", log)
+    if loaded:
+        assert ours == []
+    else:
+        assert bad, log
+        assert ours[:1] == bad[:1]
+    assert loaded == (case == "same")
