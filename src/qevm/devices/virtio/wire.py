@@ -297,10 +297,12 @@ def _split_subsections(data: bytes, start: int, base: int, section: str) -> list
 
 
 def _locate_header(data: bytes, base: int, section: str) -> int:
-    """Find the common header after a transport state qevm does not decode.
+    """Find the common header after a transport state qevm does not decode (CCW).
 
     The low 32 guest feature bits in the header equal the low half of the
-    ``virtio/64bit_features`` subsection (present for every virtio 1 device).
+    ``virtio/64bit_features`` subsection (present for every virtio 1 device);
+    the header and queue table must hold values QEMU accepts on load.  The
+    first place that fits is taken.
     """
     m = None
     for cand in _MARKER.finditer(data):
@@ -315,28 +317,34 @@ def _locate_header(data: bytes, base: int, section: str) -> int:
             field="virtio",
         )
     lo = data[m.end() + 4 + 4 : m.end() + 4 + 8]
-    found = []
     for pos in range(0, m.start() - 12):
-        if data[pos + 4 : pos + 8] != lo:
-            continue
-        if data[pos + 2] != 0 or data[pos + 1] > 3:  # queue_sel < 256, isr bits 0-1
-            continue
-        clen = struct.unpack_from(">I", data, pos + 8)[0]
-        q = pos + 12 + clen
-        if clen > 0x1000 or q + 4 > m.start():
-            continue
-        nq = struct.unpack_from(">I", data, q)[0]
-        if not 0 < nq <= 1024 or q + 4 + 16 * nq > m.start():
-            continue
-        found.append(pos)
-    if len(found) != 1:
-        raise FormatError(
-            f"cannot place the virtio header after the transport's state ({len(found)} places fit)",
-            offset=base,
-            section=section,
-            field="virtio",
-        )
-    return found[0]
+        if data[pos + 4 : pos + 8] == lo and _plausible_header(data, pos, m.start()):
+            return pos
+    raise FormatError(
+        "cannot place the virtio header after the transport's state",
+        offset=base,
+        section=section,
+        field="virtio",
+    )
+
+
+def _plausible_header(data: bytes, pos: int, limit: int) -> bool:
+    """Status, ISR, queue_sel, config and a queue table (with CCW's vector) QEMU would load."""
+    status, isr, qsel = data[pos], data[pos + 1], struct.unpack_from(">H", data, pos + 2)[0]
+    if status & 0x30 or isr > 3 or qsel >= 1024:
+        return False
+    clen = struct.unpack_from(">I", data, pos + 8)[0]
+    q = pos + 12 + clen
+    if clen > 0x1000 or q + 4 > limit:
+        return False
+    nq = struct.unpack_from(">I", data, q)[0]
+    if not 0 < nq <= 1024 or q + 4 + 16 * nq > limit:
+        return False
+    for i in range(nq):
+        num, desc, last = struct.unpack_from(">IQH", data, q + 4 + 16 * i)
+        if not 0 < num <= 32768 or desc & 0xF or desc >> 56 or (not desc and last):
+            return False
+    return True
 
 
 def _apply_subsections(blob: VirtioBlob) -> None:
