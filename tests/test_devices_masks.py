@@ -15,10 +15,11 @@ import re
 import shutil
 
 import pytest
-from conftest import unpack
+from conftest import DATA, unpack
 from qemuvm import QmpError, Vm, incoming_from
 
 import qevm
+from qevm.cli import main
 from qevm.devices import decode
 from qevm.devices.pci import qemu_masks
 
@@ -114,3 +115,52 @@ def test_masks_predict_a_real_load(case, tmp_path):
         assert bad, log
         assert ours[:1] == bad[:1]
     assert loaded == (case == "same")
+
+
+def _ram_location(mig, gpa: int) -> tuple[str, int]:
+    from qevm.devices.guestmem import GuestMemory
+
+    for r in GuestMemory(mig).map.ranges:
+        if r.gpa <= gpa < r.end:
+            return r.block, r.offset + gpa - r.gpa
+    raise AssertionError(f"{gpa:#x} is not RAM")
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("ring", ["avail", "used"])
+def test_ring_check_equals_qemus_load(ring, tmp_path):
+    """Break a virtio ring index in guest RAM: qevm reports what QEMU says when it loads."""
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    src = unpack(DATA / "devices" / "q35-bridges-72.mig.xz")
+    meta = json.loads((DATA / "devices" / "q35-bridges-72.json").read_text())
+    with qevm.open(src, index_ram=True) as mig:
+        net = next(v for v in decode(mig).virtio if v.type == "virtio-net")
+        q = net.queues[0]
+        gpa = (q.avail if ring == "avail" else q.used) + 2
+        block, offset = _ram_location(mig, gpa)
+    # avail: 0x200 heads ahead of the device; used: 0x200 requests in flight
+    value = (q.last_avail_idx + 0x200) if ring == "avail" else (q.last_avail_idx - 0x200)
+    edited = tmp_path / "edited.mig"
+    spec = f"{block}:{offset:#x}={(value & 0xFFFF).to_bytes(2, 'little').hex()}"
+    assert main(["edit", str(src), "-o", str(edited), "--write-ram", spec, "-q"]) == 0
+    with qevm.open(edited, index_ram=True) as mig:
+        report = decode(mig)
+    ours = next(v for v in report.virtio if v.type == "virtio-net").queues[0].ring
+    assert ours.problem is not None and ours.fatal == (ring == "used")
+    assert any(ours.problem in w for w in report.warnings)
+
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    args = [a.format(disk=disk) for a in meta["argv"][1:]]
+    with Vm(binary, [*args, "-display", "none", *incoming_from(edited)], tmp_path, "load") as vm:
+        try:
+            vm.wait_incoming()
+            loaded = True
+        except QmpError:
+            loaded = False
+        log = vm.log()
+    # QEMU's own words, and the load fails exactly when qevm says it would
+    assert ours.problem in log, log
+    assert loaded == (not ours.fatal)
