@@ -78,6 +78,18 @@ CASES = {
         ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,slot=1,addr=0x10"],
         ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,slot=2,addr=0x10"],
     ),
+    # a hot-plug capable slot says so in its (read-only) slot capabilities
+    "hotplug": (
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,hotplug=off,addr=0x10"],
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,hotplug=on,addr=0x10"],
+    ),
+    # an extended capability the source lacks: the header at 0x100 is compared
+    "aer": (
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,id=rp,chassis=1,addr=0x10",
+         "-device", "virtio-net-pci,bus=rp,aer=off"],
+        ["-M", "pc-q35-7.2", "-device", "pcie-root-port,id=rp,chassis=1,addr=0x10",
+         "-device", "virtio-net-pci,bus=rp,aer=on"],
+    ),
     # the same configuration loads
     "same": (
         ["-M", "pc-q35-7.2", "-device", "pcie-root-port,chassis=1,addr=0x10",
