@@ -20,13 +20,13 @@ from qemuvm import QmpError, Vm, incoming_from
 
 import qevm
 from qevm.cli import main
-from qevm.devices import decode
+from qevm.devices import decode, pci_functions
 from qevm.devices.pci import qemu_masks
 
 
 def _functions(path: pathlib.Path) -> dict:
     with qevm.open(path) as mig:
-        return {str(f.path): f for f in decode(mig, memory=False).pci}
+        return pci_functions(mig)
 
 
 def predicted(src: pathlib.Path, dst: pathlib.Path) -> list[str]:

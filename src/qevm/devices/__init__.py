@@ -20,8 +20,10 @@ Virtio rings are read from guest RAM, which needs the page index (open with
 left out.  A section that does not decode becomes a warning naming it, the
 others are still decoded.
 
-For ``qevm check``: :func:`qevm.devices.pci.qemu_masks` (the config bits QEMU
-compares on load) and :meth:`VirtioDevice.ring_sizes`.
+For ``qevm check``: :func:`pci_functions` (functions by device path),
+:func:`qevm.devices.pci.qemu_masks` (the config bits QEMU compares on load,
+``first_mismatch()`` giving QEMU's own message) and
+:meth:`VirtioDevice.ring_sizes`.
 """
 
 from __future__ import annotations
@@ -180,4 +182,13 @@ def decode(
     return report
 
 
-__all__ = ["DeviceReport", "GuestMemory", "PciFunction", "VirtioDevice", "decode"]
+def pci_functions(mig: Migration) -> dict[str, PciFunction]:
+    """Every PCI function by QEMU device path (``0000:00:1c.0:00.0``), RAM not read.
+
+    The pairing ``qevm check`` needs: a source's and a destination's function
+    with the same path are the same device to QEMU.
+    """
+    return {str(f.path): f for f in decode(mig, memory=False).pci}
+
+
+__all__ = ["DeviceReport", "GuestMemory", "PciFunction", "VirtioDevice", "decode", "pci_functions"]
