@@ -32,6 +32,58 @@ def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
     return qopen(src, desc=getattr(args, "desc", None), index_ram=ram, channels=channels)
 
 
+# -- qevm state --decode ------------------------------------------------------------
+
+
+def open_for_state(args: argparse.Namespace) -> Any:
+    """``qevm state --decode`` opens the input as ``qevm devices`` does."""
+    from ..errors import UsageError
+
+    if args.compat:
+        raise UsageError("--decode adds qevm's own views; analyze-migration.py's output has none")
+    return open_for_devices(args)
+
+
+def report_for_state(args: argparse.Namespace, mig: Any) -> Any:
+    from ..devices import decode
+
+    return decode(mig, pattern=args.device)
+
+
+def _items(report: Any, name: str, instance_id: int) -> list[tuple[str, Any]]:
+    return [
+        (kind, it)
+        for kind, it in report.for_section(name)
+        if getattr(it, "instance_id", instance_id) == instance_id
+    ]
+
+
+def attach_decoded(data: dict[str, Any], report: Any) -> None:
+    """Each device of ``qevm state --json`` gets its views as ``decoded``, by kind."""
+    if report is None:
+        return
+    for d in data["devices"]:
+        found: dict[str, list[Any]] = {}
+        for kind, item in _items(report, d["name"], d["instance_id"]):
+            j = item.to_json()
+            found.setdefault(kind, []).extend(j if isinstance(j, list) else [j])
+        if found:
+            d["decoded"] = found
+
+
+def write_decoded(report: Any, dev: Any, out: Any) -> None:
+    """The views of one section, under its state tree."""
+    if report is None:
+        return
+    for _kind, item in _items(report, dev.name, dev.instance_id):
+        out.write("  decoded:\n")
+        for line in item.format():
+            out.write("    " + line.replace("\t", "  ") + "\n")
+
+
+# -- qevm devices -----------------------------------------------------------------------
+
+
 def _setup(p: argparse.ArgumentParser) -> None:
     add_input(p)
     p.add_argument("--json", action="store_true", help="print JSON")

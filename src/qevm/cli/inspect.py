@@ -207,19 +207,6 @@ def state_json(mig: Migration, pattern: str | None) -> dict[str, Any]:
     return out
 
 
-def _attach_decoded(data: dict[str, Any], report: Any) -> None:
-    """Each device's ``decoded`` views (``qevm devices`` JSON), by kind."""
-    for d in data["devices"]:
-        found: dict[str, list[Any]] = {}
-        for kind, item in report.for_section(d["name"]):
-            if getattr(item, "instance_id", d["instance_id"]) != d["instance_id"]:
-                continue
-            j = item.to_json()
-            found.setdefault(kind, []).extend(j if isinstance(j, list) else [j])
-        if found:
-            d["decoded"] = found
-
-
 def _match(name: str, pattern: str) -> bool:
     import fnmatch
 
@@ -243,22 +230,12 @@ def _setup_state(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _open_state(args: argparse.Namespace) -> Any:
-    if args.decode and not args.compat:
-        from .devices import open_for_devices
-
-        return open_for_devices(args)
-    return open_stream(args)
-
-
 @command("state", "decoded device state", _setup_state)
 def run_state(args: argparse.Namespace) -> int:
-    with _open_state(args) as mig:
-        report = None
-        if args.decode and not args.compat:
-            from ..devices import decode
+    from . import devices
 
-            report = decode(mig, pattern=args.device)
+    with devices.open_for_state(args) if args.decode else open_stream(args) as mig:
+        report = devices.report_for_state(args, mig) if args.decode else None
         if args.compat:
             data = compat.state_compat(mig)
             if args.device:
@@ -266,20 +243,13 @@ def run_state(args: argparse.Namespace) -> int:
             jsonout.dump(data, sys.stdout, indent=4)
         elif args.json:
             data = state_json(mig, args.device)
-            if report is not None:
-                _attach_decoded(data, report)
+            devices.attach_decoded(data, report)
             jsonout.dump(data, sys.stdout, indent=2)
         else:
             out = sys.stdout
             for dev in mig.devices(args.device):
                 text.write_device(dev, out)
-                if report is not None:
-                    for _kind, item in report.for_section(dev.name):
-                        if getattr(item, "instance_id", dev.instance_id) != dev.instance_id:
-                            continue
-                        out.write("  decoded:\n")
-                        for line in item.format():
-                            out.write("    " + line.replace("\t", "  ") + "\n")
+                devices.write_decoded(report, dev, out)
             if mig.description is None:
                 out.write(
                     "note: the stream has no JSON description; device sections are shown "

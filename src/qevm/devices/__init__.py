@@ -69,11 +69,30 @@ class DeviceReport:
     def virtio(self) -> list[VirtioDevice]:
         return self.items["virtio"]
 
-    def __getattr__(self, name: str) -> list[Any]:
-        items = self.__dict__.get("items", {})
-        if name in items:
-            return items[name]
-        raise AttributeError(name)
+    @property
+    def lapic(self) -> list[Any]:
+        return self.items["lapic"]
+
+    @property
+    def ioapic(self) -> list[Any]:
+        return self.items["ioapic"]
+
+    @property
+    def pic(self) -> list[Any]:
+        return self.items["pic"]
+
+    @property
+    def timers(self) -> list[Any]:
+        """HPET, PIT and RTC items."""
+        return self.items["hpet"] + self.items["pit"] + self.items["rtc"]
+
+    @property
+    def nics(self) -> list[Any]:
+        return self.items["nic"]
+
+    @property
+    def serial(self) -> list[Any]:
+        return self.items["serial"]
 
     def for_section(self, name: str) -> list[tuple[str, Any]]:
         """``(kind, item)`` decoded from the section ``name``."""
