@@ -2,11 +2,14 @@
 
 A decoder is registered for VMSD names (``@register("apic", "kvm-apic")``),
 or for a field type found anywhere in a section's state
-(``@register_field("pci config")``: every PCI device).  It receives the
-section and a :class:`Context` and adds what it decoded to the report with
-``ctx.add(kind, item)``; an item has ``section``, ``to_json()`` and
-``format()`` (text lines).  Adding a device is adding one small module that
-registers itself.
+(``@register_field("pci config")``: every PCI device).  It is called as
+``decoder(device, state, ctx)`` with the :class:`~qevm.migration.Device`,
+its decoded :class:`~qevm.vmstate.values.StateNode` and a :class:`Context`,
+and adds what it decoded to the report with ``ctx.add(kind, item)``; an item
+has ``section``, ``instance_id``, ``to_json()`` and ``format()`` (text
+lines).  Adding a device is adding one small module that registers itself
+(and is imported by :mod:`qevm.devices`); a QevmError it raises becomes a
+warning naming the section, and the other sections are still decoded.
 """
 
 from __future__ import annotations
