@@ -155,6 +155,10 @@ class Reader:
         """Keep every byte from here on in memory until :meth:`since_mark`."""
         self._mark = self.offset
 
+    def unmark(self) -> None:
+        """Forget the mark (bytes before the position may go again)."""
+        self._mark = None
+
     def since_mark(self) -> bytes:
         """The bytes read since :meth:`mark` (and forget the mark)."""
         assert self._mark is not None
