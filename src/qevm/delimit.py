@@ -48,6 +48,8 @@ MAX_IMPLAUSIBLE = 4096
 #: (whose bytes are kept in memory meanwhile).
 MAX_SCANNED_SECTION = 1 << 30
 MAX_SCANNED_PIPE = 64 << 20
+#: A section footer with a section id below 65536.
+_ANY_FOOTER = re.compile(b"\x7e\x00\x00(?s:..)")
 
 
 class DescriptionMatcher:
@@ -292,8 +294,8 @@ class DeviceSections:
         footer just before it (None: no footer), with the reader moved there;
         None, with the reader moved to the end, when there is none.
 
-        A record counts where a footer of a known section (or, in streams
-        without footers, a section header of a known name) is followed by a
+        A record counts where a section footer (or, in streams without
+        footers, a section header of a known name) is followed by a
         plausible record, or where the stream's own description says EOF is.
         """
         p = self.parser
@@ -328,9 +330,10 @@ class DeviceSections:
 
     def _resync_pattern(self) -> tuple[re.Pattern[bytes] | None, bool]:
         p = self.parser
-        if p.footers is not False and p.entries:
-            ids = b"|".join(re.escape(struct.pack(">I", sid)) for sid in p.entries)
-            return re.compile(b"\x7e(?:" + ids + b")"), True
+        if p.footers is not False:
+            # Any section's footer, also of one whose header was lost: QEMU
+            # numbers sections from 0, one per registered handler.
+            return _ANY_FOOTER, True
         names = {e.idstr for e in p.entries.values()}
         if self.desc is not None:
             names.update(d.name for d in self.desc.devices)

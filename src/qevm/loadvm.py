@@ -390,7 +390,7 @@ class StreamParser:
             return True
         t = head[0]
         if t == EOF:
-            return len(head) == 1 or head[1] in (VMDESCRIPTION, 0)
+            return len(head) == 1 or self._description_at(off + 1, head[1:])
         if t in (SECTION_START, SECTION_FULL):
             if len(head) < 6:
                 return False
@@ -402,6 +402,15 @@ class StreamParser:
         if t == COMMAND:
             return len(head) >= 3 and struct.unpack(">H", head[1:3])[0] in C.COMMANDS
         return False
+
+    def _description_at(self, off: int, head: bytes) -> bool:
+        """Whether ``head`` (at ``off``) starts a VM description that fits the input."""
+        if len(head) < 6 or head[0] != VMDESCRIPTION or head[5:6] != b"{":
+            return False
+        (length,) = struct.unpack(">I", head[1:5])
+        end = off + 5 + length
+        size = self.r.limit if self.r.limit is not None else self.input.size
+        return length <= MAX_DESCRIPTION and (size is None or end <= size)
 
     # -- after EOF -------------------------------------------------------------
     def _after_eof(self) -> list[Record]:
