@@ -13,7 +13,7 @@ import struct
 
 import pytest
 import zstandard
-from conftest import CORPUS, DATA, HAVE_CORPUS, all_stream_paths, unpack
+from conftest import CORPUS, DATA, HAVE_CORPUS, all_stream_paths, switched_to_postcopy, unpack
 
 import qevm
 from qevm.source.base import FileSource
@@ -184,12 +184,13 @@ def test_sparse_image_from_a_pipe_is_relocated(tmp_path):
 
 
 # -- the description's text ---------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(STREAM_FILES))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, p in STREAM_FILES.items() if not switched_to_postcopy(p))
+)
 def test_regenerated_description_equals_the_original(name):
     with qevm.open(unpack(STREAM_FILES[name]), decode_devices=False) as mig:
         desc = mig.description
-        if desc is None:
-            pytest.skip("no description in this stream")
+        assert desc is not None
         assert detect_style(desc.text) == JSONWRITER
         assert dump(desc.raw, JSONWRITER) == desc.text
 
