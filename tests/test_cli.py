@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
-from conftest import DATA, GENERATED, LIVE, STREAMS, unpack
+from conftest import GENERATED, LIVE, STREAMS, unpack
 
 import qevm
 from qevm.stream import DescriptionRecord
@@ -118,6 +119,13 @@ def test_desc_of_a_stream_without_one():
     assert "--desc" not in res.stderr
 
 
-def test_demo_stream_is_in_the_package():
-    data = DATA.parent.parent / "src" / "qevm" / "data" / "demo.mig.xz"
-    assert data.stat().st_size < 300_000
+def test_demo_runs_on_the_example_in_the_package():
+    res = _qevm("demo")
+    assert res.returncode == 0, res.stderr
+    assert "machine       pc-q35-7.2" in res.stdout and "CPU#0 (x86_64)" in res.stdout
+    path = _qevm("demo", "--path").stdout.strip()
+    assert path.endswith("/qevm/data/demo.mig.xz")
+    assert pathlib.Path(path).stat().st_size < 300_000  # package data: keep it small
+    with qevm.open(path) as mig:
+        assert not mig.errors and mig.devices()
+        assert all(d.state is not None for d in mig.devices())
