@@ -79,6 +79,8 @@ COMMANDS: dict[str, tuple[list[str], bool]] = {
     "memmap": (["memmap", "{F}"], False),
     "extract": (["extract", "{F}", "-o", "{O}"], False),
     "memory": (["memory", "{F}", "-o", "{O}.elf"], False),
+    "edit": (["edit", "{F}", "-o", "{O}.elf", "-q"], False),
+    "convert": (["convert", "{F}", "-o", "{O}.elf", "--to", "stream", "-q"], False),
 }
 
 

@@ -64,11 +64,12 @@ _ZEROS = bytes(ZERO_PIECE)
 
 
 def copy_range(w: Writer, src: Source, start: int, end: int) -> None:
-    """Bytes ``[start, end)`` of ``src`` as they are."""
+    """Bytes ``[start, end)`` of ``src`` as they are (a mapped input lets them go after)."""
     pos = start
     while pos < end:
         n = min(CHUNK * 8, end - pos)
         w.bytes(src.read_at(pos, n))
+        src.release(pos, pos + n)
         pos += n
 
 
