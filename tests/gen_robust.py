@@ -12,6 +12,10 @@
   (VMSTATE_UNUSED(8) in cpu-timers.c) hold ``7e`` + be32(the timer's section
   id) + ``00 06 00``, a section footer followed by what looks like EOF and a
   description.  QEMU 7.2 loads it (``tests/test_robust.py`` checks that).
+- ``q35-10.0-virtio-mem-early``: made with QEMU 10.0 (``$QEVM_QEMU_NEW``, e.g.
+  Debian trixie's from ``.ci/qemu-trixie``): a paused q35 VM with a virtio-mem
+  device, whose immutable properties QEMU (8.0 and later) saves "early", in a
+  FULL section between RAM's START and its first PART.
 - ``demo``: ``src/qevm/data/demo.mig.xz``, the example stream ``qevm demo``
   reads: a q35 VM with 32 MiB, an e1000 NIC and a virtio RNG that ran SeaBIOS
   for half a second.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import struct
 import subprocess
@@ -41,6 +46,18 @@ DEMO = HERE.parent / "src" / "qevm" / "data"
 BASE = ["qemu-system-x86_64", "-nodefaults", "-m", "32"]
 ISAPC = [*BASE, "-M", "isapc", "-drive", "if=ide,index=2,file={disk},format=raw"]
 PC = [*BASE, "-M", "pc-i440fx-7.2", "-S"]
+VIRTIO_MEM = [
+    "-nodefaults",
+    "-M",
+    "q35",
+    "-m",
+    "32M,maxmem=256M",
+    "-S",
+    "-object",
+    "memory-backend-ram,id=mem0,size=128M",
+    "-device",
+    "virtio-mem-pci,memdev=mem0,id=vm0,requested-size=0",
+]
 DEMO_ARGV = [
     *BASE,
     "-M",
@@ -117,6 +134,22 @@ def make_footer_in_timer(tmp: pathlib.Path) -> None:
     )
 
 
+def make_virtio_mem_early(tmp: pathlib.Path) -> None:
+    binary = os.environ.get("QEVM_QEMU_NEW")
+    if not binary:
+        raise SystemExit("q35-10.0-virtio-mem-early needs QEVM_QEMU_NEW (a QEMU >= 8.0)")
+    argv = [binary, *VIRTIO_MEM]
+    mig = tmp / "vmem.mig"
+    _save(argv, mig)
+    xz_file(mig, OUT / "q35-10.0-virtio-mem-early.mig.xz")
+    recipe = {
+        "qemu_version": qemu_version(binary),
+        "made_by": "tests/gen_robust.py",
+        "argv": ["qemu-system-x86_64", *VIRTIO_MEM],
+    }
+    (OUT / "q35-10.0-virtio-mem-early.json").write_text(json.dumps(recipe, indent=1) + "\n")
+
+
 def make_demo(tmp: pathlib.Path) -> None:
     mig = tmp / "demo.mig"
     _save(DEMO_ARGV, mig, run=0.5)
@@ -129,6 +162,7 @@ def make_demo(tmp: pathlib.Path) -> None:
 MAKERS = {
     "isapc-two-ide-7.2": make_isapc,
     "pc-7.2-footer-in-timer": make_footer_in_timer,
+    "q35-10.0-virtio-mem-early": make_virtio_mem_early,
     "demo": make_demo,
 }
 

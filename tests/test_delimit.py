@@ -5,6 +5,7 @@ The streams are in tests/data/robust (made by tests/gen_robust.py with QEMU 7.2)
 
 from __future__ import annotations
 
+import io
 import json
 import lzma
 import re
@@ -14,11 +15,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA, meta, unpack
+from conftest import DATA, GENERATED, LIVE, meta, unpack
 from qemuvm import Vm, incoming_from
 from test_framing import check_node_tiles, check_records_tile
 
 import qevm
+from qevm import delimit
 from qevm.stream import EofRecord
 
 ROBUST = DATA / "robust"
@@ -213,3 +215,60 @@ def test_bytes_after_eof_are_an_error(tmp_path):
     assert e.value.offset == eof.end
     res = _qevm("info", p)
     assert res.returncode == 1 and b"7 bytes after EOF" in res.stderr
+
+
+# -- pipes: the description read ahead, and what has none ---------------------------
+VIRTIO_MEM = ROBUST / "q35-10.0-virtio-mem-early.mig.xz"
+
+
+def _state(mig: qevm.Migration) -> list:
+    return [
+        (d.entry.label, d.record.offset, d.record.end, d.state and native_json(d.state))
+        for d in mig.devices()
+    ]
+
+
+def native_json(node):
+    from qevm.render import native
+
+    return native.node_json(node)
+
+
+@pytest.mark.parametrize(
+    "path,desc",
+    [
+        (VIRTIO_MEM, None),  # a FULL section among RAM's records (early_setup)
+        (LIVE["postcopy-paused-111"], None),  # PACKAGED device state, no description
+        (GENERATED["pc-2.3-nofooter"], None),  # no footers: delimited by decoding
+        (GENERATED["pc-2.2-nodesc"], GENERATED["pc-2.2-desc"]),  # neither: --desc
+        (GENERATED["pc-7.2-block-bitmap"], None),  # block and dirty-bitmap sections
+        (FOOTER_IN_TIMER, None),
+    ],
+    ids=lambda p: getattr(p, "name", "-"),
+)
+@pytest.mark.parametrize("lookahead", [None, 1 << 16])
+def test_a_pipe_reads_as_the_file(path, desc, lookahead, monkeypatch):
+    """Also when the description is further away than the pipe is read ahead."""
+    if lookahead:
+        monkeypatch.setattr(delimit, "LOOKAHEAD", lookahead)
+    path = unpack(path)
+    desc = unpack(desc) if desc else None
+    with qevm.open(path, desc=desc) as mig:
+        want = _state(mig)
+        assert not mig.errors
+    with open(path, "rb") as f, qevm.open(io.BufferedReader(f), desc=desc) as mig:
+        assert not mig.source.seekable
+        assert _state(mig) == want
+        assert not mig.errors
+
+
+def test_early_device_section_among_ram_records():
+    with qevm.open(unpack(VIRTIO_MEM)) as mig:
+        _all_decoded(mig)
+        recs = [r.entry.idstr for r in mig.section_records()]
+        early = recs.index("0000:00:01.0/virtio-mem-device-early")
+        assert recs[early - 1 : early + 2] == ["ram", recs[early], "ram"]
+        # QEMU checks these on load; the memory backend of the recipe is 128 MiB
+        checks = mig.device("0000:00:01.0/virtio-mem-device-early").state.get("tmp")
+        assert "size=128M" in " ".join(meta(VIRTIO_MEM)["argv"])
+        assert checks.get("region_size") == 128 << 20

@@ -37,9 +37,8 @@ def load_description(path: str | os.PathLike[str]) -> Description:
     """A description from a JSON file (``qevm desc`` output) or from another stream."""
     with builtins.open(path, "rb") as f:
         head = f.read(1)
-    if head == b"{":
-        with builtins.open(path, "rb") as f:
-            return parse_description(f.read())
+        if head == b"{":  # (read once: it can be a pipe)
+            return parse_description(head + f.read())
     with open_source(path) as src:
         desc = locate_description(src)
         if desc is None:

@@ -40,6 +40,9 @@ FOOTER = struct.Struct(">BI")
 #: Bytes of a pipe read ahead, at its first device section, to find the
 #: description at the end (device state after RAM is a few MiB at most).
 LOOKAHEAD = 32 << 20
+#: Read ahead when the stream has no footers either: nothing else can delimit
+#: its device sections.
+LOOKAHEAD_NO_FOOTERS = 256 << 20
 #: Footer candidates tried per section when decoding it with the description.
 MAX_CANDIDATES = 64
 #: Candidates checked for a plausible next record per section without one.
@@ -48,6 +51,8 @@ MAX_IMPLAUSIBLE = 4096
 #: (whose bytes are kept in memory meanwhile).
 MAX_SCANNED_SECTION = 1 << 30
 MAX_SCANNED_PIPE = 64 << 20
+#: Past any offset.
+END = sys.maxsize
 #: A section footer with a section id below 65536.
 _ANY_FOOTER = re.compile(b"\x7e\x00\x00(?s:..)")
 
@@ -116,30 +121,36 @@ class DeviceSections:
             entry.desc = d
         return d
 
-    def _look_ahead(self) -> None:
-        """On a pipe, read ahead to find the description at the end of the input."""
+    def _look_ahead(self, span: int | None = None) -> None:
+        """On a pipe, read ahead (``span`` bytes, else LOOKAHEAD, not again before
+        as many were read) to find the description at the end of the input."""
         p = self.parser
         r = p.r
-        if r.seekable or r.limit is not None or r.offset < self._lookahead_after:
+        if r.seekable or r.limit is not None:
             return
+        if r.offset < self._lookahead_after and (span is None or self._lookahead_after == END):
+            return  # (END: the end of the input was in the window, and no description)
+        span = span or LOOKAHEAD
         try:
-            r.ensure(LOOKAHEAD)
+            r.ensure(span)
         except TruncatedError:
             # The rest of the input is in the reader's window: search it in place.
-            self._lookahead_after = sys.maxsize
+            self._lookahead_after = END
             desc = locate_description(MemorySource(r.buf, r.base, name=r.source.name))  # type: ignore[arg-type]
             if desc is not None:
                 p.own_desc = desc
                 self.known(desc)
             return
         # More than that is left (early device sections before RAM): try again later.
-        self._lookahead_after = r.offset + LOOKAHEAD
+        self._lookahead_after = r.offset + span
 
     # -- device sections ------------------------------------------------------------
     def body(self, rec: SectionRecord) -> None:
         """Read a device section's body: decode it, or find its footer."""
         if self.desc is None:
             self._look_ahead()
+            if self.desc is None and self.parser.footers is False:
+                self._look_ahead(LOOKAHEAD_NO_FOOTERS)
         desc = self._match(rec)
         if desc is not None:
             self._decode(rec, desc)
@@ -314,7 +325,7 @@ class DeviceSections:
         pattern, is_footer = self._resync_pattern()
         if pattern is not None:
             lo = start - 5 if is_footer else start
-            span = (eof_at if eof_at is not None else sys.maxsize) - lo
+            span = (eof_at if eof_at is not None else END) - lo
             for hit, matched in self._search(pattern, lo, span, consume=True):
                 at = hit + 5 if is_footer else hit
                 if at >= start and p.plausible_record_at(at):
