@@ -272,3 +272,21 @@ def test_early_device_section_among_ram_records():
         checks = mig.device("0000:00:01.0/virtio-mem-device-early").state.get("tmp")
         assert "size=128M" in " ".join(meta(VIRTIO_MEM)["argv"])
         assert checks.get("region_size") == 128 << 20
+
+
+def test_a_broken_description_is_blamed_on_its_byte(tmp_path):
+    path = unpack(FOOTER_IN_TIMER)
+    data = bytearray(path.read_bytes())
+    at = data.rindex(b"}]")  # the end of the devices list: make it a syntax error
+    data[at + 1] = ord("#")
+    p = tmp_path / "bad.mig"
+    p.write_bytes(data)
+    with pytest.raises(qevm.DescriptionError, match="not valid JSON") as e:
+        qevm.open(p).close()
+    assert e.value.offset == at + 1
+    with qevm.open(p, strict=False) as mig:
+        assert [err.offset for err in mig.errors] == [at + 1]
+        assert mig.devices() and all(d.state is None and d.error is None for d in mig.devices())
+    res = _qevm("info", "--json", p)
+    assert res.returncode == 1
+    assert "error" in json.loads(res.stdout)["description"]

@@ -40,12 +40,14 @@ def info_json(mig: Migration) -> dict[str, Any]:
         section_footers=mig.footers,
     )
     desc_rec = next((r for r in mig.records if isinstance(r, DescriptionRecord)), None)
-    if desc_rec is not None and desc_rec.description is not None:
+    if desc_rec is not None:
         out["description"] = {
             "present": True,
             "offset": desc_rec.offset,
             "length": desc_rec.length,
         }
+        if desc_rec.error is not None:
+            out["description"]["error"] = str(desc_rec.error)
     else:
         out["description"] = {
             "present": False,
@@ -124,7 +126,9 @@ def _print_info(mig: Migration, out: Any) -> None:
     w(f"capabilities  {', '.join(j['capabilities']) or '(none)'}\n")
     w(f"footers       {'yes' if j['section_footers'] else 'no'}\n")
     d = j["description"]
-    if d["present"]:
+    if d["present"] and "error" in d:
+        w(f"description   at {d['offset']:#x}, unreadable (see the error below)\n")
+    elif d["present"]:
         w(f"description   yes, {d['length']} bytes at {d['offset']:#x}\n")
     else:
         w(
