@@ -211,8 +211,9 @@ class DeviceSections:
         if end is None:
             raise DescriptionError(
                 "cannot find where this section ends: the stream has no section footers "
-                "and no description for it is known (give one with --desc)",
+                "and no description for it is known",
                 offset=rec.body_offset,
+                expected="a description to decode it with (--desc FILE)",
             )
         rec.body_end = end
         if not r.seekable:

@@ -328,7 +328,12 @@ def run_desc(args: argparse.Namespace) -> int:
             if rec is not None and rec.error is not None:
                 raise rec.error
             if mig.errors:  # reading stopped before the end
-                raise mig.errors[-1]
+                last = mig.errors[-1]
+                raise DescriptionError(
+                    f"no JSON description found: reading stopped here ({last.message})",
+                    offset=last.offset,
+                    section=last.section,
+                )
             raise DescriptionError(
                 "the stream has no JSON description (postcopy streams have none)"
             )
