@@ -14,10 +14,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import STREAMS, unpack
+from conftest import LIVE, STREAMS, unpack
 from test_framing import check_records_tile
 
 import qevm
+from qevm.render import native
+from qevm.sections.ram.section import last_named_block
 from qevm.stream import BrokenRecord
 
 NAME = "q35-11.1"
@@ -167,3 +169,47 @@ def test_nothing_usable_is_exit_2(tmp_path, intact):
     p.write_bytes(data[:8] + b"\x09" * 64)
     res = _qevm("info", p)
     assert res.returncode == 2 and b"unknown record type 0x09" in res.stderr
+
+
+def test_a_broken_ram_part(tmp_path):
+    """A RAM record with impossible flags in one PART: the other PARTs are read as in the
+    intact stream, the device sections too, and no page goes to a wrong block."""
+    path = unpack(LIVE["xbzrle-111"])
+    data = path.read_bytes()
+    with qevm.open(path) as mig:
+        ram = next(e for e in mig.entries.values() if e.idstr == "ram")
+        parts = [r for r in ram.records if r.type_name == "PART"]
+        want = [(r.offset, dict(r.content.records)) for r in ram.records]
+        want_devices = [(d.entry.label, native.node_json(d.state)) for d in mig.devices()]
+    bad_part = parts[2]
+    bad = bytearray(data)
+    bad[bad_part.body_offset + 7] |= 0x80  # flags of its first record: no such kind
+    p = tmp_path / "bad.mig"
+    p.write_bytes(bad)
+    with qevm.open(p, strict=False) as mig:
+        check_records_tile(mig.records, 0, len(bad))
+        assert [(e.offset, e.section) for e in mig.errors] == [(bad_part.body_offset, "ram")]
+        ram = next(e for e in mig.entries.values() if e.idstr == "ram")
+        got = [
+            (r.offset, dict(r.content.records) if r.error is None else None) for r in ram.records
+        ]
+        assert got == [(o, None if o == bad_part.offset else c) for o, c in want]
+        assert [(d.entry.label, native.node_json(d.state)) for d in mig.devices()] == want_devices
+    res = _qevm("info", p)
+    assert res.returncode == 1 and b"ERROR" in res.stdout
+
+
+@pytest.mark.parametrize("name", ["q35-11.1", "pc-devices-7.2", "s390x-11.1"])
+def test_block_in_effect_after_skipped_ram_records(name):
+    """After a gap, CONTINUE pages belong to the block the last named record in the
+    skipped bytes named: found by searching them, it is what reading them gives."""
+    with qevm.open(unpack(STREAMS[name])) as mig:
+        ram = next(e for e in mig.entries.values() if e.idstr == "ram")
+        part = max((r for r in ram.records if r.type_name == "PART"), key=lambda r: r.body_size)
+        read = ram.state.last  # END holds no pages here: the last block PART named
+        assert all(not r.content.records.get("page") for r in ram.records if r.offset > part.offset)
+        found = last_named_block(ram.state, mig.source, part.body_offset, part.body_end)
+        assert found is read and found is not None
+        # and nothing before the first named record
+        first = part.body_offset + 8 + 1 + len(ram.state.blocks[next(iter(ram.state.blocks))].name)
+        assert last_named_block(ram.state, mig.source, part.body_offset + 1, first - 8) is None

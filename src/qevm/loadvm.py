@@ -191,7 +191,15 @@ class StreamParser:
         end = found[0] if found is not None else self._skip_to_end()
         if found is None:
             self._ended = True
+        self._lost(off, end)
         return BrokenRecord(off, end, error=error) if end > off else None
+
+    def _lost(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` were skipped: the live sections' handlers are told."""
+        skipped = (self.input, start, end) if self.r.seekable else None
+        for entry in self.entries.values():
+            if entry.handler is not None:
+                entry.handler.lost(self.ctx, entry, skipped)
 
     def _skip_to_end(self) -> int:
         """Move to the end of the input (or of the PACKAGED blob); its offset."""
@@ -372,13 +380,16 @@ class StreamParser:
         if found is None:
             rec.body_end = self._skip_to_end()
             self._ended = True
-            return
-        start, footer = found
-        sid = rec.entry.section_id  # type: ignore[union-attr]
-        if footer is not None and footer + 5 == start and self.devices.footer_sid == sid:
-            rec.body_end, rec.footer = footer, True
         else:
-            rec.body_end = start
+            start, footer = found
+            sid = rec.entry.section_id  # type: ignore[union-attr]
+            if footer is not None and footer + 5 == start and self.devices.footer_sid == sid:
+                rec.body_end, rec.footer = footer, True
+            else:
+                rec.body_end = start
+        # Records before the error were read; the bytes from it on were skipped.
+        failed = error.offset if error.offset is not None else rec.body_offset
+        self._lost(max(rec.body_offset, min(failed, rec.body_end)), rec.body_end)
 
     def plausible_record_at(self, off: int) -> bool:
         """Whether a real record (or the end of the input) can start at ``off``."""
