@@ -272,28 +272,41 @@ def _setup_state(p: argparse.ArgumentParser) -> None:
         help="print exactly what QEMU's analyze-migration.py -d state prints",
     )
     p.add_argument("--device", metavar="GLOB", help="only sections whose name matches GLOB")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also show what the state means (the views of `qevm devices`) under each section",
+    )
 
 
 @command("state", "decoded device state", _setup_state)
 def run_state(args: argparse.Namespace) -> int:
-    with open_stream(args) as mig:
+    from . import devices
+
+    with devices.open_for_state(args) if args.decode else open_stream(args) as mig:
         if args.device and not mig.devices(args.device) and not live_entries(mig, args.device):
             return no_match("no section", args.device)
+        report = devices.report_for_state(args, mig) if args.decode else None
         if args.compat:
             data = compat.state_compat(mig)
             if args.device:
                 data = {k: v for k, v in data.items() if _match(k.rsplit(" (", 1)[0], args.device)}
             jsonout.dump(data, sys.stdout, indent=4)
         elif args.json:
-            jsonout.dump(state_json(mig, args.device), sys.stdout, indent=2)
+            data = state_json(mig, args.device)
+            devices.attach_decoded(data, report)
+            jsonout.dump(data, sys.stdout, indent=2)
         else:
-            _print_state(mig, args.device, sys.stdout)
+            _print_state(mig, args.device, sys.stdout, report)
         return outcome(mig)
 
 
-def _print_state(mig: Migration, pattern: str | None, out: Any) -> None:
+def _print_state(mig: Migration, pattern: str | None, out: Any, report: Any = None) -> None:
+    from . import devices
+
     for dev in mig.devices(pattern):
         text.write_device(dev, out)
+        devices.write_decoded(report, dev, out)
     live = live_entries(mig, pattern)
     if live:
         out.write("live sections\n")
