@@ -161,8 +161,8 @@ def _context_start(steps: list[Step], fixes: list[Fix]) -> int:
 def explain(mig: Migration, pattern: str | None = None) -> list[Explanation]:
     """Every device section with a description (matching ``pattern``), against it.
 
-    ``mig`` should be opened with ``decode_devices=False`` so that sections
-    that do not fit do not stop the reading; they are delimited by footers.
+    ``mig`` should be opened with ``strict=False`` (and ``decode_devices=False``)
+    so that sections that do not fit do not stop the reading.
     """
     from .check import section_data
 
@@ -180,6 +180,8 @@ def explain(mig: Migration, pattern: str | None = None) -> list[Explanation]:
         if d is None or not rec.footer:
             continue
         data = section_data(mig, rec)
+        if data is None:
+            continue
         out.append(explain_section(data, rec.body_offset, rec.body_end, d, e.idstr, e.instance_id))
     return out
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..render import jsonout
-from . import add_input, command, open_stream
+from . import add_input, command
 
 
 def _check_setup(p: argparse.ArgumentParser) -> None:
@@ -111,9 +111,18 @@ def _explain_setup(p: argparse.ArgumentParser) -> None:
     _explain_setup,
 )
 def run_explain(args: argparse.Namespace) -> int:
+    from .. import open as qopen
     from ..analysis.explain import explain
 
-    with open_stream(args, decode_devices=False) as mig:
+    # Not open_stream: the sections that do not read are what this explains.
+    with qopen(
+        args.file,
+        desc=args.desc,
+        format=args.format,
+        snapshot=args.snapshot,
+        decode_devices=False,
+        strict=False,
+    ) as mig:
         results = explain(mig, args.section)
     bad = [r for r in results if not r.fits]
     shown = results if args.all else bad
