@@ -303,15 +303,22 @@ def test_device_decoders_plug_in(pairs_dir):
         seen.setdefault("checks", []).append(ctx.section)
         return []
 
-    saved = dict(hooks.FIELD_READERS), list(hooks.DEVICE_CHECKS)
+    def check_config(ctx):
+        seen.setdefault("configs", []).append((ctx.section, ctx.read_size, ctx.offset))
+        return []
+
+    saved = dict(hooks.FIELD_READERS), list(hooks.DEVICE_CHECKS), dict(hooks.FIELD_CHECKS)
     try:
         hooks.register_field_reader("virtio")(read_virtio)
         hooks.register_device_check("virtio-*")(check_rng)
+        hooks.register_field_check("pci config")(check_config)
         report = check(src, dst)
     finally:
         hooks.FIELD_READERS.clear()
         hooks.FIELD_READERS.update(saved[0])
         hooks.DEVICE_CHECKS[:] = saved[1]
+        hooks.FIELD_CHECKS.clear()
+        hooks.FIELD_CHECKS.update(saved[2])
     ctx = seen["reader"]
     assert ctx.field.type == "virtio" and ctx.source_field.size != ctx.field.size
     with qevm.open(src) as mig:
@@ -320,3 +327,6 @@ def test_device_decoders_plug_in(pairs_dir):
     assert report.loads is False
     assert report.first().kind == "device" and report.first().message == "Bad config data"
     assert ctx.section in seen["checks"]
+    # every PCI function's config space, as the destination's layout reads it
+    sizes = {size for _, size, _ in seen["configs"]}
+    assert sizes <= {256, 4096} and len(seen["configs"]) > 3

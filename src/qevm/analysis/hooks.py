@@ -11,6 +11,9 @@ its own):
   device's checks fail while it reads them (``Bad config data``, a ring
   size, features).  Without one, a size difference in an opaque field is
   reported as "not yet explained" (QEMU may or may not stop there).
+* a **field check** per field type, run as each such field is loaded: the
+  checks a type's own ``get()`` makes (``pci config``: bytes the
+  destination's config space has read-only and the source's differ in);
 * a **device check** per VMSD name, run once the section's fields were read
   the destination's way: post-load checks on decoded state.
 
@@ -54,6 +57,8 @@ class FieldContext:
     destination_value: Any
     destination: Destination
     source: Migration | None = None
+    #: For field checks: bytes the destination's layout read for the field.
+    read_size: int | None = None
 
 
 @dataclass
@@ -88,10 +93,13 @@ class SectionContext:
 
 
 FieldReader = Callable[[FieldContext], FieldVerdict | None]
+FieldCheck = Callable[[FieldContext], "list[Problem]"]
 DeviceCheck = Callable[[SectionContext], "list[Problem]"]
 
 #: field type name -> reader
 FIELD_READERS: dict[str, FieldReader] = {}
+#: field type name -> checks made when a field of that type is loaded
+FIELD_CHECKS: dict[str, list[FieldCheck]] = {}
 #: (VMSD name glob, check)
 DEVICE_CHECKS: list[tuple[str, DeviceCheck]] = []
 
@@ -104,6 +112,21 @@ def register_field_reader(type_name: str) -> Callable[[FieldReader], FieldReader
         return fn
 
     return deco
+
+
+def register_field_check(type_name: str) -> Callable[[FieldCheck], FieldCheck]:
+    """Decorator: ``fn(FieldContext) -> [Problem]``, run on every field of a type as it
+    is loaded (``pci config``: the bytes the destination's config space refuses)."""
+
+    def deco(fn: FieldCheck) -> FieldCheck:
+        FIELD_CHECKS.setdefault(type_name, []).append(fn)
+        return fn
+
+    return deco
+
+
+def field_checks(type_name: str) -> list[FieldCheck]:
+    return FIELD_CHECKS.get(type_name, [])
 
 
 def register_device_check(vmsd_glob: str) -> Callable[[DeviceCheck], DeviceCheck]:

@@ -228,6 +228,9 @@ class Loader(Decoder):
         step.done = True
         if f.type in _EQUAL_FMT or f.type == "int32 le":
             self._compare(f, value, dval, path, start)
+        checks = hooks.field_checks(f.type)
+        if checks:
+            self._field_checks(checks, frame, f, peer, path, start, dval)
         if eff.count == 1 and isinstance(value, int):
             step.value = value
         elif isinstance(value, (bytes, bytearray)):
@@ -308,6 +311,36 @@ class Loader(Decoder):
             )
         )
         return dataclasses.replace(f, size=peer.size, ftype=None)
+
+    def _field_checks(
+        self,
+        checks: list,
+        frame: Frame,
+        f: FieldDesc,
+        peer: FieldDesc | None,
+        path: str,
+        start: int,
+        dval: FieldValue | None,
+    ) -> None:
+        """The checks a device's own get() makes on a field it loads (PCI config bytes)."""
+        ctx = hooks.FieldContext(
+            self.section,
+            self.instance_id,
+            frame.desc.vmsd_name,
+            path,
+            f,
+            peer,
+            bytes(self.data[start - self.base : self.end - self.base]),
+            start,
+            dval.value if dval is not None else None,
+            self.context.get("destination"),  # type: ignore[arg-type]
+            self.context.get("source"),
+            read_size=self.r.offset - start,
+        )
+        for fn in checks:
+            problems = list(fn(ctx) or ())
+            if problems:
+                self.doubts.append(Doubt("device", path, start, "", problems=problems))
 
     def _read(
         self, frame: Frame, f: FieldDesc, peer: FieldDesc | None, dval: FieldValue | None, path: str
