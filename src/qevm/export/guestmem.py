@@ -43,6 +43,19 @@ class GuestMemory:
             length -= n
         return bytes(out)
 
+    def read_filled(self, gpa: int, length: int) -> bytearray:
+        """``length`` bytes at ``gpa`` with zeros where no range is."""
+        out = bytearray(length)
+        end = gpa + length
+        i = max(bisect.bisect_right(self._starts, gpa) - 1, 0)
+        while i < len(self.ranges) and self.ranges[i].gpa < end:
+            r = self.ranges[i]
+            lo, hi = max(r.gpa, gpa), min(r.end, end)
+            if lo < hi:
+                out[lo - gpa : hi - gpa] = self._read(r.block, r.offset + lo - r.gpa, hi - lo)
+            i += 1
+        return out
+
     def u64(self, gpa: int, endian: str = "<") -> int | None:
         data = self.read(gpa, 8)
         return None if data is None else struct.unpack(endian + "Q", data)[0]
