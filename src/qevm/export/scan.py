@@ -26,12 +26,18 @@ def _find_all(source: Any, needle: bytes, start: int, end: int) -> Iterator[int]
     find = getattr(source, "find", None)
     if find is not None:
         pos = start
-        while True:
-            hit = find(needle, pos, end)
-            if hit < 0:
-                return
-            yield hit
-            pos = hit + 1
+        try:
+            while True:
+                hit = find(needle, pos, end)
+                if hit < 0:
+                    return
+                yield hit
+                pos = hit + 1
+        finally:
+            # the mapped pages searched need not stay in this process's memory
+            release = getattr(source, "release", None)
+            if release is not None and end - start >= 1 << 20:
+                release(start, end)
     overlap = len(needle) - 1
     pos = start
     while pos < end:

@@ -346,3 +346,53 @@ def recover(
         + ")"
     )
     return None, warnings
+
+
+def quick_look(source: Any) -> list[dict[str, Any]]:
+    """Kernels whose VMCOREINFO is in a stream file's bytes, without reading the stream.
+
+    For ``qevm info``: the file (a stream, a mapped-ram file, a raw libvirt
+    image) is searched as it is, for well-formed texts that a ``Linux
+    version RELEASE`` banner in the same file agrees with.  The page tables
+    are not walked (that needs the page index: ``qevm memory`` does it), so
+    leftovers of an earlier kernel can show up too; each distinct kernel is
+    listed once.  Returns ``[]`` for inputs that cannot be searched in place.
+    """
+    find = getattr(source, "find", None)
+    size = getattr(source, "size", None)
+    if find is None or not size:
+        return []
+    out: dict[tuple[str, str | None], dict[str, Any]] = {}
+    banners: dict[str, bool] = {}
+    pos = 0
+    while True:
+        hit = find(b"OSRELEASE=", pos, size)
+        if hit < 0:
+            break
+        pos = hit + 1
+        raw = bytes(source.read_at(hit, min(MAX_TEXT, size - hit)))
+        end = raw.find(b"\0")
+        fields = parse_text(raw[:end]) if end > 0 else None
+        if fields is None:
+            continue
+        release = fields["OSRELEASE"]
+        if release not in banners:
+            needle = b"Linux version " + release.encode() + b" "
+            banners[release] = find(needle, 0, size) >= 0
+        if not banners[release]:
+            continue
+        key = (release, fields.get("KERNELOFFSET"))
+        off = fields.get("KERNELOFFSET")
+        out.setdefault(
+            key,
+            {
+                "release": release,
+                "kernel_offset": int(off, 16) if off is not None else None,
+                "page_size": int(fields["PAGESIZE"]),
+                "stream_offset": hit,
+            },
+        )
+    release_pages = getattr(source, "release", None)
+    if release_pages is not None:
+        release_pages(0, size)
+    return list(out.values())
