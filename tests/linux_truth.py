@@ -59,3 +59,49 @@ def same_process(ps_name: str, comm: str) -> bool:
     return ps_name == comm or (
         ps_name.startswith(comm) and ps_name[len(comm) : len(comm) + 1] in ("-", "+")
     )
+
+
+def release_of(console: pathlib.Path) -> str:
+    """The kernel release the console's boot banner names."""
+    text = console.read_bytes().decode("utf-8", "replace")
+    m = re.search(r"Linux version (\S+) ", text)
+    assert m, f"{console}: no boot banner"
+    return m.group(1)
+
+
+def drgn_view(core: str, vmlinux: str) -> tuple[str, dict[str, set[str]], dict[int, str]]:
+    """What drgn finds in a core: the release, printk lines by timestamp, tasks by pid."""
+    import drgn
+    from drgn.helpers.linux.pid import for_each_task
+    from drgn.helpers.linux.printk import get_printk_records
+
+    prog = drgn.Program()
+    prog.set_core_dump(core)
+    prog.load_debug_info([vmlinux])
+    release = prog["init_uts_ns"].name.release.string_().decode()
+    lines: dict[str, set[str]] = {}
+    for r in get_printk_records(prog):
+        ts = f"{r.timestamp // 1_000_000_000}.{r.timestamp // 1000 % 1_000_000:06d}"
+        for line in r.text.decode("utf-8", "replace").split("\n"):
+            lines.setdefault(ts, set()).add(line.rstrip())
+    tasks = {t.pid.value_(): t.comm.string_().decode() for t in for_each_task(prog)}
+    return release, lines, tasks
+
+
+def missing(console: pathlib.Path, view: tuple[str, dict[str, set[str]], dict[int, str]]) -> dict:
+    """What the console shows that ``view`` (:func:`drgn_view`) lacks; empty when all is there."""
+    release, lines, tasks = view
+    out: dict = {}
+    if release != release_of(console):
+        out["release"] = release
+    lost = [(t, x) for t, x in kernel_lines(console) if x not in lines.get(t, set())]
+    if lost:
+        out["kernel lines"] = lost[:10] + ([f"... {len(lost)} in all"] if len(lost) > 10 else [])
+    procs = [
+        (p, n, tasks.get(p))
+        for p, n in ps_processes(console)
+        if p not in tasks or not same_process(n, tasks[p])
+    ]
+    if procs:
+        out["processes"] = procs
+    return out
