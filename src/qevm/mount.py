@@ -132,7 +132,7 @@ class Tree:
                 self.dirs.setdefault(parent, set()).add(parts[i])
                 if i < len(parts) - 1:
                     self.dirs.setdefault("/".join(parts[: i + 1]), set())
-        self.mtime = time.time()
+        self.mtime = time.time_ns()
 
     def lookup(self, path: str) -> VirtualFile | set[str] | None:
         key = path.strip("/")
@@ -145,7 +145,7 @@ def _operations(tree: Tree) -> Any:
     import mfusepy
 
     class Operations(mfusepy.Operations):  # type: ignore[misc]
-        use_ns = False
+        use_ns = True  # times in nanoseconds
 
         def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
             node = tree.lookup(path)
