@@ -73,6 +73,7 @@ class Kdump:
     header_version: int
     machine: str
     release: str
+    sysname: str
     status: int
     block_size: int
     sub_hdr_size: int
@@ -116,6 +117,7 @@ def read(path: str) -> Kdump:
         (version,) = struct.unpack_from(e + "I", head, 8)
         uts = head[12 : 12 + 6 * 65]
         release = uts[130:195].split(b"\0")[0].decode()
+        sysname = uts[0:65].split(b"\0")[0].decode()
         machine = uts[260:325].split(b"\0")[0].decode()
         # struct timeval is 8-aligned after the 390-byte utsname: 12 + 390 -> 408
         fields = struct.unpack_from(e + "IiiIIIIIIi", head, 424)
@@ -135,6 +137,6 @@ def read(path: str) -> Kdump:
         bitmap1 = f.read(half)
         bitmap2 = f.read(half)
     return Kdump(
-        path, e, version, machine, release, status, block_size, sub_hdr_size, bitmap_blocks,
-        max_mapnr, nr_cpus, phys_base, dump_level, vmci, notes, bitmap1, bitmap2,
+        path, e, version, machine, release, sysname, status, block_size, sub_hdr_size,
+        bitmap_blocks, max_mapnr, nr_cpus, phys_base, dump_level, vmci, notes, bitmap1, bitmap2,
     )  # fmt: skip

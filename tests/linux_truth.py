@@ -105,3 +105,23 @@ def missing(console: pathlib.Path, view: tuple[str, dict[str, set[str]], dict[in
     if procs:
         out["processes"] = procs
     return out
+
+
+def crash_log_lines(path: pathlib.Path) -> set[tuple[str, str]]:
+    """``(timestamp, text)`` of crash's ``log`` output.
+
+    crash prints the lines of a multi-line record after the first one
+    indented by the width of the timestamp prefix, without it.
+    """
+    out: set[tuple[str, str]] = set()
+    ts, width = None, 0
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        m = _KERNEL_LINE.match(line)
+        if m:
+            ts, width = m.group(1), m.start(2)
+            out.add((ts, m.group(2).rstrip()))
+        elif ts is not None and width and line[:width].isspace() and len(line) > width:
+            out.add((ts, line[width:].rstrip()))
+        else:
+            ts = None
+    return out

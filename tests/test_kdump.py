@@ -49,7 +49,10 @@ def test_kdump_holds_qemus_memory(fmt, tmp_path, elf_notes):
     kd = read(str(plain if flattened else out))
     assert kd.header_version == 6 and kd.machine == "x86_64" and kd.nr_cpus == 1
     assert kd.block_size == 4096 and kd.dump_level == 1
-    assert kd.release == RECIPE["release"]
+    method_flag = {"zlib": 1, "lzo": 2, "snappy": 4, "zstd": 0x20}[fmt.rsplit("-", 1)[1]]
+    assert kd.status == method_flag
+    # the kernel's utsname, read through its page tables, as makedumpfile writes it
+    assert kd.release == RECIPE["release"] and kd.sysname == "Linux"
     assert kd.vmcoreinfo == RECIPE["text"].encode()
     assert kd.notes.hex() == elf_notes
     # phys_base as the kernel holds it: PA = VA - 0xffffffff80000000 + phys_base
@@ -57,7 +60,6 @@ def test_kdump_holds_qemus_memory(fmt, tmp_path, elf_notes):
     assert kd.bitmap1 == kd.bitmap2
     pages = {}
     zero_offsets = set()
-    method_flag = {"zlib": 1, "lzo": 2, "snappy": 4, "zstd": 0x20}[fmt.rsplit("-", 1)[1]]
     for pfn, page, flags, off in kd.pages():
         assert flags in (0, method_flag)
         if page.count(0) == len(page):

@@ -20,7 +20,7 @@ import time
 
 import pytest
 from conftest import CORPUS, HAVE_CORPUS, unpack, vmlinux
-from linux_truth import drgn_view, kernel_lines, missing, release_of
+from linux_truth import crash_log_lines, drgn_view, kernel_lines, missing, release_of
 
 
 def _streams() -> dict[str, tuple[pathlib.Path, pathlib.Path]]:
@@ -69,9 +69,10 @@ def _kernel(name: str) -> str:
     return str(vmlinux(release_of(STREAMS[name][1])))
 
 
+@pytest.mark.parametrize("fmt", ["elf", "kdump-zlib"])
 @pytest.mark.parametrize("name", sorted(STREAMS))
-def test_drgn_reads_the_elf(name, images):
-    view = drgn_view(str(images(name)), _kernel(name))
+def test_drgn_reads_the_image(name, fmt, images):
+    view = drgn_view(str(images(name, fmt)), _kernel(name))
     assert missing(STREAMS[name][1], view) == {}
 
 
@@ -86,7 +87,7 @@ def _crash_log(core: pathlib.Path, kernel: str, tmp: pathlib.Path) -> set[tuple[
             ["crash", "-s", kernel, str(core), "-i", str(cmds)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900,
         )  # fmt: skip
-    return set(kernel_lines(log))
+    return crash_log_lines(log)
 
 
 @pytest.mark.parametrize("fmt", ["elf", "kdump-zlib"])

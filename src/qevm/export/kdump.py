@@ -108,17 +108,21 @@ def _headers(
     bitmap_blocks: int,
     notes: bytes,
     vmci: Any,
+    flag: int,
 ) -> tuple[bytes, int]:
     """Block 0 and the sub-header block(s) with the notes; and their block count."""
     sub_blocks = -(-(SUB_HEADER_SIZE + len(notes)) // ps)
-    status = 0  # QEMU: the compression flag of the format; pages say their own
+    status = flag  # the format's compression, as QEMU and makedumpfile say it
+    # QEMU writes only utsname.machine; the kernel's own utsname (as makedumpfile
+    # copies it) lets readers such as libkdumpfile (drgn) tell the architecture
     uts = bytearray(6 * 65)
-    if vmci is not None:
-        uts[0:5] = b"Linux"
-        rel = vmci.release.encode()[:64]
-        uts[130 : 130 + len(rel)] = rel
-    mach = _UNAME.get(machine, "").encode()
-    uts[260 : 260 + len(mach)] = mach
+    if vmci is not None and vmci.utsname is not None:
+        uts[:] = vmci.utsname[: 6 * 65]
+        for i in range(6):
+            uts[i * 65 + 64] = 0
+    if not uts[260]:
+        mach = _UNAME.get(machine, "").encode()
+        uts[260 : 260 + len(mach)] = mach
     head = SIGNATURE + struct.pack(e + "I", HEADER_VERSION) + bytes(uts) + bytes(6)
     head += bytes(16)  # timestamp (QEMU leaves it zero)
     head += struct.pack(
@@ -206,7 +210,7 @@ def write_kdump(
     bitmap_len = (bitmap_bytes + ps - 1) // ps * ps
     bitmap_blocks = 2 * (bitmap_len // ps)
     hdr, hdr_blocks = _headers(
-        endian, machine, ncpus, ps, max_mapnr, bitmap_blocks, notes, vmcoreinfo
+        endian, machine, ncpus, ps, max_mapnr, bitmap_blocks, notes, vmcoreinfo, flag
     )
     o = _Output(out, flattened)
     o.write(0, hdr)

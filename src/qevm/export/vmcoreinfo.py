@@ -64,6 +64,8 @@ class VmcoreInfo:
     gpa: int | None
     #: what was checked, in words
     checks: list[str] = field(default_factory=list)
+    #: the kernel's ``struct new_utsname`` (6 x 65 bytes) read through its page tables
+    utsname: bytes | None = None
 
     @property
     def release(self) -> str:
@@ -216,15 +218,15 @@ def check(info: VmcoreInfo, mem: GuestMemory, cpus: list[Any], banner: bool | No
     uts = info.symbol("init_uts_ns")
     if uts is not None:
         off = int(info.fields.get("OFFSET(uts_namespace.name)", "0"))
-        release_va = uts + off + 2 * _UTS_LEN
-        pa = _walk(mem, cpu, p, release_va)
-        data = mem.read(pa, _UTS_LEN) if pa is not None else None
+        pa = _walk(mem, cpu, p, uts + off)
+        data = mem.read(pa, 6 * _UTS_LEN) if pa is not None else None
         if data is None:
             return f"init_uts_ns ({uts:#x}) is not mapped in the kernel's page tables"
-        found = data.split(b"\0")[0].decode("ascii", "replace")
+        found = data[2 * _UTS_LEN : 3 * _UTS_LEN].split(b"\0")[0].decode("ascii", "replace")
         if found != info.release:
             return f"the kernel's uname release is {found!r}, not OSRELEASE={info.release}"
         info.checks.append(f"init_uts_ns release {found!r} = OSRELEASE")
+        info.utsname = data
     if banner is False:
         return f"no 'Linux version {info.release} ' banner in RAM"
     if banner:
