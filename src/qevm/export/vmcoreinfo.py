@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .guestmem import CR4_LA57, GuestMemory, arm64_translate, x86_translate
+from .guestmem import CR4_LA57, EFER_LMA, GuestMemory, arm64_translate, x86_translate
 from .scan import Scanner
 
 if TYPE_CHECKING:
@@ -177,6 +177,14 @@ def _roots(cpu: Any) -> list[int]:
     return [r.get("TTBR1_EL1", 0)]
 
 
+def _walkable(cpu: Any) -> bool:
+    """Whether qevm walks this CPU's kernel page tables: x86-64 in long mode, AArch64."""
+    r = cpu.registers
+    if cpu.arch in ("x86_64", "i386"):
+        return bool(r.get("efer", 0) & EFER_LMA)
+    return cpu.arch == "aarch64" and "TTBR1_EL1" in r and "TCR_EL1" in r
+
+
 def _walk(mem: GuestMemory, cpu: Any, root: int, vaddr: int) -> int | None:
     r = cpu.registers
     if cpu.arch in ("x86_64", "i386"):
@@ -189,15 +197,14 @@ def check(info: VmcoreInfo, mem: GuestMemory, cpus: list[Any], banner: bool | No
     pgd = info.symbol("swapper_pg_dir")
     if pgd is None:
         return "it has no SYMBOL(swapper_pg_dir)"
+    walkable = [c for c in cpus if _walkable(c)]
+    if not walkable:
+        arches = ", ".join(sorted({c.arch for c in cpus}))
+        return f"qevm cannot walk the page tables of these CPUs ({arches}) to check it"
     phys = None
-    for cpu in cpus:
-        if cpu.arch not in ("x86_64", "i386", "aarch64"):
-            continue
+    for cpu in walkable:
         for root in _roots(cpu):
-            try:
-                p = _walk(mem, cpu, root, pgd)
-            except KeyError:
-                p = None
+            p = _walk(mem, cpu, root, pgd)
             if p is None:
                 continue
             # the kernel's top-level table maps its own address to itself
