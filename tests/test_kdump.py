@@ -88,3 +88,28 @@ def test_kdump_from_a_pipe(tmp_path):
     xz.wait()
     assert a.read_bytes() == b.read_bytes()
     assert not list(tmp_path.glob("*.qevm-stage"))
+
+
+@pytest.mark.parametrize("note", [True, False])
+def test_arm64_kdump(note, tmp_path):
+    """arm64: 4 KiB frames with the kernel's VMCOREINFO, QEMU's 64 KiB without."""
+    rec = json.loads((DATA / "vmcoreinfo" / "arm64-vmcoreinfo.json").read_text())
+    out = tmp_path / "a.kdump"
+    extra = [] if note else ["--no-vmcoreinfo"]
+    _qevm("memory", unpack(DATA / "vmcoreinfo" / "arm64-vmcoreinfo.mig.xz"), "-o", out,
+          "--format", "kdump-raw-zlib", *extra)  # fmt: skip
+    kd = read(str(out))
+    assert kd.machine == "aarch64"
+    ps = kd.block_size
+    assert ps == (4096 if note else 65536)
+    # PHYS_OFFSET from VMCOREINFO, or (QEMU) the lowest RAM address: both 0x40000000 here
+    assert kd.phys_base == 0x40000000
+    assert (kd.vmcoreinfo == rec["text"].encode()) == note
+    pages = {pfn: page for pfn, page, _, _ in kd.pages()}
+    for load in rec["dump"]["loads"]:
+        data = b"".join(
+            pages[pa // ps]
+            for pa in range(load["paddr"] // ps * ps, load["paddr"] + load["size"], ps)
+        )
+        skip = load["paddr"] % ps
+        assert hashlib.sha256(data[skip : skip + load["size"]]).hexdigest() == load["sha256"]

@@ -109,6 +109,7 @@ def _headers(
     notes: bytes,
     vmci: Any,
     flag: int,
+    phys_base: int,
 ) -> tuple[bytes, int]:
     """Block 0 and the sub-header block(s) with the notes; and their block count."""
     sub_blocks = -(-(SUB_HEADER_SIZE + len(notes)) // ps)
@@ -145,7 +146,6 @@ def _headers(
         namesz, descsz = struct.unpack_from(e + "II", vmci.note)
         off_vmci = offset_note + len(notes) - len(vmci.note) + 12 + -(-namesz // 4) * 4
         size_vmci = descsz
-    phys_base = vmci.phys_base(machine) if vmci is not None else 0
     sub = struct.pack(
         e + "QiiQQqQqQqQQQQ",
         phys_base,
@@ -192,12 +192,14 @@ def write_kdump(
     ncpus: int,
     notes: bytes,
     vmcoreinfo: Any = None,
+    phys_base: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> KdumpResult:
     """Write guest-physical memory as ``fmt`` (a key of :data:`FORMATS`) to ``out``.
 
     ``read_phys(gpa, length)`` reads guest-physical memory (zeros where no
-    range is), ``ranges`` are the memory map's, ``notes`` the ELF notes.
+    range is), ``ranges`` are the memory map's, ``notes`` the ELF notes,
+    ``phys_base`` the sub-header's.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown kdump format {fmt!r} ({', '.join(FORMATS)})")
@@ -210,7 +212,7 @@ def write_kdump(
     bitmap_len = (bitmap_bytes + ps - 1) // ps * ps
     bitmap_blocks = 2 * (bitmap_len // ps)
     hdr, hdr_blocks = _headers(
-        endian, machine, ncpus, ps, max_mapnr, bitmap_blocks, notes, vmcoreinfo, flag
+        endian, machine, ncpus, ps, max_mapnr, bitmap_blocks, notes, vmcoreinfo, flag, phys_base
     )
     o = _Output(out, flattened)
     o.write(0, hdr)

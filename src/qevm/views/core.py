@@ -278,7 +278,14 @@ def _write_kdump(
 
     if target.machine == 3:  # EM_386: QEMU writes the 32-bit header layout
         raise UsageError("kdump output of a 32-bit x86 guest is not supported (use elf)")
-    ps = info.page_size if info is not None else mig.page_size
+    # the kernel's page size; without it QEMU's choice: the largest the
+    # architecture has on aarch64 (64 KiB), the target page elsewhere
+    ps = info.page_size if info is not None else 65536 if target.machine == 183 else mig.page_size
+    if info is not None:
+        phys_base = info.phys_base(target.machine)
+    else:  # QEMU: aarch64's lowest RAM address, else 0
+        ram = [r.gpa for r in mm.ranges if r.kind == "ram"]
+        phys_base = min(ram) if target.machine == 183 and ram else 0
     mem = GuestMemory(mm, read)
     ncpus = len({c for c in _cpu_indexes(mig)}) or 1
     with open(path, "wb") as out:
@@ -293,6 +300,7 @@ def _write_kdump(
             ncpus=ncpus,
             notes=target.notes,
             vmcoreinfo=info,
+            phys_base=phys_base,
         )
 
 
