@@ -38,6 +38,13 @@ def _runs(codes: np.ndarray) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
+def _release(source: Any, offset: int, length: int) -> None:
+    """Let a mapped input's pages that were copied out go (they stay in the page cache)."""
+    release = getattr(source, "release", None)
+    if release is not None:
+        release(offset, offset + length)
+
+
 def read_pages(index: Any, name: str, first: int, count: int) -> bytearray:
     """Pages ``[first, first + count)`` of block ``name`` (zeros where the stream gave none)."""
     ps = index.page_size
@@ -55,14 +62,18 @@ def read_pages(index: Any, name: str, first: int, count: int) -> bytearray:
             codes = arr[lo : lo + n]
             base = page - first
             for p, k, src, off, stride in _runs(codes):
+                source = index.inputs[src]
                 if k == 1 or stride == ps:  # one contiguous piece of the input
                     pos = (base + p) * ps
-                    out[pos : pos + k * ps] = index.inputs[src].read_at(off, k * ps)
+                    out[pos : pos + k * ps] = source.read_at(off, k * ps)
+                    _release(source, off, k * ps)
                     continue
-                data = index.inputs[src].read_at(off, (k - 1) * stride + ps)
+                data = source.read_at(off, (k - 1) * stride + ps)
                 flat = np.frombuffer(data, dtype=np.uint8)
                 rows = np.lib.stride_tricks.as_strided(flat, shape=(k, ps), strides=(stride, 1))
                 view[base + p : base + p + k] = rows  # type: ignore[index]
+                del flat, rows, data
+                _release(source, off, (k - 1) * stride + ps)
             kinds = codes >> np.uint64(KIND_SHIFT)
             computed = np.flatnonzero((kinds >= KIND_ZLIB) & (kinds <= KIND_FILL))
             for p in computed.tolist():
