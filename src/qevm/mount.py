@@ -21,12 +21,14 @@ from __future__ import annotations
 import bisect
 import errno
 import io
+import json
 import os
 import stat
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import QevmError
 from .export.ramread import read_range
 
 if TYPE_CHECKING:
@@ -113,8 +115,8 @@ def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) 
             text = io.StringIO()
             jsonout.dump(obj(), text, indent=2)
             data = (text.getvalue() + "\n").encode()
-        except Exception as e:  # noqa: BLE001 - a file that says why is better than none
-            data = f'{{"error": {str(e)!r}}}\n'.replace("'", '"').encode()
+        except QevmError as e:  # a file that says why is better than none
+            data = (json.dumps({"error": str(e)}) + "\n").encode()
         files[path] = VirtualFile(len(data), [Extent(0, len(data), data)])
     return files
 

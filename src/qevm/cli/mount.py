@@ -60,7 +60,10 @@ def run_mount(args: argparse.Namespace) -> int:
     mig = qopen(src, desc=args.desc, index_ram=True, channels=args.channel)
     try:
         tree = Tree(build_files(mig, overrides, args.vmcoreinfo))
-        pid = mount(tree, args.mountpoint, foreground=args.foreground)
+        try:
+            pid = mount(tree, args.mountpoint, foreground=args.foreground)
+        except (OSError, RuntimeError) as e:
+            raise UsageError(f"cannot mount on {args.mountpoint}: {e}") from None
         if pid is not None:
             print(
                 f"{args.mountpoint}: {', '.join(sorted(tree.dirs['']))} "
