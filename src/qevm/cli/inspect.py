@@ -6,11 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-<<<<<<< HEAD
-from ..export.vmcoreinfo import quick_look
-=======
 from ..errors import DescriptionError, QevmError
->>>>>>> main
+from ..export.vmcoreinfo import quick_look
 from ..migration import Migration
 from ..render import compat, jsonout, native, text
 from ..stream import SECTION_FULL, BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
