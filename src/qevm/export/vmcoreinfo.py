@@ -332,14 +332,20 @@ def recover(
     found, why = from_device(mig, mem, endian)
     if why:
         warnings.append(why)
-    pool = [(found, "", 0)] if found else candidates(scan, read, mm, endian)
-    if not pool:
-        return None, warnings
-    if not cpus:
-        return None, warnings + ["VMCOREINFO found but not written: no CPU registers to check it"]
+
+    # the device's note first (what QEMU would write); RAM when it is absent or fails
+    def pool() -> Any:
+        if found is not None:
+            yield found
+        for info, _, _ in candidates(scan, read, mm, endian):
+            yield info
+
     banners: dict[str, bool] = {}
     failures = []
-    for info, _, _ in pool:
+    for info in pool():
+        if not cpus:
+            warnings.append("VMCOREINFO found but not written: no CPU registers to check it")
+            return None, warnings
         if info.release not in banners:
             needle = b"Linux version " + info.release.encode() + b" "
             banners[info.release] = next(iter(scan(needle)), None) is not None
@@ -349,6 +355,8 @@ def recover(
             info.checks.insert(0, f"found via {info.origin} at {where}")
             return info, warnings
         failures.append(f"{info.origin} at {info.gpa:#x}: {why}")
+    if not failures:
+        return None, warnings
     warnings.append(
         "VMCOREINFO not written: no candidate passed the checks ("
         + "; ".join(dict.fromkeys(failures))
