@@ -155,3 +155,27 @@ def test_arm64_walk_through_ttbr1():
         tcr = cpu.registers["TCR_EL1"]
         assert arm64_translate(mem, 0x40110000, tcr, kbase + 0x123456) == 0x40123456
         assert arm64_translate(mem, 0x40110000, tcr, kbase + (32 << 20)) is None
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_made_now_with_qemu(name, tmp_path):
+    """The recipe run again with the installed QEMU: the same checks on a fresh stream."""
+    import shutil
+
+    from gen_vmcoreinfo import RECIPES, make
+
+    if shutil.which(RECIPES[name][0]) is None:
+        pytest.skip(f"{RECIPES[name][0]} is not installed")
+    stream = make(name, tmp_path)
+    rec = json.loads((tmp_path / f"{name}.json").read_text())
+    out = tmp_path / "m.elf"
+    qevm_cli("memory", stream, "-o", out)
+    found = notes(bytes.fromhex(_pt_note(str(out))))
+    assert found[-1] == (b"VMCOREINFO", 0, rec["text"].encode())
+    assert found[:-1] == notes(bytes.fromhex(rec["dump"]["notes"]))
+    if "device_dump_pt_note" in rec:
+        dev, dev_elf = tmp_path / "dev.mig", tmp_path / "dev.elf"
+        qevm_cli(*device_edit_args(str(stream), str(dev)))
+        qevm_cli("memory", dev, "-o", dev_elf)
+        assert _pt_note(str(dev_elf)) == rec["device_dump_pt_note"]
