@@ -201,7 +201,7 @@ def pages(tmp_path_factory):
     """``get(name, make)``: the page ``make(path)`` writes, rendered once per session."""
     folder = tmp_path_factory.mktemp("report")
 
-    def get(name, make, fragment=""):
+    def get(name, make, fragment=""):  # fragment: e.g. #addr=0x... (zooms in)
         if name not in _PAGES:
             html = folder / f"{name}.html"
             make(html)
@@ -304,7 +304,7 @@ PLAIN = "pc-devices-7.2"
 def test_plain_stream(pages):
     path = STREAMS[PLAIN]
     recipe = meta(path)
-    page = pages(PLAIN, lambda html: _report(unpack(path), html))
+    page = pages(PLAIN, lambda html: _report(unpack(path), html), "#addr=0x1000000")
     _common(page)
     assert page.dom.find(id="machine").text().startswith("pc-i440fx-7.2")  # -M pc on QEMU 7.2
     _check_blocks_and_map(page, recipe["ramblocks"], recipe["mtree"])
@@ -316,6 +316,20 @@ def test_plain_stream(pages):
             assert {"c3"} <= page.cell_rect(addr).classes() and not {"l1", "l2", "l3"} & (
                 page.cell_rect(addr).classes()
             ), hex(addr)
+    # #addr= zoomed into the row holding the pattern's start: page by page, all data
+    zoom = page.dom.find("div", id="zoom")
+    assert "hidden" not in zoom.attrs
+    base, fine = int(zoom.attrs["data-base"], 16), int(page.map["fine"], 16)
+    assert base <= 0x1000000 < base + 64 * cell
+    g = page.map["geometry"]
+    seen = 0
+    for r in zoom.find("svg", id="zoom-map").find_all("rect"):
+        line, col = int(r.attrs["y"]) // g["pitch"], (int(r.attrs["x"]) - g["labels"]) // g["pitch"]
+        addr = base + line * cell + col * fine
+        if 0x1000000 <= addr < 0x1100000:
+            assert "c3" in r.classes() and not {"l1", "l2", "l3"} & r.classes(), hex(addr)
+            seen += 1
+    assert seen == min(0x100000, base + 64 * cell - 0x1000000) // fine
     regs = (path.parent / f"{PLAIN}.regs.txt").read_text()
     _check_registers(page, 0, regs)
     # every device section analyze-migration.py lists, by name and section id

@@ -290,9 +290,28 @@ def _island(data: ReportData, drawing: _Drawing) -> dict[str, Any]:
         "rounds": grid.rounds,
         "roundLabels": data.round_labels,
         "buckets": bucket_rounds(grid.rounds),
-        "fineCells": b64(fine.astype(np.uint8).tobytes()),
-        "fineRounds": b64(fine_round.tobytes()),
+        "fineCells": packed(fine.astype(np.uint8)),
+        "fineRounds": packed(fine_round),
     }
+
+
+def packed(a: np.ndarray) -> dict[str, str]:
+    """A byte array for the script: run-length pairs ``(value, length - 1)`` when that is
+    shorter (most of a map is long runs), else the bytes; base64 either way."""
+    if len(a) == 0:
+        return {"raw": ""}
+    starts = np.flatnonzero(np.concatenate([[True], a[1:] != a[:-1]]))
+    lengths = np.diff(np.append(starts, len(a)))
+    pieces = (lengths + 255) // 256  # runs longer than 256 in pieces of 256
+    values = np.repeat(a[starts], pieces)
+    counts = np.full(len(values), 256, dtype=np.int64)
+    counts[np.cumsum(pieces) - 1] = lengths - (pieces - 1) * 256
+    if 2 * len(values) >= len(a):
+        return {"raw": b64(a.tobytes())}
+    pairs = np.empty(2 * len(values), dtype=np.uint8)
+    pairs[0::2] = values
+    pairs[1::2] = counts - 1
+    return {"rle": b64(pairs.tobytes())}
 
 
 def legend(data: ReportData) -> str:

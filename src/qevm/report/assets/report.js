@@ -21,6 +21,17 @@
     for (var i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
     return out;
   }
+  /* {"raw": base64} or {"rle": base64 of (value, length - 1) pairs} */
+  function unpack(p) {
+    if (p.raw !== undefined) return bytes(p.raw);
+    var pairs = bytes(p.rle), n = 0, i, j;
+    for (i = 1; i < pairs.length; i += 2) n += pairs[i] + 1;
+    var out = new Uint8Array(n), at = 0;
+    for (i = 0; i < pairs.length; i += 2) {
+      for (j = 0; j <= pairs[i + 1]; j++) out[at++] = pairs[i];
+    }
+    return out;
+  }
   function el(ns, name, attrs, text) {
     var e = ns ? document.createElementNS(ns, name) : document.createElement(name);
     for (var k in attrs) if (attrs[k] !== undefined) e.setAttribute(k, attrs[k]);
@@ -51,7 +62,7 @@
 
   if (D && svg) {
     var cell = BigInt(D.cell), fine = BigInt(D.fine), cols = D.columns, K = D.kinds.length;
-    var G = D.geometry, fineCells = bytes(D.fineCells), fineRounds = bytes(D.fineRounds);
+    var G = D.geometry, fineCells = unpack(D.fineCells), fineRounds = unpack(D.fineRounds);
     var segGroups = $$("g.seg", svg);
     /* the cell a rect of the map draws, from its place (undefined for anything else) */
     var cellOf = function (r) {
