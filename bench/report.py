@@ -120,8 +120,17 @@ def main() -> int:
     rows = [measure(name, guest, path, args.n) for name, guest, path in streams]
     print(
         table(
-            ["stream", "guest", "stream MiB", "state s", "report s", "ratio", "cpu ratio",
-             "report MiB RSS", "page bytes"],
+            [
+                "stream",
+                "guest",
+                "stream MiB",
+                "state s",
+                "report s",
+                "ratio",
+                "cpu ratio",
+                "report MiB RSS",
+                "page bytes",
+            ],
             [
                 [
                     r.name,
