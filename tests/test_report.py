@@ -31,7 +31,7 @@ from test_diff import parse_info_registers
 import qevm
 from qevm.analysis import check
 from qevm.analysis.diff import diff_opened
-from qevm.report import write_report
+from qevm.report import report_html, write_report
 from qevm.report.ramgrid import KINDS, MapGrid, Segment, changed_per_fine_cell
 from qevm.sections.ram.index import ENCODINGS
 
@@ -587,3 +587,14 @@ def test_cli_pipe_errors_and_refusals(tmp_path):
     assert res.returncode == 1, res.stderr
     html = (tmp_path / "cut.html").read_text()
     assert 'class="err"' in html and "ends inside" in html
+
+
+def test_without_a_page_index_blocks_are_drawn_by_offset():
+    path = unpack(STREAMS["q35-11.1"])
+    with qevm.open(path, strict=False) as mig:
+        html = report_html(mig)
+        blocks = [b.name for b in mig.ram_blocks]
+    assert "RAM was not indexed" in html
+    for name in blocks:
+        assert 'data-space="block" data-base="0x0" ' in html
+        assert f'data-block="{name}"' in html

@@ -284,6 +284,13 @@ def overview(mig: Migration, memmap: MemoryMap | None) -> dict[str, Any]:
     }
     if desc_rec is not None:
         out["description"] = (desc_rec.offset, desc_rec.length, desc_rec.error)
+    if _page_index(mig) is not None:
+        for name, n in mig.missing_pages().items():
+            out["warnings"].append(
+                f"{n} pages of {name} are in no record of this stream: multifd and "
+                "postcopy-preempt channels carry pages (give them with --channel); they "
+                "show as absent"
+            )
     return out
 
 

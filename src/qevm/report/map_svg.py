@@ -334,7 +334,7 @@ def legend(data: ReportData) -> str:
     views = ['<label><input type="radio" name="view" value="kind"> page kinds</label>']
     if grid.rounds:
         views.append(
-            '<label><input type="radio" name="view" value="round"> last written in</label>'
+            '<label><input type="radio" name="view" value="round"> round last written</label>'
         )
     if grid.fine_changed is not None:
         views.append('<label><input type="radio" name="view" value="diff"> changed pages</label>')

@@ -54,7 +54,8 @@ _FROM_ENCODING = np.array(
 )
 
 COLUMNS = 64
-MAX_CELLS = 4096
+#: 80 rows: room for firmware and ROM rows beside 64 rows of RAM.
+MAX_CELLS = 5120
 ZOOM = 64
 #: Rows with nothing in them kept inside a segment (more are cut out as a gap).
 GAP_ROWS = 4
