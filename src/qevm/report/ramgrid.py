@@ -10,7 +10,8 @@ by block offset.
 
 Every cell holds :data:`ZOOM` fine cells (at least a page each) for the
 zoomed view.  Page kinds are counted per fine cell straight from the page
-index with numpy (``np.bincount`` over a page-kind array per mapped range),
+index with numpy: a mapped range's page kinds (one byte per page) are viewed
+as a table of fine cells by pages and counted with one comparison per kind,
 so a multi-GiB guest costs a few array passes, never a Python loop per page.
 """
 
@@ -38,20 +39,15 @@ RAM_KINDS = (*EMPTY, *CONTENT)
 #: Padding in page-kind arrays: no kind at all.
 _NO_KIND = 255
 #: The page index's encodings as map kinds.
-_FROM_ENCODING = np.array(
-    [
-        {
-            "absent": ABSENT,
-            "zero": ZERO,
-            "page": DATA,
-            "zlib": ZLIB,
-            "xbzrle": XBZRLE,
-            "fill": FILL,
-        }[e]
-        for e in ENCODINGS
-    ],
-    dtype=np.uint8,
-)
+_ENCODING_KIND = {
+    "absent": ABSENT,
+    "zero": ZERO,
+    "page": DATA,
+    "zlib": ZLIB,
+    "xbzrle": XBZRLE,
+    "fill": FILL,
+}
+_FROM_ENCODING = np.array([_ENCODING_KIND[e] for e in ENCODINGS], dtype=np.uint8)
 
 COLUMNS = 64
 #: 80 rows: room for firmware and ROM rows beside 64 rows of RAM.
@@ -275,7 +271,7 @@ def build_grid(
     zoom = cell // fine
     ncells = sum(s.rows for s in segments) * COLUMNS
     nfine = ncells * zoom
-    counts = np.zeros((nfine, len(KINDS)), dtype=np.int64)
+    counts = np.zeros((nfine, len(KINDS)), dtype=np.int32)
     latest = np.zeros(nfine, dtype=np.uint16)
     ps = page_size
     per_fine = fine // ps
