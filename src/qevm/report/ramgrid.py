@@ -55,6 +55,8 @@ MAX_CELLS = 5120
 ZOOM = 64
 #: Rows with nothing in them kept inside a segment (more are cut out as a gap).
 GAP_ROWS = 4
+#: Pages counted at a time (bounds the temporary arrays: a few MiB).
+_STEP = 1 << 18
 #: Largest cell tried (beyond it, scattered MMIO keeps rows apart whatever the size).
 _MAX_CELL = 1 << 48
 
@@ -275,33 +277,54 @@ def build_grid(
     latest = np.zeros(nfine, dtype=np.uint16)
     ps = page_size
     per_fine = fine // ps
+    # pages read at a time: whole fine cells, about a GiB of 4 KiB pages
+    step = per_fine * max(1, _STEP // per_fine)
     for seg in segments:
         seg_fine0 = seg.first_cell * zoom
         for p in seg.pieces:
             first_page = p.offset // ps
             n = -(-(p.offset + p.size) // ps) - first_page
-            if n <= 0:
-                continue
-            kinds, latest_round = _pages(index, blocks.get(p.block), p.block, first_page, n)
-            # Pad the piece's pages out to whole fine cells (the padding is no kind),
-            # so that a fine cell is a row: counts are one comparison per kind.
             start = (p.addr - seg.base) // ps
-            head = start % per_fine
-            rows = -(-(head + n) // per_fine)
-            padded = np.full(rows * per_fine, _NO_KIND, dtype=np.uint8)
-            padded[head : head + n] = kinds
-            grid = padded.reshape(rows, per_fine)
-            lo = seg_fine0 + start // per_fine
-            for k in np.unique(kinds).tolist():
-                counts[lo : lo + rows, k] += np.count_nonzero(grid == k, axis=1)
-            if latest_round is not None:
-                padded_rounds = np.zeros(rows * per_fine, dtype=np.uint16)
-                padded_rounds[head : head + n] = latest_round
-                peak = padded_rounds.reshape(rows, per_fine).max(axis=1)
-                np.maximum(latest[lo : lo + rows], peak, out=latest[lo : lo + rows])
+            done = 0
+            while done < n:
+                pos = start + done
+                take = min(n - done, step - pos % step)
+                kinds, rounds = _pages(index, blocks.get(p.block), p.block, first_page + done, take)
+                _count(counts, latest, kinds, rounds, seg_fine0, pos, per_fine)
+                done += take
         for m in seg.mmio:
             _add_mmio(counts, seg, m, zoom, fine, ps)
     return MapGrid(ps, cell, fine, segments, counts, latest)
+
+
+def _count(
+    counts: np.ndarray,
+    latest: np.ndarray,
+    kinds: np.ndarray,
+    rounds: np.ndarray | None,
+    seg_fine0: int,
+    pos: int,
+    per_fine: int,
+) -> None:
+    """Add pages ``pos ..`` of a segment (their kinds and rounds) to their fine cells.
+
+    The pages are padded out to whole fine cells (the padding is no kind) so
+    that a fine cell is a row: counting is one comparison per kind.
+    """
+    n = len(kinds)
+    head = pos % per_fine
+    rows = -(-(head + n) // per_fine)
+    padded = np.full(rows * per_fine, _NO_KIND, dtype=np.uint8)
+    padded[head : head + n] = kinds
+    table = padded.reshape(rows, per_fine)
+    lo = seg_fine0 + pos // per_fine
+    for k in np.unique(kinds).tolist():
+        counts[lo : lo + rows, k] += np.count_nonzero(table == k, axis=1)
+    if rounds is not None:
+        padded_rounds = np.zeros(rows * per_fine, dtype=np.uint16)
+        padded_rounds[head : head + n] = rounds
+        peak = padded_rounds.reshape(rows, per_fine).max(axis=1)
+        np.maximum(latest[lo : lo + rows], peak, out=latest[lo : lo + rows])
 
 
 def _pages(
