@@ -193,6 +193,35 @@ def render(html: pathlib.Path, fragment: str = "") -> Page:
     return Page(html, res.stdout, png)
 
 
+#: Hovers over the first cell with changed pages, clicks it, hovers over its first changed
+#: page in the zoomed row, and writes what the tooltip said each time into the page.
+_HOVER_AND_ZOOM = """<script>
+window.addEventListener("load", function () {
+  function at(r) { var b = r.getBoundingClientRect(); return {bubbles: true, clientX: b.x + 2,
+    clientY: b.y + 2}; }
+  function hover(r) { r.dispatchEvent(new MouseEvent("mousemove", at(r)));
+    return document.getElementById("tip").innerText; }
+  var cell = document.querySelector("#ram-map g.seg rect.d");
+  var out = [hover(cell)];
+  cell.dispatchEvent(new MouseEvent("click", at(cell)));
+  out.push(hover(document.querySelector("#zoom-map rect.d")));
+  var pre = document.createElement("pre"); pre.id = "probe";
+  pre.textContent = out.join("\\n----\\n"); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def hover_and_zoom(page: Page) -> list[str]:
+    """A person's mouse on the page: a copy of it with a probe script (its policy lets
+    no other script run, so the copy leaves the policy out)."""
+    text = page.html.read_text()
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
+    probe = page.html.with_name(page.html.stem + "-probe.html")
+    probe.write_text(text.replace("</body>", _HOVER_AND_ZOOM + "</body>"))
+    found = render(probe).dom.find("pre", id="probe").text()
+    return found.split("\n----\n")
+
+
 _PAGES: dict[str, Page] = {}
 
 
@@ -430,6 +459,18 @@ def test_diff_of_two_saves(pages):
     _check_diff(page, truth["diff_pages"], truth["pmem"][1])
     _check_registers_changed(page, truth["truth_a"], truth["truth_b"])
     assert page.dom.find(id="diff-verdict").text().endswith("differ")
+    # hover the first changed cell: its range, and as many changed pages as QEMU's dumps
+    cell_tip, page_tip = hover_and_zoom(page)
+    lo, hi = (int(x, 16) for x in re.findall(r"0x[0-9a-f]{16}", cell_tip.splitlines()[0]))
+    pages_in = sum(max(0, min(hi + 1, b) - max(lo, a)) // 4096 for a, b in truth["diff_pages"])
+    first = min(a for a, _ in truth["diff_pages"])
+    assert lo <= first <= hi
+    said = re.search(r"(\d+) pages? differs?", cell_tip)
+    assert said and int(said[1]) == pages_in, cell_tip
+    # and, zoomed in, the first changed page itself
+    plo, phi = (int(x, 16) for x in re.findall(r"0x[0-9a-f]{16}", page_tip.splitlines()[0]))
+    assert plo <= first <= phi and phi - plo + 1 == int(page.map["fine"], 16)
+    assert "differs in the compared input" in page_tip
 
 
 @needs_browser

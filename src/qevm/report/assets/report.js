@@ -112,7 +112,8 @@
     var roundText = function (latest) {
       if (!latest) return null;
       var r = latest - 1, name = D.roundLabels[r];
-      return "last written in round " + r + (name ? " (" + name + ")" : "") + " of " + D.rounds;
+      return "last written in round " + r + (name ? " (" + name + ")" : "") +
+        "; rounds 0\u2013" + (D.rounds - 1);
     };
     var cellLines = function (c) {
       var s = segOf(c), seg = D.segments[s];
@@ -127,7 +128,9 @@
       lines.push(parts.length ? "pages: " + parts.join(", ") : "nothing mapped");
       var rt = roundText(D.latest[c]);
       if (rt) lines.push(rt);
-      if (D.changed && D.changed[c]) lines.push(D.changed[c] + " pages differ");
+      if (D.changed && D.changed[c]) {
+        lines.push(D.changed[c] === 1 ? "1 page differs" : D.changed[c] + " pages differ");
+      }
       return lines;
     };
     var fineLines = function (s, f) {
@@ -138,7 +141,9 @@
       backing(s, lo, hi).forEach(function (x) { lines.push(x); });
       var share = ["", "up to a quarter", "up to half", "up to three quarters", "more than three quarters"];
       var what = D.kindText[kind];
-      if (kind >= 3 && kind <= 6) what += " (in " + share[level] + " of its pages)";
+      if (kind >= 3 && kind <= 6 && fine > BigInt(D.pageSize)) {
+        what += " (in " + share[level] + " of its pages)";
+      }
       lines.push(what);
       if (fineRounds[f]) {
         var bk = D.buckets[fineRounds[f] - 1];
