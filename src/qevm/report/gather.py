@@ -226,6 +226,18 @@ def provenance(mig: Migration) -> list[tuple[str, str]]:
                 "postcopy, or a stream QEMU did not finish, or one written before QEMU 2.3",
             )
         )
+    live = sorted({e.idstr for e in mig.entries.values() if e.handler is not None})
+    if live:
+        out.append((f"sections with their own format: {', '.join(live)}", _live_meaning(live)))
+    if "mapped-ram" in mig.capabilities:
+        out.append(("mapped-ram capability", "QEMU 9.0 or later"))
+    if any(b.records.get("zlib") for b in mig.ram_blocks):
+        out.append(
+            (
+                "zlib-compressed pages",
+                "QEMU 9.0 or older (multi-threaded compression was removed in 9.1)",
+            )
+        )
     names = {c.name for c in mig.commands()}
     if "SWITCHOVER_START" in names:
         out.append(("SWITCHOVER_START command", "QEMU 10.0 or later"))
@@ -240,6 +252,12 @@ def provenance(mig: Migration) -> list[tuple[str, str]]:
         )
     )
     return out
+
+
+def _live_meaning(live: list[str]) -> str:
+    if "block" in live:
+        return "QEMU 9.0 or older: block migration (migrate -b) was removed in 9.1"
+    return "registered by QEMU's own handlers, not described by a VMSD"
 
 
 def overview(mig: Migration, memmap: MemoryMap | None) -> dict[str, Any]:
