@@ -25,12 +25,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import commands as C
 from .errors import UsageError
+from .format import (
+    MIG_CMD_ENABLE_COLO,
+    MIG_CMD_OPEN_RETURN_PATH,
+    MIG_CMD_PACKAGED,
+    MIG_CMD_PING,
+    MIG_CMD_POSTCOPY_ADVISE,
+    MIG_CMD_POSTCOPY_LISTEN,
+    MIG_CMD_POSTCOPY_RAM_DISCARD,
+    MIG_CMD_POSTCOPY_RESUME,
+    MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_RECV_BITMAP,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    SECTION_END,
+    SECTION_FOOTER,
+    SECTION_PART,
+    SECTION_START,
+)
 from .sections.ram.index import ABSENT, KIND_SHIFT, MAX_INPUTS, OFFSET_MASK, ZERO
 from .sections.ram.records import (
-    FLAG_EOS,
-    FLAG_MEM_SIZE,
     RamBlock,
     write_mem_size_entry,
     write_page,
@@ -38,9 +53,6 @@ from .sections.ram.records import (
     write_zero,
 )
 from .stream import (
-    SECTION_END,
-    SECTION_PART,
-    SECTION_START,
     CommandRecord,
     Record,
     SectionEntry,
@@ -48,7 +60,7 @@ from .stream import (
 )
 from .vmstate.desc import FieldDesc, JsonObject
 from .wire import Writer
-from .writer import SECTION_FOOTER, StreamWriter
+from .writer import StreamWriter
 
 if TYPE_CHECKING:
     from .configuration import Configuration
@@ -57,15 +69,15 @@ if TYPE_CHECKING:
 #: Commands a plain stream does not carry.
 DROPPED_COMMANDS = frozenset(
     {
-        C.OPEN_RETURN_PATH,
-        C.PING,
-        C.POSTCOPY_ADVISE,
-        C.POSTCOPY_LISTEN,
-        C.POSTCOPY_RUN,
-        C.POSTCOPY_RAM_DISCARD,
-        C.ENABLE_COLO,
-        C.POSTCOPY_RESUME,
-        C.RECV_BITMAP,
+        MIG_CMD_OPEN_RETURN_PATH,
+        MIG_CMD_PING,
+        MIG_CMD_POSTCOPY_ADVISE,
+        MIG_CMD_POSTCOPY_LISTEN,
+        MIG_CMD_POSTCOPY_RUN,
+        MIG_CMD_POSTCOPY_RAM_DISCARD,
+        MIG_CMD_ENABLE_COLO,
+        MIG_CMD_POSTCOPY_RESUME,
+        MIG_CMD_RECV_BITMAP,
     }
 )
 #: Capabilities a plain stream cannot have.
@@ -177,7 +189,7 @@ class ConvertWriter(StreamWriter):
                 self.write_ram(w, rec)
             return
         if isinstance(rec, CommandRecord):
-            if rec.cmd == C.PACKAGED and rec.nested is not None:
+            if rec.cmd == MIG_CMD_PACKAGED and rec.nested is not None:
                 self.write_records(w, rec.nested)
             elif rec.cmd not in DROPPED_COMMANDS:
                 super().write_record(w, rec)
@@ -206,20 +218,20 @@ class ConvertWriter(StreamWriter):
         assert ram is not None
         blocks = list(ram.blocks.values())
         self._section_head(w, SECTION_START, start)
-        write_record_head(w, FLAG_MEM_SIZE, sum(b.used_length for b in blocks), None)
+        write_record_head(w, RAM_SAVE_FLAG_MEM_SIZE, sum(b.used_length for b in blocks), None)
         for b in blocks:
             plain = RamBlock(b.name, b.used_length, mr_addr=b.mr_addr)
             write_mem_size_entry(w, plain)
-        w.u64(FLAG_EOS)
+        w.u64(RAM_SAVE_FLAG_EOS)
         self._section_foot(w, start)
         self._section_head(w, SECTION_PART, start)
         for b in blocks:
             if b.in_stream:
                 self._pages(w, b)
-        w.u64(FLAG_EOS)
+        w.u64(RAM_SAVE_FLAG_EOS)
         self._section_foot(w, start)
         self._section_head(w, SECTION_END, start)
-        w.u64(FLAG_EOS)
+        w.u64(RAM_SAVE_FLAG_EOS)
         self._section_foot(w, start)
 
     def _pages(self, w: Writer, block: RamBlock) -> None:

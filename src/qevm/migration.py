@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DescriptionError, UsageError
+from .format import SECTION_FULL
 from .stream import (
-    SECTION_FULL,
     CommandRecord,
     ParsedStream,
     Record,

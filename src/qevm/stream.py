@@ -17,34 +17,32 @@ from typing import Any
 from . import commands as C
 from .configuration import Configuration, read_configuration
 from .errors import DescriptionError, FormatError, QevmError, TruncatedError, UnsupportedError
+from .format import (
+    COMMAND,
+    CONFIGURATION,
+    EOF,
+    FILE_MAGIC,
+    FILE_VERSION,
+    FILE_VERSION_COMPAT,
+    MIG_CMD_PACKAGED,
+    MIG_CMD_POSTCOPY_ADVISE,
+    MIG_CMD_POSTCOPY_RESUME,
+    MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_RECV_BITMAP,
+    SECTION_END,
+    SECTION_FOOTER,
+    SECTION_FULL,
+    SECTION_PART,
+    SECTION_START,
+    SECTION_TYPE_NAMES,
+    VMDESCRIPTION,
+)
 from .sections import SectionHandler, handler_for, load_all
 from .source.base import Source
 from .vmstate.codec import Decoder
 from .vmstate.desc import Description, DeviceDesc, parse_description
 from .vmstate.values import StateNode
 from .wire import Reader
-
-MAGIC = 0x5145564D  # "QEVM"
-VERSION = 3
-VERSION_COMPAT = 2
-
-EOF = 0x00
-SECTION_START = 0x01
-SECTION_PART = 0x02
-SECTION_END = 0x03
-SECTION_FULL = 0x04
-SUBSECTION = 0x05
-VMDESCRIPTION = 0x06
-CONFIGURATION = 0x07
-COMMAND = 0x08
-SECTION_FOOTER = 0x7E
-
-SECTION_TYPE_NAMES = {
-    SECTION_START: "START",
-    SECTION_PART: "PART",
-    SECTION_END: "END",
-    SECTION_FULL: "FULL",
-}
 
 #: PACKAGED blobs inside PACKAGED blobs (QEMU nests none).
 MAX_PACKAGED_DEPTH = 8
@@ -74,8 +72,8 @@ class Record:
 
 @dataclass(eq=False)
 class HeaderRecord(Record):
-    magic: int = MAGIC
-    version: int = VERSION
+    magic: int = FILE_MAGIC
+    version: int = FILE_VERSION
 
 
 @dataclass(eq=False)
@@ -264,19 +262,19 @@ class StreamParser:
                 offset=off,
                 expected='magic "QEVM"',
             ) from None
-        if magic != MAGIC:
+        if magic != FILE_MAGIC:
             raise FormatError(
                 f"not a QEMU migration stream (magic {magic:#010x})",
                 offset=off,
                 expected='0x5145564d ("QEVM")',
             )
         version = r.u32()
-        if version == VERSION_COMPAT:
+        if version == FILE_VERSION_COMPAT:
             raise UnsupportedError(
                 "stream version 2 (QEMU before 0.10) is obsolete and not supported",
                 offset=off + 4,
             )
-        if version != VERSION:
+        if version != FILE_VERSION:
             raise FormatError(f"stream version {version}", offset=off + 4, expected="3")
         return HeaderRecord(off, r.offset, magic, version)
 
@@ -306,7 +304,7 @@ class StreamParser:
             elif t == COMMAND:
                 rec = self._command(off)
                 out.append(rec)
-                if not top and rec.cmd == C.POSTCOPY_RUN:
+                if not top and rec.cmd == MIG_CMD_POSTCOPY_RUN:
                     return out
             elif t == CONFIGURATION:
                 out.append(self._configuration(off))
@@ -351,17 +349,17 @@ class StreamParser:
         cmd = wire_cmd = r.u16()
         length = r.u16()
         # QEMU 3.0 numbered RECV_BITMAP 9; only it carries a payload.
-        if cmd == C.POSTCOPY_RESUME and length:
-            cmd = C.RECV_BITMAP
+        if cmd == MIG_CMD_POSTCOPY_RESUME and length:
+            cmd = MIG_CMD_RECV_BITMAP
         C.check_command(cmd, length, off)
         payload = r.bytes(length)
         info = C.decode_payload(cmd, payload, off)
         rec = CommandRecord(off, r.offset, cmd, length, payload, info, wire_cmd=wire_cmd)
-        if cmd == C.POSTCOPY_ADVISE:
+        if cmd == MIG_CMD_POSTCOPY_ADVISE:
             self.ctx.postcopy = info
             if info.get("ram"):
                 self.ctx.capabilities.add("postcopy-ram")
-        elif cmd == C.PACKAGED:
+        elif cmd == MIG_CMD_PACKAGED:
             self._packaged(rec)
         return rec
 

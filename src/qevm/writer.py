@@ -24,16 +24,19 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import commands as C
 from .errors import UsageError
-from .source.base import CHUNK, FileSource, Source
-from .stream import (
+from .format import (
     COMMAND,
     CONFIGURATION,
     EOF,
+    MIG_CMD_PACKAGED,
+    SECTION_FOOTER,
     SECTION_FULL,
     SECTION_START,
     VMDESCRIPTION,
+)
+from .source.base import CHUNK, FileSource, Source
+from .stream import (
     CommandRecord,
     ConfigurationRecord,
     DescriptionRecord,
@@ -54,7 +57,6 @@ if TYPE_CHECKING:
     from .migration import Migration
     from .sections.ram.write import RamPatch
 
-SECTION_FOOTER = 0x7E
 #: Pieces of copied ranges that are all zeros are written as holes.
 ZERO_PIECE = 1 << 16
 _ZEROS = bytes(ZERO_PIECE)
@@ -267,7 +269,7 @@ class StreamWriter:
     def write_command(self, w: Writer, rec: CommandRecord) -> None:
         w.u8(COMMAND)
         w.u16(rec.wire_cmd if rec.wire_cmd is not None else rec.cmd)
-        if rec.cmd != C.PACKAGED or rec.nested is None:
+        if rec.cmd != MIG_CMD_PACKAGED or rec.nested is None:
             w.u16(len(rec.payload))
             w.bytes(rec.payload)
             return

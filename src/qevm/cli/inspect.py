@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from ..format import SECTION_FULL
 from ..migration import Migration
 from ..render import compat, jsonout, native, text
-from ..stream import SECTION_FULL, DescriptionRecord, SectionRecord, TrailingRecord
+from ..stream import DescriptionRecord, SectionRecord, TrailingRecord
 from . import add_input, command, open_stream
 
 

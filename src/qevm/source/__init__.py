@@ -14,10 +14,11 @@ import sys
 from typing import BinaryIO
 
 from ..errors import ContainerError, UsageError
+from ..format import FILE_MAGIC
 from .base import FileSource, Source, StreamSource, is_regular_file
 from .compress import COMPRESSIONS, decompressing, detect_compression
 
-QEVM_MAGIC = b"QEVM"
+QEVM_MAGIC = FILE_MAGIC.to_bytes(4, "big")
 FORMATS = ("auto", "stream", "libvirt", "qcow2") + tuple(COMPRESSIONS)
 
 

@@ -24,28 +24,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FormatError, TruncatedError, UnsupportedError
+from ...format import (
+    MULTIFD_COMPRESSION,
+    MULTIFD_FLAG_COMPRESSION_MASK,
+    MULTIFD_FLAG_DEVICE_STATE,
+    MULTIFD_FLAG_SYNC,
+    MULTIFD_MAGIC,
+    MULTIFD_PACKET_SIZE,
+    MULTIFD_VERSION,
+)
 from ...wire import Reader
 
 if TYPE_CHECKING:
     from ...source.base import Source
     from .records import RamState
-
-MULTIFD_MAGIC = 0x11223344
-MULTIFD_VERSION = 1
-#: Bytes of RAM one multifd packet carries at most.
-PACKET_SIZE = 512 * 1024
-
-FLAG_SYNC = 1 << 0
-FLAG_COMPRESSION_MASK = 0x1F << 1
-FLAG_DEVICE_STATE = 32 << 1
-COMPRESSION = {
-    0: "none",
-    1 << 1: "zlib",
-    2 << 1: "zstd",
-    4 << 1: "qpl",
-    8 << 1: "uadk",
-    16 << 1: "qatzip",
-}
 
 INIT = struct.Struct(">II16sB7s32s")
 RAM_HEADER = struct.Struct(">IIIIIIQII24s256s")
@@ -146,7 +138,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
     ps = state.page_size
     if ps is None:
         raise FormatError("multifd channel given but the page size is unknown", offset=0)
-    page_count = PACKET_SIZE // ps
+    page_count = MULTIFD_PACKET_SIZE // ps
     header_size = RAM_HEADER.size + 8 * page_count
     r = Reader(source, 0)
     magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
@@ -171,7 +163,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 expected="0x11223344 version 1",
             )
         summary.packets += 1
-        if flags & FLAG_DEVICE_STATE:
+        if flags & MULTIFD_FLAG_DEVICE_STATE:
             _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
             r.skip(size)
             summary.device_state.append(
@@ -190,7 +182,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 offset=off,
                 expected=f"at most {page_count} pages",
             )
-        comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
+        comp = MULTIFD_COMPRESSION.get(flags & MULTIFD_FLAG_COMPRESSION_MASK)
         if comp is None:
             raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
         payload_off = r.offset
@@ -235,7 +227,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 block.records["zero"] += zero
             summary.pages += normal
             summary.zero_pages += zero
-        if flags & FLAG_SYNC:
+        if flags & MULTIFD_FLAG_SYNC:
             epoch += 1
             summary.syncs += 1
     return summary

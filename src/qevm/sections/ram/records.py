@@ -18,41 +18,29 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FormatError, TruncatedError, UnsupportedError
+from ...format import (
+    ENCODING_FLAG_XBZRLE,
+    MAPPED_RAM_HDR_VERSION,
+    RAM_PAGE_KINDS,
+    RAM_SAVE_FLAG_BITS,
+    RAM_SAVE_FLAG_COMPRESS_PAGE,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_HOOK,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    RAM_SAVE_FLAG_NAMES,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_XBZRLE,
+    RAM_SAVE_FLAG_ZERO,
+)
 from .consumer import PageConsumer
-from .xbzrle import ENCODING_FLAG_XBZRLE
 
 if TYPE_CHECKING:
     from ...stream import ParseContext
     from ...wire import Reader, Writer
 
-FLAG_FULL = 0x001
-FLAG_ZERO = 0x002
-FLAG_MEM_SIZE = 0x004
-FLAG_PAGE = 0x008
-FLAG_EOS = 0x010
-FLAG_CONTINUE = 0x020
-FLAG_XBZRLE = 0x040
-FLAG_HOOK = 0x080
-FLAG_COMPRESS_PAGE = 0x100
-FLAG_MULTIFD_FLUSH = 0x200
-
-#: Every flag value QEMU has used fits below this (targets' pages are >= 1 KiB).
-FLAG_BITS = 0x3FF
-
-FLAG_NAMES = {
-    FLAG_ZERO: "ZERO",
-    FLAG_MEM_SIZE: "MEM_SIZE",
-    FLAG_PAGE: "PAGE",
-    FLAG_EOS: "EOS",
-    FLAG_XBZRLE: "XBZRLE",
-    FLAG_HOOK: "HOOK",
-    FLAG_COMPRESS_PAGE: "COMPRESS_PAGE",
-    FLAG_MULTIFD_FLUSH: "MULTIFD_FLUSH",
-}
-
 MAPPED_RAM_HEADER = struct.Struct(">IQQQ")
-MAPPED_RAM_VERSION = 1
-#: zlib's compressBound(64 KiB) is below this; QEMU checks against the page size.
 _U64 = struct.Struct(">Q")
 
 #: Most bytes of records one vectorised step looks at.
@@ -117,10 +105,6 @@ class RamRecordStats:
         return out
 
 
-#: Record kinds that carry a page of a block (and so a block name or CONTINUE).
-PAGE_KINDS = frozenset({FLAG_ZERO, FLAG_PAGE, FLAG_XBZRLE, FLAG_COMPRESS_PAGE})
-
-
 @dataclass(eq=False)
 class RamRecord:
     """One RAM record as it is in the stream (see :meth:`RamState.records`)."""
@@ -144,12 +128,12 @@ class RamRecord:
     @property
     def kind(self) -> int:
         """The flags without CONTINUE."""
-        return self.flags & ~FLAG_CONTINUE
+        return self.flags & ~RAM_SAVE_FLAG_CONTINUE
 
     @property
     def named(self) -> bool:
         """Whether the block name is written (page records without CONTINUE)."""
-        return self.kind in PAGE_KINDS and not self.flags & FLAG_CONTINUE
+        return self.kind in RAM_PAGE_KINDS and not self.flags & RAM_SAVE_FLAG_CONTINUE
 
 
 class RamState:
@@ -194,7 +178,11 @@ class RamState:
                 continue
             v = _U64.unpack(nxt)[0]
             flags = v & (ps - 1)
-            if flags and not flags & ~(FLAG_BITS) and (flags & ~FLAG_CONTINUE) in FLAG_NAMES:
+            if (
+                flags
+                and not flags & ~(RAM_SAVE_FLAG_BITS)
+                and (flags & ~RAM_SAVE_FLAG_CONTINUE) in RAM_SAVE_FLAG_NAMES
+            ):
                 self.ctx.warn(f"target page size not stated before the first page; found {ps}")
                 return ps
         raise FormatError(
@@ -225,17 +213,17 @@ class RamState:
             (v,) = _U64.unpack_from(r.buf, r.pos)
             r.pos += 8
             ps = self.page_size
-            flags = v & ((ps - 1) if ps else FLAG_BITS)
+            flags = v & ((ps - 1) if ps else RAM_SAVE_FLAG_BITS)
             addr = v - flags
-            kind = flags & ~FLAG_CONTINUE
-            if kind == FLAG_ZERO or kind == FLAG_PAGE:
+            kind = flags & ~RAM_SAVE_FLAG_CONTINUE
+            if kind == RAM_SAVE_FLAG_ZERO or kind == RAM_SAVE_FLAG_PAGE:
                 block = self._block(r, flags, off)
                 if ps is None:
                     ps = self._page_size_for(r, off, kind)
                     flags = v & (ps - 1)
                     addr = v - flags
                 self._check_addr(block, addr, off)
-                if kind == FLAG_ZERO:
+                if kind == RAM_SAVE_FLAG_ZERO:
                     fill = r.u8()
                     self.consumer.zero(block, addr, fill)
                     key = "zero" if fill == 0 else "fill"
@@ -254,7 +242,7 @@ class RamState:
                     block.records["page"] += npg
                     counts["page"] += npg
                 n += nz + npg
-            elif kind == FLAG_EOS:
+            elif kind == RAM_SAVE_FLAG_EOS:
                 counts["eos"] += 1
                 if not self._seen_flush and self.consumer is not None:
                     self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
@@ -263,22 +251,23 @@ class RamState:
                 if self.consumer is not None:
                     self.consumer.flush()
                 return stats
-            elif kind == FLAG_MEM_SIZE:
+            elif kind == RAM_SAVE_FLAG_MEM_SIZE:
                 stats.blocks.extend(self._mem_size(r, addr, off))
                 counts["mem_size"] += 1
-            elif kind == FLAG_MULTIFD_FLUSH:
+            elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
                 counts["multifd_flush"] += 1
                 self._seen_flush = True
                 if self.consumer is not None:
                     self.consumer.epoch += 1
-            elif kind == FLAG_XBZRLE or kind == FLAG_COMPRESS_PAGE:
+            elif kind == RAM_SAVE_FLAG_XBZRLE or kind == RAM_SAVE_FLAG_COMPRESS_PAGE:
                 block = self._block(r, flags, off)
                 if ps is None:
                     raise FormatError(
-                        f"{FLAG_NAMES[kind]} page before the page size is known", offset=off
+                        f"{RAM_SAVE_FLAG_NAMES[kind]} page before the page size is known",
+                        offset=off,
                     )
                 self._check_addr(block, addr, off)
-                if kind == FLAG_XBZRLE:
+                if kind == RAM_SAVE_FLAG_XBZRLE:
                     self._xbzrle(r, block, addr, off)
                     key = "xbzrle"
                 else:
@@ -317,28 +306,28 @@ class RamState:
             off = r.offset
             v = r.u64()
             ps = self.page_size
-            flags = v & ((ps - 1) if ps else FLAG_BITS)
+            flags = v & ((ps - 1) if ps else RAM_SAVE_FLAG_BITS)
             addr = v - flags
-            kind = flags & ~FLAG_CONTINUE
+            kind = flags & ~RAM_SAVE_FLAG_CONTINUE
             rec = RamRecord(off, 0, flags, addr)
-            if kind in PAGE_KINDS:
+            if kind in RAM_PAGE_KINDS:
                 block = rec.block = self._block(r, flags, off)
                 if ps is None:
-                    if kind not in (FLAG_ZERO, FLAG_PAGE):
+                    if kind not in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE):
                         raise FormatError("page record before the page size is known", offset=off)
                     ps = self._page_size_for(r, off, kind)
                     rec.flags = flags = v & (ps - 1)
                     rec.addr = addr = v - flags
                 self._check_addr(block, addr, off)
-                if kind == FLAG_ZERO:
+                if kind == RAM_SAVE_FLAG_ZERO:
                     rec.fill = r.u8()
                     self.consumer.zero(block, addr, rec.fill)
-                elif kind == FLAG_PAGE:
+                elif kind == RAM_SAVE_FLAG_PAGE:
                     r.ensure(ps)
                     rec.data_offset, rec.data_length = r.offset, ps
                     self.consumer.page(block, addr, r.offset, r, self.src)
                     r.pos += ps
-                elif kind == FLAG_XBZRLE:
+                elif kind == RAM_SAVE_FLAG_XBZRLE:
                     rec.data_offset = r.offset + 3
                     self._xbzrle(r, block, addr, off)
                     rec.data_length = r.offset - rec.data_offset
@@ -346,17 +335,17 @@ class RamState:
                     rec.data_offset = r.offset + 4
                     self._compressed(r, block, addr, off)
                     rec.data_length = r.offset - rec.data_offset
-            elif kind == FLAG_MEM_SIZE:
+            elif kind == RAM_SAVE_FLAG_MEM_SIZE:
                 rec.blocks = [self.blocks[n] for n in self._mem_size(r, addr, off)]
-            elif kind == FLAG_MULTIFD_FLUSH:
+            elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
                 self._seen_flush = True
                 if self.consumer is not None:
                     self.consumer.epoch += 1
-            elif kind != FLAG_EOS:
+            elif kind != RAM_SAVE_FLAG_EOS:
                 _bad_record(kind, flags, off)
             rec.end = r.offset
             yield rec
-            if kind == FLAG_EOS:
+            if kind == RAM_SAVE_FLAG_EOS:
                 return
 
     def _page_size_for(self, r: Reader, off: int, kind: int) -> int:
@@ -366,7 +355,7 @@ class RamState:
         # states its size in the configuration section.
         if machine.startswith(_FOUR_K_MACHINES):
             ps = 4096
-        elif kind == FLAG_PAGE:
+        elif kind == RAM_SAVE_FLAG_PAGE:
             ps = self._probe_page_size(r, off)
         else:
             # a ZERO record's framing does not depend on the page size
@@ -377,7 +366,7 @@ class RamState:
         return ps
 
     def _block(self, r: Reader, flags: int, off: int) -> RamBlock:
-        if flags & FLAG_CONTINUE:
+        if flags & RAM_SAVE_FLAG_CONTINUE:
             if self.last is None:
                 raise FormatError(
                     "CONTINUE record with no previous block",
@@ -416,8 +405,10 @@ class RamState:
         if self._np is not None:
             nz = npg = 0
             while True:
-                k1 = self._run(r, block, 9, FLAG_ZERO | FLAG_CONTINUE)
-                k2 = self._run(r, block, 8 + self.page_size, FLAG_PAGE | FLAG_CONTINUE)  # type: ignore[operator]
+                k1 = self._run(r, block, 9, RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
+                k2 = self._run(
+                    r, block, 8 + self.page_size, RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
+                )  # type: ignore[operator]
                 nz += k1
                 npg += k2
                 if not (k1 or k2):
@@ -439,8 +430,8 @@ class RamState:
         zero, page = consumer.zero, consumer.page
         src = self.src
         unpack = _U64.unpack_from
-        zc = FLAG_ZERO | FLAG_CONTINUE
-        pc = FLAG_PAGE | FLAG_CONTINUE
+        zc = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE
+        pc = RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
         nz = npg = 0
         while pos + 9 <= end:
             v = unpack(buf, pos)[0]
@@ -487,7 +478,7 @@ class RamState:
                     return total
             hdr = np.ndarray((n,), ">u8", r.buf, r.pos, (size,)).astype(np.uint64)
             ok = (hdr & mask) == np.uint64(want)
-            if want & FLAG_ZERO:
+            if want & RAM_SAVE_FLAG_ZERO:
                 ok &= np.ndarray((n,), np.uint8, r.buf, r.pos + 8, (size,)) == 0
             addrs = hdr & ~mask
             ok &= addrs < used
@@ -495,7 +486,7 @@ class RamState:
             if k == 0:
                 return total
             addrs = addrs[:k]
-            if want & FLAG_ZERO:
+            if want & RAM_SAVE_FLAG_ZERO:
                 self.consumer.zero_run(block, addrs)
             else:
                 start = r.base + r.pos + 8
@@ -612,7 +603,7 @@ class RamState:
         version, ps, bitmap_off, pages_off = MAPPED_RAM_HEADER.unpack(
             r.bytes(MAPPED_RAM_HEADER.size)
         )
-        if version > MAPPED_RAM_VERSION:
+        if version > MAPPED_RAM_HDR_VERSION:
             raise UnsupportedError(
                 f"mapped-ram header version {version}", offset=hoff, expected="1"
             )
@@ -670,7 +661,7 @@ class RamState:
 
 def _bad_record(kind: int, flags: int, off: int) -> None:
     """Refuse a record kind qevm cannot read."""
-    if kind == FLAG_HOOK:
+    if kind == RAM_SAVE_FLAG_HOOK:
         raise UnsupportedError(
             "RAM_SAVE_FLAG_HOOK: the stream was made for RDMA migration, whose "
             "pages travel outside the byte stream",
@@ -692,14 +683,14 @@ def _bad_record(kind: int, flags: int, off: int) -> None:
 def write_record_head(w: Writer, rec_flags: int, addr: int, block: RamBlock | None) -> None:
     """The u64 of a record and, for a page record without CONTINUE, its block name."""
     w.u64(addr | rec_flags)
-    if block is not None and rec_flags & ~FLAG_CONTINUE in PAGE_KINDS:
-        if not rec_flags & FLAG_CONTINUE:
+    if block is not None and rec_flags & ~RAM_SAVE_FLAG_CONTINUE in RAM_PAGE_KINDS:
+        if not rec_flags & RAM_SAVE_FLAG_CONTINUE:
             w.counted_str(block.name)
 
 
 def write_zero(w: Writer, block: RamBlock, addr: int, fill: int = 0, cont: bool = False) -> None:
     """A ZERO record (``fill``: the byte the page is filled with)."""
-    write_record_head(w, FLAG_ZERO | (FLAG_CONTINUE if cont else 0), addr, block)
+    write_record_head(w, RAM_SAVE_FLAG_ZERO | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
     w.u8(fill)
 
 
@@ -707,7 +698,7 @@ def write_page(
     w: Writer, block: RamBlock, addr: int, data: bytes | memoryview, cont: bool = False
 ) -> None:
     """A PAGE record with the page's bytes."""
-    write_record_head(w, FLAG_PAGE | (FLAG_CONTINUE if cont else 0), addr, block)
+    write_record_head(w, RAM_SAVE_FLAG_PAGE | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
     w.bytes(data)
 
 
@@ -730,14 +721,14 @@ def write_record(w: Writer, rec: RamRecord, payload: bytes | memoryview | None =
     entries: see :func:`write_mem_size_entry`); ``payload`` is its data."""
     write_record_head(w, rec.flags, rec.addr, rec.block)
     kind = rec.kind
-    if kind == FLAG_ZERO:
+    if kind == RAM_SAVE_FLAG_ZERO:
         w.u8(rec.fill)
-    elif kind == FLAG_PAGE:
+    elif kind == RAM_SAVE_FLAG_PAGE:
         w.bytes(payload)  # type: ignore[arg-type]
-    elif kind == FLAG_XBZRLE:
+    elif kind == RAM_SAVE_FLAG_XBZRLE:
         w.u8(ENCODING_FLAG_XBZRLE)
         w.u16(len(payload))  # type: ignore[arg-type]
         w.bytes(payload)  # type: ignore[arg-type]
-    elif kind == FLAG_COMPRESS_PAGE:
+    elif kind == RAM_SAVE_FLAG_COMPRESS_PAGE:
         w.u32(len(payload))  # type: ignore[arg-type]
         w.bytes(payload)  # type: ignore[arg-type]

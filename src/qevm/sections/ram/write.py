@@ -24,15 +24,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import UnsupportedError, UsageError
+from ...format import (
+    MAPPED_RAM_FILE_OFFSET_ALIGNMENT,
+    RAM_PAGE_KINDS,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_ZERO,
+)
 from ...wire import Reader, Writer
 from .consumer import PageConsumer
 from .records import (
-    FLAG_CONTINUE,
-    FLAG_EOS,
-    FLAG_MEM_SIZE,
-    FLAG_ZERO,
     MAPPED_RAM_HEADER,
-    PAGE_KINDS,
     RamBlock,
     RamState,
     write_mem_size_entry,
@@ -45,9 +48,6 @@ if TYPE_CHECKING:
     from ...migration import Migration
     from ...stream import SectionEntry, SectionRecord
     from ...writer import WriteContext
-
-#: QEMU's MAPPED_RAM_FILE_OFFSET_ALIGNMENT: where a block's pages start.
-MAPPED_RAM_ALIGNMENT = 1 << 20
 
 
 @dataclass
@@ -201,7 +201,7 @@ class RamWriter:
         for srec in self.entry.records:
             r = Reader(self.src, srec.body_offset)
             for rr in state.records(r):
-                if rr.kind in PAGE_KINDS:
+                if rr.kind in RAM_PAGE_KINDS:
                     pages = wanted.get(rr.block.name)  # type: ignore[union-attr]
                     if pages is not None:
                         p = rr.addr >> shift
@@ -229,22 +229,24 @@ class RamWriter:
         replace = self.replace
         for rr in self.state.records(r):
             kind = rr.kind
-            if kind in PAGE_KINDS:
+            if kind in RAM_PAGE_KINDS:
                 n = self._n
                 self._n = n + 1
                 key = replace.get(n) if replace else None
                 if key is not None:
                     assert self.patch is not None and rr.block is not None
                     data = self.patch.page(*key)
-                    write_page(w, rr.block, rr.addr, data, cont=bool(rr.flags & FLAG_CONTINUE))
-                elif kind == FLAG_ZERO:
+                    write_page(
+                        w, rr.block, rr.addr, data, cont=bool(rr.flags & RAM_SAVE_FLAG_CONTINUE)
+                    )
+                elif kind == RAM_SAVE_FLAG_ZERO:
                     write_record(w, rr)
                 else:
                     write_record(w, rr, src.read_at(rr.data_offset, rr.data_length))
-            elif kind == FLAG_MEM_SIZE:
+            elif kind == RAM_SAVE_FLAG_MEM_SIZE:
                 self._mem_size(w, rr.flags, rr.addr, rr.blocks or [])
             else:
-                if kind == FLAG_EOS and last_section and self.append:
+                if kind == RAM_SAVE_FLAG_EOS and last_section and self.append:
                     self._append_pages(w)
                 write_record(w, rr)
 
@@ -329,7 +331,10 @@ class RamWriter:
         edited = self._edited_pages(b)
         bitmap, length = self._bitmap(b, edited)
         bitmap_off = out_header + MAPPED_RAM_HEADER.size
-        pages_off = -(-(bitmap_off + length) // MAPPED_RAM_ALIGNMENT) * MAPPED_RAM_ALIGNMENT
+        pages_off = (
+            -(-(bitmap_off + length) // MAPPED_RAM_FILE_OFFSET_ALIGNMENT)
+            * MAPPED_RAM_FILE_OFFSET_ALIGNMENT
+        )
         w.counted_str(b.name)
         w.u64(b.used_length)
         if b.page_size is not None:
