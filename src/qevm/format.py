@@ -5,11 +5,13 @@ none defines them again.  Names are QEMU's: the record types without their
 ``QEMU_VM_`` prefix, ``MIG_CMD_*`` and ``RAM_SAVE_FLAG_*`` as they are.
 Numbers that belong to one special section alone (the block, dirty-bitmap,
 s390, HTAB and vfio formats) stay with that section's handler, as QEMU keeps
-them in its .c file.  The fixed headers of the stream (mapped-ram, multifd)
-are declared in :mod:`qevm.sections.ram.headers`.
+them in its .c file.  The stream's fixed headers (mapped-ram, multifd) are
+declared here too, once, with QEMU's field names (see :mod:`qevm.structs`).
 """
 
 from __future__ import annotations
+
+from .structs import CStruct
 
 # -- the file header (savevm.c) --------------------------------------------------------
 FILE_MAGIC = 0x5145564D  # "QEVM"
@@ -109,3 +111,79 @@ MULTIFD_COMPRESSION = {
     8 << 1: "uadk",
     16 << 1: "qatzip",
 }
+
+
+class MappedRamHeader(
+    CStruct,
+    fields="""
+        uint32_t version;
+        uint64_t page_size;      /* the target's, for the bitmap's length */
+        uint64_t bitmap_offset;  /* in the migration file */
+        uint64_t pages_offset;   /* in the migration file */
+    """,
+):
+    """The header after each block's MEM_SIZE entry with mapped-ram (ram.c: MappedRamHeader)."""
+
+    @property
+    def in_stream(self) -> bool:
+        """False for a block x-ignore-shared leaves out (no bitmap, no pages)."""
+        return not (self.bitmap_offset == 0 and self.pages_offset == 0)
+
+
+class MultiFDInit(
+    CStruct,
+    fields="""
+        uint32_t magic;
+        uint32_t version;
+        unsigned char uuid[16];  /* QemuUUID of the source */
+        uint8_t id;              /* channel number */
+        uint8_t unused1[7];
+        uint64_t unused2[4];
+    """,
+):
+    """The handshake that opens a multifd channel (multifd.c: MultiFDInit_t)."""
+
+
+# Packets start with MultiFDPacketHdr_t { magic, version, flags }, spelled out
+# in each packet kind here.  QEMU before 9.0 called normal_pages pages_used and
+# had uint64_t unused[4] where zero_pages and the unused fields are (0 then).
+class MultiFDPacket(
+    CStruct,
+    fields="""
+        uint32_t magic;
+        uint32_t version;
+        uint32_t flags;
+        uint32_t pages_alloc;       /* entries of the offset[] array that follows */
+        uint32_t normal_pages;      /* pages in the payload */
+        uint32_t next_packet_size;  /* bytes of payload */
+        uint64_t packet_num;
+        uint32_t zero_pages;        /* pages after the normal ones in offset[] */
+        uint32_t unused32[1];
+        uint64_t unused64[3];
+        char ramblock[256];
+        /* uint64_t offset[pages_alloc]; */
+    """,
+):
+    """A multifd RAM packet's header (multifd.h: MultiFDPacket_t), up to its page offsets."""
+
+    @property
+    def block_name(self) -> str:
+        return self.ramblock.split(b"\0")[0].decode("latin-1")
+
+
+class MultiFDPacketDeviceState(
+    CStruct,
+    fields="""
+        uint32_t magic;
+        uint32_t version;
+        uint32_t flags;             /* MULTIFD_FLAG_DEVICE_STATE set */
+        char idstr[256];
+        uint32_t instance_id;
+        uint32_t next_packet_size;  /* bytes of device state that follow */
+    """,
+):
+    """A multifd device state packet's header (multifd.h: MultiFDPacketDeviceState_t)."""
+
+    @property
+    def device_name(self) -> str:
+        return self.idstr.split(b"\0")[0].decode("latin-1")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContainerError, TruncatedError, UsageError
+from ..structs import CStruct
 from .base import Source
 from .compress import detect_compression
 
@@ -51,9 +52,6 @@ OFLAG_COMPRESSED = 1 << 62
 OFLAG_ZERO = 1 << 0
 SECTOR = 512
 
-_HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")
-_HEADER_V3 = struct.Struct(">QQQII")
-_SNAPSHOT = struct.Struct(">QIHHIIQII")
 _U64 = struct.Struct(">Q")
 
 #: L1 entries and L2 tables (one cluster each) kept in memory per snapshot.
@@ -64,24 +62,34 @@ SCAN_FIRST = 1 << 16
 SCAN_CHUNK = 1 << 20
 
 
-@dataclass
-class Header:
-    """The fields of a qcow2 header that matter for reading snapshots."""
-
-    version: int
-    cluster_bits: int
-    size: int
-    crypt_method: int
-    l1_size: int
-    l1_table_offset: int
-    nb_snapshots: int
-    snapshots_offset: int
-    incompatible: int = 0
-    compatible: int = 0
-    autoclear: int = 0
-    header_length: int = 72
-    compression_type: int = 0
-    backing_file: str | None = None
+class QCowHeader(
+    CStruct,
+    fields="""
+        uint32_t magic;
+        uint32_t version;
+        uint64_t backing_file_offset;
+        uint32_t backing_file_size;
+        uint32_t cluster_bits;
+        uint64_t size;                  /* of the virtual disk, in bytes */
+        uint32_t crypt_method;
+        uint32_t l1_size;
+        uint64_t l1_table_offset;
+        uint64_t refcount_table_offset;
+        uint32_t refcount_table_clusters;
+        uint32_t nb_snapshots;
+        uint64_t snapshots_offset;
+        /* version 3 */
+        uint64_t incompatible_features;
+        uint64_t compatible_features;
+        uint64_t autoclear_features;
+        uint32_t refcount_order;
+        uint32_t header_length;
+        /* additional fields */
+        uint8_t compression_type;
+        uint8_t padding[7];
+    """,
+):
+    """The qcow2 header (block/qcow2.h: QCowHeader)."""
 
     @property
     def cluster_size(self) -> int:
@@ -89,7 +97,7 @@ class Header:
 
     @property
     def extended_l2(self) -> bool:
-        return bool(self.incompatible & INCOMPAT_EXTL2)
+        return bool(self.incompatible_features & INCOMPAT_EXTL2)
 
     @property
     def l2_bits(self) -> int:
@@ -102,23 +110,76 @@ class Header:
         return 1 << (self.cluster_bits + self.l2_bits)
 
 
+#: Bytes of the header a version 2 image has (the version 3 fields read as 0).
+V2_HEADER_LENGTH = QCowHeader.field_offset("incompatible_features")
+
+
+class QCowSnapshotHeader(
+    CStruct,
+    fields="""
+        uint64_t l1_table_offset;
+        uint32_t l1_size;
+        uint16_t id_str_size;
+        uint16_t name_size;
+        uint32_t date_sec;
+        uint32_t date_nsec;
+        uint64_t vm_clock_nsec;
+        uint32_t vm_state_size;
+        uint32_t extra_data_size;  /* then the extra data, the id and the name */
+    """,
+):
+    """An entry of the snapshot table (block/qcow2.h: QCowSnapshotHeader)."""
+
+
+class QCowSnapshotExtraData(
+    CStruct,
+    fields="""
+        uint64_t vm_state_size_large;
+        uint64_t disk_size;
+        uint64_t icount;           /* -1: not recorded */
+    """,
+):
+    """The extra data of a snapshot entry (block/qcow2.h: QCowSnapshotExtraData)."""
+
+
 @dataclass
 class Snapshot:
-    """One entry of the snapshot table."""
+    """One entry of the snapshot table: its header, extra data, id and name."""
 
     index: int
-    entry_offset: int
+    header: QCowSnapshotHeader
     id: str
     name: str
-    date_sec: int
-    date_nsec: int
-    vm_clock_nsec: int
+    #: The 64-bit size from the extra data where present, else the header's.
     vm_state_size: int
+    #: The disk size at the snapshot (the image's when the extra data has none).
     disk_size: int
+    #: Instructions executed (None: not recorded).
     icount: int | None
-    l1_table_offset: int
-    l1_size: int
-    extra_data_size: int
+
+    @property
+    def entry_offset(self) -> int:
+        return self.header.at
+
+    @property
+    def l1_table_offset(self) -> int:
+        return self.header.l1_table_offset
+
+    @property
+    def l1_size(self) -> int:
+        return self.header.l1_size
+
+    @property
+    def date_sec(self) -> int:
+        return self.header.date_sec
+
+    @property
+    def date_nsec(self) -> int:
+        return self.header.date_nsec
+
+    @property
+    def vm_clock_nsec(self) -> int:
+        return self.header.vm_clock_nsec
 
     @property
     def date(self) -> str:
@@ -162,11 +223,11 @@ def _read(src: Source, offset: int, n: int, what: str) -> bytes:
     return bytes(src.read_at(offset, n))
 
 
-def read_header(src: Source) -> Header:
+def read_header(src: Source) -> QCowHeader:
     """Parse and check the qcow2 header of ``src`` (a seekable source)."""
     _need_seekable(src)
     size = src.size or 0
-    head = bytes(src.read_at(0, min(size, _HEADER_V2.size)))
+    head = bytes(src.read_at(0, min(size, QCowHeader.size)))
     if not head.startswith(MAGIC):
         kind = detect_compression(head)
         if kind:
@@ -177,192 +238,156 @@ def read_header(src: Source) -> Header:
         raise ContainerError(
             f"not a qcow2 image: magic {head[:4].hex()}", offset=0, expected="QFI\\xfb"
         )
-    if len(head) < _HEADER_V2.size:
+    if len(head) < V2_HEADER_LENGTH:
         raise ContainerError(
             f"qcow2 header truncated: the file has {size} bytes",
             offset=0,
-            expected=f"at least {_HEADER_V2.size} bytes",
+            expected=f"at least {V2_HEADER_LENGTH} bytes",
         )
-    (
-        _magic,
-        version,
-        backing_off,
-        backing_len,
-        cluster_bits,
-        disk_size,
-        crypt,
-        l1_size,
-        l1_off,
-        _refcount_off,
-        _refcount_clusters,
-        nb_snapshots,
-        snapshots_off,
-    ) = _HEADER_V2.unpack(head)
-    if version not in (2, 3):
+    h = QCowHeader.unpack(_covered(head, V2_HEADER_LENGTH))
+    if h.version not in (2, 3):
         raise ContainerError(
-            f"qcow2 version {version} is not supported", offset=4, expected="version 2 or 3"
+            f"qcow2 version {h.version} is not supported",
+            offset=h.offset_of("version"),
+            expected="version 2 or 3",
         )
-    if not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS:
+    if not MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS:
         raise ContainerError(
-            f"cluster_bits {cluster_bits} is out of range",
-            offset=20,
+            f"cluster_bits {h.cluster_bits} is out of range",
+            offset=h.offset_of("cluster_bits"),
             expected=f"{MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}",
         )
-    h = Header(
-        version=version,
-        cluster_bits=cluster_bits,
-        size=disk_size,
-        crypt_method=crypt,
-        l1_size=l1_size,
-        l1_table_offset=l1_off,
-        nb_snapshots=nb_snapshots,
-        snapshots_offset=snapshots_off,
-    )
-    if version == 3:
-        ext = _read(src, 72, _HEADER_V3.size, "qcow2 version 3 header")
-        h.incompatible, h.compatible, h.autoclear, _refcount_order, h.header_length = (
-            _HEADER_V3.unpack(ext)
-        )
-        if h.header_length < 104 or h.header_length % 8 or h.header_length > h.cluster_size:
-            raise ContainerError(
-                f"header_length {h.header_length} is invalid",
-                offset=100,
-                expected="a multiple of 8, at least 104 and at most one cluster",
-            )
-        if h.header_length > 104:
-            h.compression_type = _read(src, 104, 1, "compression_type")[0]
-    if crypt:
+    if h.version == 2:
+        h.header_length = V2_HEADER_LENGTH
+        return _checked(h)
+    v3_end = h.field_offset("compression_type")
+    _read(src, V2_HEADER_LENGTH, v3_end - V2_HEADER_LENGTH, "qcow2 version 3 header")
+    length = QCowHeader.unpack(_covered(head, v3_end)).header_length
+    if length < v3_end or length % 8 or length > h.cluster_size:
         raise ContainerError(
-            f"the image is encrypted (crypt_method {crypt}); encrypted qcow2 images are not "
-            "supported",
-            offset=32,
+            f"header_length {length} is invalid",
+            offset=h.offset_of("header_length"),
+            expected=f"a multiple of 8, at least {v3_end} and at most one cluster",
+        )
+    if len(head) < min(length, QCowHeader.size):
+        _read(src, len(head), min(length, QCowHeader.size) - len(head), "qcow2 header")
+    return _checked(QCowHeader.unpack(_covered(head, length)))
+
+
+def _covered(head: bytes, length: int) -> bytes:
+    """The header's bytes as QEMU reads them: zeros past ``length``."""
+    return head[:length].ljust(QCowHeader.size, b"\0")
+
+
+def _checked(h: QCowHeader) -> QCowHeader:
+    """The header, if qevm can read the image it heads."""
+
+    if h.crypt_method:
+        raise ContainerError(
+            f"the image is encrypted (crypt_method {h.crypt_method}); encrypted qcow2 images "
+            "are not supported",
+            offset=h.offset_of("crypt_method"),
             expected="crypt_method 0",
         )
-    unknown = h.incompatible & ~INCOMPAT_KNOWN
+    features = h.incompatible_features
+    unknown = features & ~INCOMPAT_KNOWN
     if unknown:
         raise ContainerError(
             f"unknown incompatible qcow2 features {unknown:#x}",
-            offset=72,
+            offset=h.offset_of("incompatible_features"),
             expected=f"only bits in {INCOMPAT_KNOWN:#x}",
         )
-    if h.incompatible & INCOMPAT_DATA_FILE:
+    if features & INCOMPAT_DATA_FILE:
         raise ContainerError(
             "the image keeps its data in an external data file, which is not supported "
             "(and cannot hold internal snapshots)",
-            offset=72,
+            offset=h.offset_of("incompatible_features"),
         )
-    if h.incompatible & INCOMPAT_COMPRESSION:
+    where = h.offset_of("compression_type")
+    if features & INCOMPAT_COMPRESSION:
         if h.compression_type == 0:
             raise ContainerError(
                 "the compression-type feature is set but compression_type is 0",
-                offset=104,
+                offset=where,
                 expected="a non-zero compression_type",
             )
     elif h.compression_type != 0:
         raise ContainerError(
             f"compression_type {h.compression_type} without the compression-type feature bit",
-            offset=104,
+            offset=where,
             expected="0 (deflate)",
         )
     if h.compression_type not in COMPRESSION_TYPES:
         raise ContainerError(
             f"unknown compression_type {h.compression_type}",
-            offset=104,
+            offset=where,
             expected="0 (deflate) or 1 (zstd)",
         )
-    if h.extended_l2 and cluster_bits < 14:
+    if h.extended_l2 and h.cluster_bits < 14:
         raise ContainerError(
             f"extended L2 entries with {h.cluster_size}-byte clusters",
-            offset=20,
+            offset=h.offset_of("cluster_bits"),
             expected="clusters of at least 16 KiB with extended L2 entries",
         )
-    if backing_off:
-        if backing_len > 1023:
-            raise ContainerError(
-                f"backing file name of {backing_len} bytes",
-                offset=16,
-                expected="at most 1023 bytes",
-            )
-        name = _read(src, backing_off, backing_len, "backing file name")
-        h.backing_file = name.decode("utf-8", "replace")
     return h
 
 
-def read_snapshots(src: Source, h: Header) -> list[Snapshot]:
+def read_snapshots(src: Source, h: QCowHeader) -> list[Snapshot]:
     """The snapshot table of the image, checked against the file."""
     if h.nb_snapshots == 0:
         return []
     if h.nb_snapshots > MAX_SNAPSHOTS:
         raise ContainerError(
-            f"{h.nb_snapshots} snapshots", offset=60, expected=f"at most {MAX_SNAPSHOTS}"
+            f"{h.nb_snapshots} snapshots",
+            offset=h.offset_of("nb_snapshots"),
+            expected=f"at most {MAX_SNAPSHOTS}",
         )
     if h.snapshots_offset % h.cluster_size:
         raise ContainerError(
             f"snapshot table offset {h.snapshots_offset:#x} is not cluster aligned",
-            offset=64,
+            offset=h.offset_of("snapshots_offset"),
             expected=f"a multiple of {h.cluster_size:#x}",
         )
     out = []
     off = h.snapshots_offset
     for i in range(h.nb_snapshots):
         off = (off + 7) & ~7
-        entry = off
         what = f"snapshot table entry {i}"
-        (
-            l1_off,
-            l1_size,
-            id_len,
-            name_len,
-            date_sec,
-            date_nsec,
-            vm_clock,
-            vm_state32,
-            extra_len,
-        ) = _SNAPSHOT.unpack(_read(src, off, _SNAPSHOT.size, what))
-        off += _SNAPSHOT.size
-        if extra_len > MAX_SNAPSHOT_EXTRA_DATA:
+        sh = QCowSnapshotHeader.unpack(_read(src, off, QCowSnapshotHeader.size, what), off)
+        off += sh.size
+        if sh.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA:
             raise ContainerError(
-                f"{what} has {extra_len} bytes of extra data",
-                offset=entry + 36,
+                f"{what} has {sh.extra_data_size} bytes of extra data",
+                offset=sh.offset_of("extra_data_size"),
                 expected=f"at most {MAX_SNAPSHOT_EXTRA_DATA}",
             )
-        extra = _read(src, off, extra_len, f"extra data of {what}")
-        off += extra_len
-        vm_state_size = vm_state32
-        disk_size = h.size
-        icount: int | None = None
-        if extra_len >= 8:
-            vm_state_size = _U64.unpack_from(extra, 0)[0]
-        if extra_len >= 16:
-            disk_size = _U64.unpack_from(extra, 8)[0]
-        if extra_len >= 24:
-            ic = _U64.unpack_from(extra, 16)[0]
-            icount = None if ic == (1 << 64) - 1 else ic
-        id_str = _read(src, off, id_len, f"id of {what}").decode("utf-8", "replace")
-        off += id_len
-        name = _read(src, off, name_len, f"name of {what}").decode("utf-8", "replace")
-        off += name_len
+        raw = _read(src, off, sh.extra_data_size, f"extra data of {what}")
+        # Older QEMUs wrote less extra data: the fields it lacks keep their defaults.
+        known = min(len(raw), QCowSnapshotExtraData.size)
+        extra = QCowSnapshotExtraData.unpack(
+            raw[:known] + QCowSnapshotExtraData(icount=(1 << 64) - 1).pack()[known:], off
+        )
+        off += sh.extra_data_size
+        id_str = _read(src, off, sh.id_str_size, f"id of {what}").decode("utf-8", "replace")
+        off += sh.id_str_size
+        name = _read(src, off, sh.name_size, f"name of {what}").decode("utf-8", "replace")
+        off += sh.name_size
         if off - h.snapshots_offset > MAX_SNAPSHOTS * 1024:
             raise ContainerError(
                 "the snapshot table is larger than QEMU allows",
-                offset=entry,
+                offset=sh.at,
                 expected=f"at most {MAX_SNAPSHOTS * 1024} bytes",
             )
+        has = sh.extra_data_size
         out.append(
             Snapshot(
                 index=i,
-                entry_offset=entry,
+                header=sh,
                 id=id_str,
                 name=name,
-                date_sec=date_sec,
-                date_nsec=date_nsec,
-                vm_clock_nsec=vm_clock,
-                vm_state_size=vm_state_size,
-                disk_size=disk_size,
-                icount=icount,
-                l1_table_offset=l1_off,
-                l1_size=l1_size,
-                extra_data_size=extra_len,
+                vm_state_size=extra.vm_state_size_large if has >= 8 else sh.vm_state_size,
+                disk_size=extra.disk_size if has >= 16 else h.size,
+                icount=None if extra.icount == (1 << 64) - 1 else extra.icount,
             )
         )
     return out
@@ -453,7 +478,7 @@ class SnapshotVMState(Source):
 
     seekable = True
 
-    def __init__(self, image: Source, header: Header, snap: Snapshot) -> None:
+    def __init__(self, image: Source, header: QCowHeader, snap: Snapshot) -> None:
         super().__init__()
         self._img = image
         self._h = header
@@ -500,25 +525,25 @@ class SnapshotVMState(Source):
             self.info["icount"] = snap.icount
 
     def _check_l1(self, snap: Snapshot, span: int) -> None:
-        where = snap.entry_offset
+        entry = snap.header
         if snap.l1_size * 8 > MAX_L1_BYTES:
             raise ContainerError(
                 f"snapshot {snap.name!r} has an L1 table of {snap.l1_size} entries",
-                offset=where + 8,
+                offset=entry.offset_of("l1_size"),
                 expected=f"at most {MAX_L1_BYTES // 8}",
             )
         if snap.l1_table_offset % self._cs:
             raise ContainerError(
                 f"L1 table of snapshot {snap.name!r} at {snap.l1_table_offset:#x} is not "
                 "cluster aligned",
-                offset=where,
+                offset=entry.offset_of("l1_table_offset"),
                 expected=f"a multiple of {self._cs:#x}",
             )
         if snap.l1_table_offset + snap.l1_size * 8 > self._file_size:
             raise ContainerError(
                 f"L1 table of snapshot {snap.name!r} ({snap.l1_size} entries at "
                 f"{snap.l1_table_offset:#x}) extends beyond the end of the image",
-                offset=where,
+                offset=entry.offset_of("l1_table_offset"),
                 expected="the table inside the file",
             )
         end = self.vmstate_offset + snap.vm_state_size
@@ -527,7 +552,7 @@ class SnapshotVMState(Source):
                 f"VM state of snapshot {snap.name!r} ({snap.vm_state_size} bytes at guest "
                 f"offset {self.vmstate_offset:#x}) extends past what its L1 table of "
                 f"{snap.l1_size} entries maps",
-                offset=where + 32,
+                offset=entry.offset_of("vm_state_size"),
                 expected=f"at most {max(0, snap.l1_size * span - self.vmstate_offset)} bytes",
             )
 

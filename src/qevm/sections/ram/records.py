@@ -33,6 +33,7 @@ from ...format import (
     RAM_SAVE_FLAG_PAGE,
     RAM_SAVE_FLAG_XBZRLE,
     RAM_SAVE_FLAG_ZERO,
+    MappedRamHeader,
 )
 from .consumer import PageConsumer
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from ...stream import ParseContext
     from ...wire import Reader, Writer
 
-MAPPED_RAM_HEADER = struct.Struct(">IQQQ")
 _U64 = struct.Struct(">Q")
 
 #: Most bytes of records one vectorised step looks at.
@@ -54,17 +54,6 @@ _FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries",
 
 # Page sizes worth trying when nothing in the stream states it.
 _PROBE_SIZES = (4096, 8192, 16384, 65536, 1024, 2048, 32768)
-
-
-@dataclass(eq=False)
-class MappedRamHeader:
-    """Per-block header of a mapped-ram stream."""
-
-    offset: int
-    version: int
-    page_size: int
-    bitmap_offset: int
-    pages_offset: int
 
 
 @dataclass(eq=False)
@@ -87,7 +76,7 @@ class RamBlock:
     def in_stream(self) -> bool:
         """False for blocks that x-ignore-shared leaves out (their RAM is shared memory)."""
         if self.mapped is not None:
-            return not (self.mapped.bitmap_offset == 0 and self.mapped.pages_offset == 0)
+            return self.mapped.in_stream
         return self.mr_addr is None or bool(self.records)
 
 
@@ -599,33 +588,37 @@ class RamState:
 
     def _mapped_block(self, r: Reader, block: RamBlock) -> None:
         """The mapped-ram header after a block's MEM_SIZE entry, and its pages."""
-        hoff = r.offset
-        version, ps, bitmap_off, pages_off = MAPPED_RAM_HEADER.unpack(
-            r.bytes(MAPPED_RAM_HEADER.size)
-        )
-        if version > MAPPED_RAM_HDR_VERSION:
+        m = MappedRamHeader.read(r)
+        if m.version > MAPPED_RAM_HDR_VERSION:
             raise UnsupportedError(
-                f"mapped-ram header version {version}", offset=hoff, expected="1"
+                f"mapped-ram header version {m.version}",
+                offset=m.offset_of("version"),
+                expected=f"{MAPPED_RAM_HDR_VERSION}",
             )
+        ps = m.page_size
         if ps == 0 or ps & (ps - 1):
             raise FormatError(
-                f"mapped-ram page size {ps}", offset=hoff + 4, expected="a power of two"
+                f"mapped-ram page size {ps}",
+                offset=m.offset_of("page_size"),
+                expected="a power of two",
             )
-        m = block.mapped = MappedRamHeader(hoff, version, ps, bitmap_off, pages_off)
+        block.mapped = m
         if self.page_size is None:
             self._set_page_size(ps)
         elif ps != self.page_size:
             raise FormatError(
                 f"mapped-ram page size {ps} differs from the stream's {self.page_size}",
-                offset=hoff + 4,
+                offset=m.offset_of("page_size"),
             )
         self._ensure_consumer()
         self.consumer.add_block(block)
-        if bitmap_off == 0 and pages_off == 0:
+        if not m.in_stream:
             return  # a block x-ignore-shared leaves out: no bitmap, no pages
+        bitmap_off, pages_off = m.bitmap_offset, m.pages_offset
         if pages_off % ps:
             raise FormatError(
-                f"mapped-ram pages offset {pages_off:#x} is not page aligned", offset=hoff + 20
+                f"mapped-ram pages offset {pages_off:#x} is not page aligned",
+                offset=m.offset_of("pages_offset"),
             )
         npages = block.used_length // ps
         bitmap_len = -(-npages // 64) * 8
@@ -635,7 +628,7 @@ class RamState:
             if bitmap_off + bitmap_len > size or pages_off + block.used_length > size:
                 raise TruncatedError(
                     f"mapped-ram block {block.name!r} extends past the end of the file",
-                    offset=m.offset,
+                    offset=m.at,
                 )
             bitmap = bytes(src.read_at(bitmap_off, bitmap_len))
             self.consumer.mapped(block, bitmap, pages_off)
@@ -645,7 +638,7 @@ class RamState:
             if bitmap_off < r.offset or pages_off < bitmap_off + bitmap_len:
                 raise UnsupportedError(
                     "this mapped-ram layout needs random access; read it from a file",
-                    offset=hoff,
+                    offset=m.at,
                 )
             r.seek(bitmap_off)
             bitmap = r.bytes(bitmap_len)
@@ -713,7 +706,7 @@ def write_mem_size_entry(w: Writer, block: RamBlock) -> None:
         w.u64(block.mr_addr)
     m = block.mapped
     if m is not None:
-        w.bytes(MAPPED_RAM_HEADER.pack(m.version, m.page_size, m.bitmap_offset, m.pages_offset))
+        w.bytes(m.pack())
 
 
 def write_record(w: Writer, rec: RamRecord, payload: bytes | memoryview | None = None) -> None:

@@ -35,7 +35,6 @@ from ...format import (
 from ...wire import Reader, Writer
 from .consumer import PageConsumer
 from .records import (
-    MAPPED_RAM_HEADER,
     RamBlock,
     RamState,
     write_mem_size_entry,
@@ -271,7 +270,7 @@ class RamWriter:
             head += 8 if b.page_size is not None else 0
             head += 8 if b.mr_addr is not None else 0
             out_header = w.offset + head
-            if (m.bitmap_offset, m.pages_offset) == (0, 0) or out_header == m.offset:
+            if not m.in_stream or out_header == m.at:
                 write_mem_size_entry(w, b)
                 self._mapped_in_place(w, b)
             else:
@@ -298,9 +297,9 @@ class RamWriter:
 
         m = b.mapped
         assert m is not None
-        if (m.bitmap_offset, m.pages_offset) == (0, 0):
+        if not m.in_stream:
             return  # x-ignore-shared: no bitmap, no pages
-        start = m.offset + MAPPED_RAM_HEADER.size
+        start = m.at + m.size
         end = m.pages_offset + b.used_length
         edited = self._edited_pages(b)
         overrides: list[tuple[int, bytes]] = []
@@ -310,7 +309,7 @@ class RamWriter:
                 raise UnsupportedError(
                     f"mapped-ram block {b.name!r}: its bitmap is not between its header and "
                     "its pages; cannot write pages into this layout",
-                    offset=m.offset,
+                    offset=m.at,
                 )
             overrides.append((m.bitmap_offset, bitmap))
             ps = m.page_size
@@ -318,7 +317,7 @@ class RamWriter:
         if end < start:
             raise UnsupportedError(
                 f"mapped-ram block {b.name!r}: its pages end before its header",
-                offset=m.offset,
+                offset=m.at,
             )
         copy_sparse(w, self.src, start, end, overrides)
 
@@ -330,7 +329,7 @@ class RamWriter:
         assert m is not None
         edited = self._edited_pages(b)
         bitmap, length = self._bitmap(b, edited)
-        bitmap_off = out_header + MAPPED_RAM_HEADER.size
+        bitmap_off = out_header + m.size
         pages_off = (
             -(-(bitmap_off + length) // MAPPED_RAM_FILE_OFFSET_ALIGNMENT)
             * MAPPED_RAM_FILE_OFFSET_ALIGNMENT
@@ -341,7 +340,7 @@ class RamWriter:
             w.u64(b.page_size)
         if b.mr_addr is not None:
             w.u64(b.mr_addr)
-        w.bytes(MAPPED_RAM_HEADER.pack(m.version, m.page_size, bitmap_off, pages_off))
+        w.bytes(m.replace(bitmap_offset=bitmap_off, pages_offset=pages_off).pack())
         w.bytes(bitmap)
         w.hole(pages_off - w.offset)
         ps = m.page_size
