@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .writebehind import WriteBehind, pwrite_all
+from .fileio import pwrite_sparse
+from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
     from .sections.ram.index import PageIndex
@@ -258,8 +259,6 @@ def _copy_unaligned(
     pos = 0
     while pos < length:
         n = min(step, length - pos)
-        data = index.read(name, start + pos, n)
-        if data.count(0) != len(data):
-            pwrite_all(fd, data, dest + pos)
+        pwrite_sparse(fd, index.read(name, start + pos, n), dest + pos)
         pos += n
     return length

@@ -13,7 +13,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from ..errors import ContainerError, TruncatedError
+from ..errors import ContainerError
+from ..fileio import read_exact
 from ..structs import CStruct
 from .base import Source
 from .compress import decompressing
@@ -27,6 +28,7 @@ FORMATS = ("raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse")
 COMPRESSED = frozenset({"gzip", "bzip2", "xz", "lzop", "zstd"})
 #: The XML area libvirt writes is the XML plus 64 KiB; anything near this is not an image.
 MAX_DATA_LEN = 64 << 20
+IMAGE = "libvirt save image"
 
 
 class VirQEMUSaveHeader(
@@ -53,28 +55,6 @@ class VirQEMUSaveHeader(
     def format_name(self) -> str:
         # Version 1 images predate compression; libvirt ignores the field.
         return FORMATS[self.format] if self.version > 1 else "raw"
-
-
-def _read_exact(src: Source, offset: int, n: int, what: str) -> bytes:
-    """``n`` bytes at absolute ``offset`` (the current position for streams)."""
-    if src.seekable:
-        size = src.size or 0
-        if offset + n > size:
-            raise TruncatedError(
-                f"libvirt save image ends inside the {what}: {max(0, size - offset)} of "
-                f"{n} bytes present",
-                offset=offset,
-                expected=f"{n} bytes of {what}",
-            )
-        return bytes(src.read_at(offset, n))
-    data = src.read(n)
-    if len(data) != n:
-        raise TruncatedError(
-            f"libvirt save image ends inside the {what}: {len(data)} of {n} bytes present",
-            offset=offset,
-            expected=f"{n} bytes of {what}",
-        )
-    return data
 
 
 def parse_header(head: bytes, base: int = 0) -> VirQEMUSaveHeader:
@@ -142,9 +122,9 @@ def open_libvirt(src: Source) -> Source:
     ``info`` carries the header fields, the domain name, UUID, XML and cookie.
     """
     base = src.start if src.seekable else src.position
-    head = _read_exact(src, base, VirQEMUSaveHeader.size, "header")
+    head = read_exact(src, base, VirQEMUSaveHeader.size, "header", where=IMAGE)
     hdr = parse_header(head, base)
-    data = _read_exact(src, base + hdr.size, hdr.data_len, "domain XML")
+    data = read_exact(src, base + hdr.size, hdr.data_len, "domain XML", where=IMAGE)
     cookie_off = hdr.cookieOffset
     xml = _cstring(data[:cookie_off] if cookie_off else data)
     cookie = _cstring(data[cookie_off:]) if cookie_off else None

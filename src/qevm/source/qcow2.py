@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContainerError, TruncatedError, UsageError
+from ..fileio import read_exact
 from ..structs import CStruct
 from .base import Source
 from .compress import detect_compression
@@ -213,14 +214,8 @@ def _need_seekable(src: Source) -> None:
 
 
 def _read(src: Source, offset: int, n: int, what: str) -> bytes:
-    size = src.size or 0
-    if offset < 0 or n < 0 or offset + n > size:
-        raise ContainerError(
-            f"{what} ({n} bytes) lies beyond the end of the image ({size} bytes)",
-            offset=offset,
-            expected=f"{what} inside the file",
-        )
-    return bytes(src.read_at(offset, n))
+    # A table or name the header points past the end of the file is the image's fault.
+    return read_exact(src, offset, n, what, where="image", error=ContainerError)
 
 
 def read_header(src: Source) -> QCowHeader:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import UnsupportedError, UsageError
+from ...fileio import copy_sparse
 from ...format import (
     MAPPED_RAM_FILE_OFFSET_ALIGNMENT,
     RAM_PAGE_KINDS,
@@ -293,8 +294,6 @@ class RamWriter:
 
     def _mapped_in_place(self, w: Writer, b: RamBlock) -> None:
         """The bitmap and page area between this header and the next, at the same offsets."""
-        from ...writer import copy_sparse
-
         m = b.mapped
         assert m is not None
         if not m.in_stream:
@@ -323,8 +322,6 @@ class RamWriter:
 
     def _mapped_relocated(self, w: Writer, b: RamBlock, out_header: int) -> None:
         """The block laid out as QEMU lays it out at this output position."""
-        from ...writer import copy_sparse
-
         m = b.mapped
         assert m is not None
         edited = self._edited_pages(b)
