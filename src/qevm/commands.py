@@ -30,19 +30,22 @@ from .format import (
 class CommandSpec:
     name: str
     length: int | None
+    #: Whether it talks to a live destination (return path, postcopy, COLO):
+    #: a stream of a stopped VM, loaded from a file, carries none of these.
+    live: bool = False
 
 
 COMMANDS: dict[int, CommandSpec] = {
-    MIG_CMD_OPEN_RETURN_PATH: CommandSpec("OPEN_RETURN_PATH", 0),
-    MIG_CMD_PING: CommandSpec("PING", 4),
-    MIG_CMD_POSTCOPY_ADVISE: CommandSpec("POSTCOPY_ADVISE", None),
-    MIG_CMD_POSTCOPY_LISTEN: CommandSpec("POSTCOPY_LISTEN", 0),
-    MIG_CMD_POSTCOPY_RUN: CommandSpec("POSTCOPY_RUN", 0),
-    MIG_CMD_POSTCOPY_RAM_DISCARD: CommandSpec("POSTCOPY_RAM_DISCARD", None),
+    MIG_CMD_OPEN_RETURN_PATH: CommandSpec("OPEN_RETURN_PATH", 0, live=True),
+    MIG_CMD_PING: CommandSpec("PING", 4, live=True),
+    MIG_CMD_POSTCOPY_ADVISE: CommandSpec("POSTCOPY_ADVISE", None, live=True),
+    MIG_CMD_POSTCOPY_LISTEN: CommandSpec("POSTCOPY_LISTEN", 0, live=True),
+    MIG_CMD_POSTCOPY_RUN: CommandSpec("POSTCOPY_RUN", 0, live=True),
+    MIG_CMD_POSTCOPY_RAM_DISCARD: CommandSpec("POSTCOPY_RAM_DISCARD", None, live=True),
     MIG_CMD_PACKAGED: CommandSpec("PACKAGED", 4),
-    MIG_CMD_ENABLE_COLO: CommandSpec("ENABLE_COLO", 0),
-    MIG_CMD_POSTCOPY_RESUME: CommandSpec("POSTCOPY_RESUME", 0),
-    MIG_CMD_RECV_BITMAP: CommandSpec("RECV_BITMAP", None),
+    MIG_CMD_ENABLE_COLO: CommandSpec("ENABLE_COLO", 0, live=True),
+    MIG_CMD_POSTCOPY_RESUME: CommandSpec("POSTCOPY_RESUME", 0, live=True),
+    MIG_CMD_RECV_BITMAP: CommandSpec("RECV_BITMAP", None, live=True),
     MIG_CMD_SWITCHOVER_START: CommandSpec("SWITCHOVER_START", 0),
 }
 

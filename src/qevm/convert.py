@@ -25,18 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .commands import COMMANDS
 from .errors import UsageError
 from .format import (
-    MIG_CMD_ENABLE_COLO,
-    MIG_CMD_OPEN_RETURN_PATH,
     MIG_CMD_PACKAGED,
-    MIG_CMD_PING,
-    MIG_CMD_POSTCOPY_ADVISE,
-    MIG_CMD_POSTCOPY_LISTEN,
-    MIG_CMD_POSTCOPY_RAM_DISCARD,
-    MIG_CMD_POSTCOPY_RESUME,
-    MIG_CMD_POSTCOPY_RUN,
-    MIG_CMD_RECV_BITMAP,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_MEM_SIZE,
     SECTION_END,
@@ -67,19 +59,7 @@ if TYPE_CHECKING:
     from .migration import Migration
 
 #: Commands a plain stream does not carry.
-DROPPED_COMMANDS = frozenset(
-    {
-        MIG_CMD_OPEN_RETURN_PATH,
-        MIG_CMD_PING,
-        MIG_CMD_POSTCOPY_ADVISE,
-        MIG_CMD_POSTCOPY_LISTEN,
-        MIG_CMD_POSTCOPY_RUN,
-        MIG_CMD_POSTCOPY_RAM_DISCARD,
-        MIG_CMD_ENABLE_COLO,
-        MIG_CMD_POSTCOPY_RESUME,
-        MIG_CMD_RECV_BITMAP,
-    }
-)
+DROPPED_COMMANDS = frozenset(cmd for cmd, spec in COMMANDS.items() if spec.live)
 #: Capabilities a plain stream cannot have.
 DROPPED_CAPABILITIES = ("mapped-ram",)
 CAPS = "configuration/capabilities"

@@ -159,34 +159,10 @@ class Snapshot:
     icount: int | None
 
     @property
-    def entry_offset(self) -> int:
-        return self.header.at
-
-    @property
-    def l1_table_offset(self) -> int:
-        return self.header.l1_table_offset
-
-    @property
-    def l1_size(self) -> int:
-        return self.header.l1_size
-
-    @property
-    def date_sec(self) -> int:
-        return self.header.date_sec
-
-    @property
-    def date_nsec(self) -> int:
-        return self.header.date_nsec
-
-    @property
-    def vm_clock_nsec(self) -> int:
-        return self.header.vm_clock_nsec
-
-    @property
     def date(self) -> str:
         """The creation time, ISO 8601 in UTC."""
-        t = datetime.datetime.fromtimestamp(self.date_sec, datetime.timezone.utc)
-        return t.replace(microsecond=self.date_nsec // 1000 % 1000000).isoformat()
+        t = datetime.datetime.fromtimestamp(self.header.date_sec, datetime.timezone.utc)
+        return t.replace(microsecond=self.header.date_nsec // 1000 % 1000000).isoformat()
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain JSON-able values."""
@@ -194,14 +170,14 @@ class Snapshot:
             "id": self.id,
             "name": self.name,
             "date": self.date,
-            "date_sec": self.date_sec,
-            "date_nsec": self.date_nsec,
-            "vm_clock_nsec": self.vm_clock_nsec,
+            "date_sec": self.header.date_sec,
+            "date_nsec": self.header.date_nsec,
+            "vm_clock_nsec": self.header.vm_clock_nsec,
             "vm_state_size": self.vm_state_size,
             "disk_size": self.disk_size,
             "icount": self.icount,
-            "l1_table_offset": self.l1_table_offset,
-            "l1_size": self.l1_size,
+            "l1_table_offset": self.header.l1_table_offset,
+            "l1_size": self.header.l1_size,
         }
 
 
@@ -507,7 +483,7 @@ class SnapshotVMState(Source):
             "snapshot": snap.name,
             "snapshot_id": snap.id,
             "date": snap.date,
-            "vm_clock_ns": snap.vm_clock_nsec,
+            "vm_clock_ns": snap.header.vm_clock_nsec,
             "state_size": snap.vm_state_size,
             "disk_size": snap.disk_size,
             "qcow2": header.version,
@@ -521,41 +497,41 @@ class SnapshotVMState(Source):
 
     def _check_l1(self, snap: Snapshot, span: int) -> None:
         entry = snap.header
-        if snap.l1_size * 8 > MAX_L1_BYTES:
+        if entry.l1_size * 8 > MAX_L1_BYTES:
             raise ContainerError(
-                f"snapshot {snap.name!r} has an L1 table of {snap.l1_size} entries",
+                f"snapshot {snap.name!r} has an L1 table of {entry.l1_size} entries",
                 offset=entry.offset_of("l1_size"),
                 expected=f"at most {MAX_L1_BYTES // 8}",
             )
-        if snap.l1_table_offset % self._cs:
+        if entry.l1_table_offset % self._cs:
             raise ContainerError(
-                f"L1 table of snapshot {snap.name!r} at {snap.l1_table_offset:#x} is not "
+                f"L1 table of snapshot {snap.name!r} at {entry.l1_table_offset:#x} is not "
                 "cluster aligned",
                 offset=entry.offset_of("l1_table_offset"),
                 expected=f"a multiple of {self._cs:#x}",
             )
-        if snap.l1_table_offset + snap.l1_size * 8 > self._file_size:
+        if entry.l1_table_offset + entry.l1_size * 8 > self._file_size:
             raise ContainerError(
-                f"L1 table of snapshot {snap.name!r} ({snap.l1_size} entries at "
-                f"{snap.l1_table_offset:#x}) extends beyond the end of the image",
+                f"L1 table of snapshot {snap.name!r} ({entry.l1_size} entries at "
+                f"{entry.l1_table_offset:#x}) extends beyond the end of the image",
                 offset=entry.offset_of("l1_table_offset"),
                 expected="the table inside the file",
             )
         end = self.vmstate_offset + snap.vm_state_size
-        if end > snap.l1_size * span:
+        if end > entry.l1_size * span:
             raise ContainerError(
                 f"VM state of snapshot {snap.name!r} ({snap.vm_state_size} bytes at guest "
                 f"offset {self.vmstate_offset:#x}) extends past what its L1 table of "
-                f"{snap.l1_size} entries maps",
+                f"{entry.l1_size} entries maps",
                 offset=entry.offset_of("vm_state_size"),
-                expected=f"at most {max(0, snap.l1_size * span - self.vmstate_offset)} bytes",
+                expected=f"at most {max(0, entry.l1_size * span - self.vmstate_offset)} bytes",
             )
 
     # -- address translation ------------------------------------------
     def _l1_entry(self, index: int) -> int:
         e = self._l1.get(index)
         if e is None:
-            at = self.snapshot.l1_table_offset + 8 * index
+            at = self.snapshot.header.l1_table_offset + 8 * index
             e = _U64.unpack(_read(self._img, at, 8, "L1 table entry"))[0]
             if len(self._l1) >= L1_CACHE:
                 self._l1.clear()
@@ -571,7 +547,7 @@ class SnapshotVMState(Source):
         if table is not None:
             self._l2.move_to_end(off)
             return table
-        where = self.snapshot.l1_table_offset + 8 * l1_index
+        where = self.snapshot.header.l1_table_offset + 8 * l1_index
         if off % self._cs:
             raise ContainerError(f"L2 table offset {off:#x} is not cluster aligned", offset=where)
         if off + self._cs > self._file_size:
