@@ -37,8 +37,8 @@ from .format import (
     SECTION_START,
 )
 from .sections.ram.index import ABSENT, KIND_SHIFT, MAX_INPUTS, OFFSET_MASK, ZERO
-from .sections.ram.records import (
-    RamBlock,
+from .sections.ram.records import RamBlock
+from .sections.ram.write import (
     write_mem_size_entry,
     write_page,
     write_record_head,

@@ -26,28 +26,85 @@ import numpy as np
 from ...errors import UnsupportedError, UsageError
 from ...fileio import copy_sparse
 from ...format import (
+    ENCODING_FLAG_XBZRLE,
     MAPPED_RAM_FILE_OFFSET_ALIGNMENT,
     RAM_PAGE_KINDS,
+    RAM_SAVE_FLAG_COMPRESS_PAGE,
     RAM_SAVE_FLAG_CONTINUE,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_XBZRLE,
     RAM_SAVE_FLAG_ZERO,
 )
 from ...wire import Reader, Writer
 from .consumer import PageConsumer
-from .records import (
-    RamBlock,
-    RamState,
-    write_mem_size_entry,
-    write_page,
-    write_record,
-    write_record_head,
-)
+from .records import RamBlock, RamRecord, RamState
 
 if TYPE_CHECKING:
     from ...migration import Migration
     from ...stream import SectionEntry, SectionRecord
     from ...writer import WriteContext
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+def write_record_head(w: Writer, rec_flags: int, addr: int, block: RamBlock | None) -> None:
+    """The u64 of a record and, for a page record without CONTINUE, its block name."""
+    w.u64(addr | rec_flags)
+    if block is not None and rec_flags & ~RAM_SAVE_FLAG_CONTINUE in RAM_PAGE_KINDS:
+        if not rec_flags & RAM_SAVE_FLAG_CONTINUE:
+            w.counted_str(block.name)
+
+
+def write_zero(w: Writer, block: RamBlock, addr: int, fill: int = 0, cont: bool = False) -> None:
+    """A ZERO record (``fill``: the byte the page is filled with)."""
+    write_record_head(w, RAM_SAVE_FLAG_ZERO | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
+    w.u8(fill)
+
+
+def write_page(
+    w: Writer, block: RamBlock, addr: int, data: bytes | memoryview, cont: bool = False
+) -> None:
+    """A PAGE record with the page's bytes."""
+    write_record_head(w, RAM_SAVE_FLAG_PAGE | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
+    w.bytes(data)
+
+
+def write_mem_size_entry(w: Writer, block: RamBlock) -> None:
+    """One block of the MEM_SIZE list, up to its mapped-ram header (not the
+    bitmap and pages it points to)."""
+    w.counted_str(block.name)
+    w.u64(block.used_length)
+    if block.page_size is not None:
+        w.u64(block.page_size)
+    if block.mr_addr is not None:
+        w.u64(block.mr_addr)
+    m = block.mapped
+    if m is not None:
+        w.bytes(m.pack())
+
+
+def write_record(w: Writer, rec: RamRecord, payload: bytes | memoryview | None = None) -> None:
+    """Re-encode a record read by :meth:`RamState.records` (not MEM_SIZE's block
+    entries: see :func:`write_mem_size_entry`); ``payload`` is its data."""
+    write_record_head(w, rec.flags, rec.addr, rec.block)
+    kind = rec.kind
+    if kind == RAM_SAVE_FLAG_ZERO:
+        w.u8(rec.fill)
+    elif kind == RAM_SAVE_FLAG_PAGE:
+        w.bytes(payload)  # type: ignore[arg-type]
+    elif kind == RAM_SAVE_FLAG_XBZRLE:
+        w.u8(ENCODING_FLAG_XBZRLE)
+        w.u16(len(payload))  # type: ignore[arg-type]
+        w.bytes(payload)  # type: ignore[arg-type]
+    elif kind == RAM_SAVE_FLAG_COMPRESS_PAGE:
+        w.u32(len(payload))  # type: ignore[arg-type]
+        w.bytes(payload)  # type: ignore[arg-type]
+
+
+# -- edits ---------------------------------------------------------------------------------
 
 
 @dataclass
