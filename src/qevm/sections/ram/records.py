@@ -48,6 +48,8 @@ MAX_RUN_BYTES = 16 << 20
 #: Records read one by one before numpy is imported for long runs (numpy's
 #: import costs as much as ~200 Ki records read in pure Python).
 VECTOR_AFTER = 262144
+#: Records between looks at progress, memory and numpy.
+HOUSEKEEPING_RECORDS = 0x4000
 
 #: Machine type prefixes of targets with 4 KiB pages that do not state it.
 _FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries", "virt")
@@ -80,18 +82,16 @@ class RamBlock:
         return self.mr_addr is None or bool(self.records)
 
 
-@dataclass(eq=False)
-class RamRecordStats:
-    """What one RAM section record held, for ``info`` and JSON output."""
-
-    records: Counter = field(default_factory=Counter)
-    blocks: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"records": dict(self.records)}
-        if self.blocks:
-            out["blocks"] = self.blocks
-        return out
+#: The statistics key of each record kind (ZERO with a non-zero fill is "fill").
+RECORD_KEYS = {
+    RAM_SAVE_FLAG_ZERO: "zero",
+    RAM_SAVE_FLAG_PAGE: "page",
+    RAM_SAVE_FLAG_XBZRLE: "xbzrle",
+    RAM_SAVE_FLAG_COMPRESS_PAGE: "zlib",
+    RAM_SAVE_FLAG_EOS: "eos",
+    RAM_SAVE_FLAG_MEM_SIZE: "mem_size",
+    RAM_SAVE_FLAG_MULTIFD_FLUSH: "multifd_flush",
+}
 
 
 @dataclass(eq=False)
@@ -123,6 +123,54 @@ class RamRecord:
     def named(self) -> bool:
         """Whether the block name is written (page records without CONTINUE)."""
         return self.kind in RAM_PAGE_KINDS and not self.flags & RAM_SAVE_FLAG_CONTINUE
+
+    @property
+    def key(self) -> str:
+        """What the record counts as in statistics (see :data:`RECORD_KEYS`)."""
+        kind = self.kind
+        return "fill" if kind == RAM_SAVE_FLAG_ZERO and self.fill else RECORD_KEYS[kind]
+
+
+@dataclass(eq=False)
+class RamRun:
+    """ZERO|CONTINUE (fill 0) and PAGE|CONTINUE records of one block, read at once.
+
+    They make up nearly all of a RAM section; the decoder hands their pages
+    to the consumer in runs and reports them as one item.
+    """
+
+    offset: int
+    end: int
+    block: RamBlock
+    zero: int
+    pages: int
+
+
+@dataclass(eq=False)
+class RamRecordStats:
+    """What one RAM section record held, for ``info`` and JSON output."""
+
+    records: Counter = field(default_factory=Counter)
+    blocks: list[str] = field(default_factory=list)
+
+    def count(self, rec: RamRecord | RamRun) -> None:
+        """Count one item of :meth:`RamState.records`."""
+        counts = self.records
+        if type(rec) is RamRun:
+            if rec.zero:
+                counts["zero"] += rec.zero
+            if rec.pages:
+                counts["page"] += rec.pages
+            return
+        counts[rec.key] += 1  # type: ignore[union-attr]
+        if rec.blocks:  # type: ignore[union-attr]
+            self.blocks.extend(b.name for b in rec.blocks)  # type: ignore[union-attr]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"records": dict(self.records)}
+        if self.blocks:
+            out["blocks"] = self.blocks
+        return out
 
 
 class RamState:
@@ -188,14 +236,25 @@ class RamState:
 
     # -- records --------------------------------------------------------------
     def read_section(self, r: Reader) -> RamRecordStats:
-        """Read records up to and including EOS."""
+        """Read one section body's records, up to and including EOS."""
         stats = RamRecordStats()
-        ctx = self.ctx
-        if self.page_size is None and ctx.page_size is not None:
-            self.page_size = ctx.page_size
-        counts = stats.records
+        for rec in self.records(r):
+            stats.count(rec)
+        return stats
+
+    def records(self, r: Reader, runs: bool = True) -> Iterator[RamRecord | RamRun]:
+        """The records of one section body, up to and including EOS: the RAM record decoder.
+
+        Every page goes to the consumer as it is read (give the state a plain
+        :class:`PageConsumer` to only walk them).  With ``runs`` the
+        CONTINUE records that follow a ZERO or PAGE record are read in bulk
+        and reported as one :class:`RamRun`; without, every record is its own
+        :class:`RamRecord`.
+        """
+        if self.page_size is None and self.ctx.page_size is not None:
+            self.page_size = self.ctx.page_size
         n = 0
-        next_check = 0x4000
+        next_check = HOUSEKEEPING_RECORDS
         while True:
             off = r.offset
             r.ensure(8)
@@ -203,73 +262,79 @@ class RamState:
             r.pos += 8
             ps = self.page_size
             flags = v & ((ps - 1) if ps else RAM_SAVE_FLAG_BITS)
-            addr = v - flags
             kind = flags & ~RAM_SAVE_FLAG_CONTINUE
-            if kind == RAM_SAVE_FLAG_ZERO or kind == RAM_SAVE_FLAG_PAGE:
-                block = self._block(r, flags, off)
-                if ps is None:
-                    ps = self._page_size_for(r, off, kind)
-                    flags = v & (ps - 1)
-                    addr = v - flags
-                self._check_addr(block, addr, off)
-                if kind == RAM_SAVE_FLAG_ZERO:
-                    fill = r.u8()
-                    self.consumer.zero(block, addr, fill)
-                    key = "zero" if fill == 0 else "fill"
-                else:
-                    r.ensure(ps)
-                    self.consumer.page(block, addr, r.base + r.pos, r, self.src)
-                    r.pos += ps
-                    key = "page"
-                block.records[key] += 1
-                counts[key] += 1
-                nz, npg = self._continued(r, block)
-                if nz:
-                    block.records["zero"] += nz
-                    counts["zero"] += nz
-                if npg:
-                    block.records["page"] += npg
-                    counts["page"] += npg
-                n += nz + npg
+            rec = RamRecord(off, 0, flags, v - flags)
+            if kind in RAM_PAGE_KINDS:
+                block = self._page(r, rec, kind)
+                rec.end = r.offset
+                yield rec
+                n += 1
+                if runs and (kind == RAM_SAVE_FLAG_ZERO or kind == RAM_SAVE_FLAG_PAGE):
+                    start = r.offset
+                    nz, npg = self._continued(r, block)
+                    if nz or npg:
+                        if nz:
+                            block.records["zero"] += nz
+                        if npg:
+                            block.records["page"] += npg
+                        n += nz + npg
+                        yield RamRun(start, r.offset, block, nz, npg)
             elif kind == RAM_SAVE_FLAG_EOS:
-                counts["eos"] += 1
+                rec.end = r.offset
                 if not self._seen_flush and self.consumer is not None:
                     self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
-                self._records_seen += n
+                self._records_seen += n + 1
                 self._housekeeping(r)
                 if self.consumer is not None:
                     self.consumer.flush()
-                return stats
-            elif kind == RAM_SAVE_FLAG_MEM_SIZE:
-                stats.blocks.extend(self._mem_size(r, addr, off))
-                counts["mem_size"] += 1
-            elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
-                counts["multifd_flush"] += 1
-                self._seen_flush = True
-                if self.consumer is not None:
-                    self.consumer.epoch += 1
-            elif kind == RAM_SAVE_FLAG_XBZRLE or kind == RAM_SAVE_FLAG_COMPRESS_PAGE:
-                block = self._block(r, flags, off)
-                if ps is None:
-                    raise FormatError(
-                        f"{RAM_SAVE_FLAG_NAMES[kind]} page before the page size is known",
-                        offset=off,
-                    )
-                self._check_addr(block, addr, off)
-                if kind == RAM_SAVE_FLAG_XBZRLE:
-                    self._xbzrle(r, block, addr, off)
-                    key = "xbzrle"
-                else:
-                    self._compressed(r, block, addr, off)
-                    key = "zlib"
-                block.records[key] += 1
-                counts[key] += 1
+                yield rec
+                return
             else:
-                _bad_record(kind, flags, off)
-            n += 1
+                if kind == RAM_SAVE_FLAG_MEM_SIZE:
+                    rec.blocks = self._mem_size(r, rec.addr)
+                elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
+                    self._seen_flush = True
+                    if self.consumer is not None:
+                        self.consumer.epoch += 1
+                else:
+                    _bad_record(kind, flags, off)
+                rec.end = r.offset
+                yield rec
+                n += 1
             if n >= next_check:
-                next_check = n + 0x4000
+                next_check = n + HOUSEKEEPING_RECORDS
                 self._housekeeping(r, n)
+
+    def _page(self, r: Reader, rec: RamRecord, kind: int) -> RamBlock:
+        """Read a page record's block name and payload; hand the page to the consumer."""
+        off = rec.offset
+        block = rec.block = self._block(r, rec.flags, off)
+        ps = self.page_size
+        if ps is None:
+            if kind != RAM_SAVE_FLAG_ZERO and kind != RAM_SAVE_FLAG_PAGE:
+                raise FormatError(
+                    f"{RAM_SAVE_FLAG_NAMES[kind]} page before the page size is known", offset=off
+                )
+            ps = self._page_size_for(r, off, kind)
+            v = rec.addr | rec.flags
+            rec.flags = v & (ps - 1)
+            rec.addr = v - rec.flags
+        addr = rec.addr
+        self._check_addr(block, addr, off)
+        if kind == RAM_SAVE_FLAG_ZERO:
+            rec.fill = fill = r.u8()
+            self.consumer.zero(block, addr, fill)
+        elif kind == RAM_SAVE_FLAG_PAGE:
+            r.ensure(ps)
+            rec.data_offset, rec.data_length = r.offset, ps
+            self.consumer.page(block, addr, r.offset, r, self.src)
+            r.pos += ps
+        elif kind == RAM_SAVE_FLAG_XBZRLE:
+            self._xbzrle(r, rec)
+        else:
+            self._compressed(r, rec)
+        block.records[rec.key] += 1
+        return block
 
     def _housekeeping(self, r: Reader, pending: int = 0) -> None:
         """Now and then: report progress, drop what was read, switch to numpy."""
@@ -280,62 +345,6 @@ class RamState:
             import numpy
 
             self._np = numpy
-
-    def records(self, r: Reader) -> Iterator[RamRecord]:
-        """The records of one section body, up to and including EOS, one at a time.
-
-        This is the record-level view the writer re-encodes; pages are handed
-        to the consumer like :meth:`read_section` does (give the state a plain
-        :class:`PageConsumer` to only walk them).
-        """
-        ctx = self.ctx
-        if self.page_size is None and ctx.page_size is not None:
-            self.page_size = ctx.page_size
-        while True:
-            off = r.offset
-            v = r.u64()
-            ps = self.page_size
-            flags = v & ((ps - 1) if ps else RAM_SAVE_FLAG_BITS)
-            addr = v - flags
-            kind = flags & ~RAM_SAVE_FLAG_CONTINUE
-            rec = RamRecord(off, 0, flags, addr)
-            if kind in RAM_PAGE_KINDS:
-                block = rec.block = self._block(r, flags, off)
-                if ps is None:
-                    if kind not in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE):
-                        raise FormatError("page record before the page size is known", offset=off)
-                    ps = self._page_size_for(r, off, kind)
-                    rec.flags = flags = v & (ps - 1)
-                    rec.addr = addr = v - flags
-                self._check_addr(block, addr, off)
-                if kind == RAM_SAVE_FLAG_ZERO:
-                    rec.fill = r.u8()
-                    self.consumer.zero(block, addr, rec.fill)
-                elif kind == RAM_SAVE_FLAG_PAGE:
-                    r.ensure(ps)
-                    rec.data_offset, rec.data_length = r.offset, ps
-                    self.consumer.page(block, addr, r.offset, r, self.src)
-                    r.pos += ps
-                elif kind == RAM_SAVE_FLAG_XBZRLE:
-                    rec.data_offset = r.offset + 3
-                    self._xbzrle(r, block, addr, off)
-                    rec.data_length = r.offset - rec.data_offset
-                else:
-                    rec.data_offset = r.offset + 4
-                    self._compressed(r, block, addr, off)
-                    rec.data_length = r.offset - rec.data_offset
-            elif kind == RAM_SAVE_FLAG_MEM_SIZE:
-                rec.blocks = [self.blocks[n] for n in self._mem_size(r, addr, off)]
-            elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
-                self._seen_flush = True
-                if self.consumer is not None:
-                    self.consumer.epoch += 1
-            elif kind != RAM_SAVE_FLAG_EOS:
-                _bad_record(kind, flags, off)
-            rec.end = r.offset
-            yield rec
-            if kind == RAM_SAVE_FLAG_EOS:
-                return
 
     def _page_size_for(self, r: Reader, off: int, kind: int) -> int:
         """The page size when nothing stated it before the first page record."""
@@ -489,7 +498,7 @@ class RamState:
             self._run_hint = min(self._run_hint * 2, 1 << 16)
 
     # -- other record kinds -----------------------------------------------------------
-    def _xbzrle(self, r: Reader, block: RamBlock, addr: int, off: int) -> None:
+    def _xbzrle(self, r: Reader, rec: RamRecord) -> None:
         hoff = r.offset
         enc = r.u8()
         if enc != ENCODING_FLAG_XBZRLE:
@@ -501,40 +510,37 @@ class RamState:
                 offset=hoff + 1,
                 expected=f"at most the page size {self.page_size}",
             )
+        rec.data_offset, rec.data_length = r.offset, length
         delta = r.bytes(length)
-        self.consumer.xbzrle(block, addr, delta, hoff + 3)
+        self.consumer.xbzrle(rec.block, rec.addr, delta, rec.data_offset)
 
-    def _compressed(self, r: Reader, block: RamBlock, addr: int, off: int) -> None:
+    def _compressed(self, r: Reader, rec: RamRecord) -> None:
         loff = r.offset
         length = r.u32()
-        bound = (
-            self.page_size
-            + (self.page_size >> 12)
-            + (self.page_size >> 14)
-            + (self.page_size >> 25)
-            + 13
-        )  # type: ignore[operator]
+        ps: int = self.page_size  # type: ignore[assignment]
+        bound = ps + (ps >> 12) + (ps >> 14) + (ps >> 25) + 13  # zlib's compressBound
         if length > bound:
             raise FormatError(
                 f"compressed page of {length} bytes",
                 offset=loff,
                 expected=f"at most compressBound(page size) = {bound}",
             )
+        rec.data_offset, rec.data_length = r.offset, length
         if r.seekable and not self.consumer.streaming:
-            self.consumer.zlib_page(block, addr, loff)
+            self.consumer.zlib_page(rec.block, rec.addr, loff)
             r.skip(length)
         else:
-            self.consumer.zlib_data(block, addr, r.bytes(length), loff + 4)
+            self.consumer.zlib_data(rec.block, rec.addr, r.bytes(length), rec.data_offset)
 
     # -- MEM_SIZE -----------------------------------------------------------------------
-    def _mem_size(self, r: Reader, total: int, off: int) -> list[str]:
+    def _mem_size(self, r: Reader, total: int) -> list[RamBlock]:
         """The RAM block list (QEMU's parse_ramblocks)."""
         ctx = self.ctx
         caps = ctx.capabilities
         ignore_shared = "x-ignore-shared" in caps
         mapped = "mapped-ram" in caps
         postcopy = ctx.postcopy if ctx.postcopy and ctx.postcopy.get("ram") else None
-        names = []
+        blocks = []
         remaining = total
         while remaining:
             boff = r.offset
@@ -559,14 +565,14 @@ class RamState:
             if ignore_shared:
                 block.mr_addr = r.u64()
             self.blocks[name] = block
+            blocks.append(block)
             if mapped:
                 self._mapped_block(r, block)
             elif self.page_size is not None:
                 self._ensure_consumer()
                 self.consumer.add_block(block)
-            names.append(name)
             remaining -= length
-        return names
+        return blocks
 
     def _hugepage_size(self, r: Reader, postcopy: dict) -> int | None:
         """The optional per-block page size QEMU sends with postcopy-ram.

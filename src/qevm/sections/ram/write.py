@@ -1,9 +1,9 @@
 """Writing the RAM section back, record by record, with new page contents.
 
 :class:`RamWriter` is the RAM handler's write state: it reads the section's
-records again (:meth:`RamState.records`) and encodes each one; payloads are
-copied from the input.  A mapped-ram block's bitmap and page area (which sit
-in the file between MEM_SIZE entries) are copied with holes kept as holes.
+records again (:meth:`RamState.records`, the one decoder) and copies those no
+edit touches as they are.  A mapped-ram block's bitmap and page area (which
+sit in the file between MEM_SIZE entries) are copied with holes kept as holes.
 
 :class:`RamPatch` holds new contents for ranges of RAM blocks.  For a stream
 of records, the *last* record of every changed page (whatever its kind) is
@@ -16,6 +16,8 @@ its bitmap bit is set.
 
 from __future__ import annotations
 
+import bisect
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,18 +26,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import UnsupportedError, UsageError
-from ...fileio import copy_sparse
+from ...fileio import copy_range, copy_sparse
 from ...format import (
-    ENCODING_FLAG_XBZRLE,
     MAPPED_RAM_FILE_OFFSET_ALIGNMENT,
     RAM_PAGE_KINDS,
-    RAM_SAVE_FLAG_COMPRESS_PAGE,
     RAM_SAVE_FLAG_CONTINUE,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_MEM_SIZE,
     RAM_SAVE_FLAG_PAGE,
-    RAM_SAVE_FLAG_XBZRLE,
     RAM_SAVE_FLAG_ZERO,
+    MappedRamHeader,
 )
 from ...wire import Reader, Writer
 from .consumer import PageConsumer
@@ -72,36 +72,28 @@ def write_page(
     w.bytes(data)
 
 
-def write_mem_size_entry(w: Writer, block: RamBlock) -> None:
-    """One block of the MEM_SIZE list, up to its mapped-ram header (not the
-    bitmap and pages it points to)."""
+def mem_size_entry(block: RamBlock) -> bytes:
+    """A block's entry in the MEM_SIZE list up to its mapped-ram header: the
+    counted name, the length, and the host page size and region address when
+    the stream has them."""
+    buf = io.BytesIO()
+    w = Writer(buf)
     w.counted_str(block.name)
     w.u64(block.used_length)
     if block.page_size is not None:
         w.u64(block.page_size)
     if block.mr_addr is not None:
         w.u64(block.mr_addr)
-    m = block.mapped
+    return buf.getvalue()
+
+
+def write_mem_size_entry(w: Writer, block: RamBlock, mapped: MappedRamHeader | None = None) -> None:
+    """One block of the MEM_SIZE list with its mapped-ram header (``mapped``, or
+    the block's own), not the bitmap and pages the header points to."""
+    w.bytes(mem_size_entry(block))
+    m = mapped or block.mapped
     if m is not None:
         w.bytes(m.pack())
-
-
-def write_record(w: Writer, rec: RamRecord, payload: bytes | memoryview | None = None) -> None:
-    """Re-encode a record read by :meth:`RamState.records` (not MEM_SIZE's block
-    entries: see :func:`write_mem_size_entry`); ``payload`` is its data."""
-    write_record_head(w, rec.flags, rec.addr, rec.block)
-    kind = rec.kind
-    if kind == RAM_SAVE_FLAG_ZERO:
-        w.u8(rec.fill)
-    elif kind == RAM_SAVE_FLAG_PAGE:
-        w.bytes(payload)  # type: ignore[arg-type]
-    elif kind == RAM_SAVE_FLAG_XBZRLE:
-        w.u8(ENCODING_FLAG_XBZRLE)
-        w.u16(len(payload))  # type: ignore[arg-type]
-        w.bytes(payload)  # type: ignore[arg-type]
-    elif kind == RAM_SAVE_FLAG_COMPRESS_PAGE:
-        w.u32(len(payload))  # type: ignore[arg-type]
-        w.bytes(payload)  # type: ignore[arg-type]
 
 
 # -- edits ---------------------------------------------------------------------------------
@@ -224,7 +216,13 @@ class RamPatch:
 
 
 class RamWriter:
-    """The RAM handler's write state: one section record after another."""
+    """The RAM handler's write state: one section record after another.
+
+    Records the patch leaves alone are copied as they are (runs of them at
+    once); the last record of a changed page becomes a PAGE record with the
+    new content; MEM_SIZE is written anew, since a mapped-ram block's header
+    points at its bitmap and pages, which may have to move.
+    """
 
     def __init__(self, wctx: WriteContext, entry: SectionEntry) -> None:
         self.wctx = wctx
@@ -232,11 +230,11 @@ class RamWriter:
         self.src = wctx.source
         self.state = self._walker()
         self.patch = wctx.ram_patch
-        #: ordinal of a page record -> (block, page) it is rewritten for
-        self.replace: dict[int, tuple[str, int]] = {}
+        #: input offset of the record rewritten for a page -> (record, block, page)
+        self.replace: dict[int, tuple[RamRecord, str, int]] = {}
+        self._replace_at: list[int] = []
         #: (block, page) the stream never sent, written before the last EOS
         self.append: list[tuple[str, int]] = []
-        self._n = 0
         if self.patch is not None and self.patch.pages:
             self._plan()
 
@@ -252,20 +250,18 @@ class RamWriter:
         assert self.patch is not None
         wanted = self.patch.pages
         shift = self.patch.page_size.bit_length() - 1
-        last: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], RamRecord] = {}
         state = self._walker()
-        n = 0
         for srec in self.entry.records:
             r = Reader(self.src, srec.body_offset)
-            for rr in state.records(r):
-                if rr.kind in RAM_PAGE_KINDS:
-                    pages = wanted.get(rr.block.name)  # type: ignore[union-attr]
-                    if pages is not None:
-                        p = rr.addr >> shift
-                        if p in pages:
-                            last[(rr.block.name, p)] = n  # type: ignore[union-attr]
-                    n += 1
-        self.replace = {n: key for key, n in last.items()}
+            for rec in state.records(r, runs=False):
+                block = rec.block
+                if block is not None and block.name in wanted:
+                    page = rec.addr >> shift  # type: ignore[union-attr]
+                    if page in wanted[block.name]:
+                        last[(block.name, page)] = rec  # type: ignore[assignment]
+        self.replace = {rec.offset: (rec, name, p) for (name, p), rec in last.items()}
+        self._replace_at = sorted(self.replace)
         order = {name: i for i, name in enumerate(state.blocks)}
         self.append = sorted(
             (
@@ -282,30 +278,29 @@ class RamWriter:
     def write(self, w: Writer, rec: SectionRecord, r: Reader) -> None:
         """Write the records of one RAM section body."""
         last_section = rec is self.entry.records[-1]
-        src = self.src
-        replace = self.replace
-        for rr in self.state.records(r):
-            kind = rr.kind
-            if kind in RAM_PAGE_KINDS:
-                n = self._n
-                self._n = n + 1
-                key = replace.get(n) if replace else None
-                if key is not None:
-                    assert self.patch is not None and rr.block is not None
-                    data = self.patch.page(*key)
-                    write_page(
-                        w, rr.block, rr.addr, data, cont=bool(rr.flags & RAM_SAVE_FLAG_CONTINUE)
-                    )
-                elif kind == RAM_SAVE_FLAG_ZERO:
-                    write_record(w, rr)
-                else:
-                    write_record(w, rr, src.read_at(rr.data_offset, rr.data_length))
-            elif kind == RAM_SAVE_FLAG_MEM_SIZE:
-                self._mem_size(w, rr.flags, rr.addr, rr.blocks or [])
-            else:
-                if kind == RAM_SAVE_FLAG_EOS and last_section and self.append:
+        for item in self.state.records(r):
+            if type(item) is RamRecord:
+                if item.kind == RAM_SAVE_FLAG_MEM_SIZE:
+                    self._mem_size(w, item)
+                    continue
+                if item.kind == RAM_SAVE_FLAG_EOS and last_section and self.append:
                     self._append_pages(w)
-                write_record(w, rr)
+            self._copy(w, item.offset, item.end)
+
+    def _copy(self, w: Writer, start: int, end: int) -> None:
+        """Input records ``[start, end)`` as they are, but for the pages the patch changes."""
+        at = self._replace_at
+        i = bisect.bisect_left(at, start)
+        pos = start
+        while i < len(at) and at[i] < end:
+            old, name, page = self.replace[at[i]]
+            assert self.patch is not None and old.block is not None
+            copy_range(w, self.src, pos, old.offset)
+            cont = bool(old.flags & RAM_SAVE_FLAG_CONTINUE)
+            write_page(w, old.block, old.addr, self.patch.page(name, page), cont=cont)
+            pos = old.end
+            i += 1
+        copy_range(w, self.src, pos, end)
 
     def _append_pages(self, w: Writer) -> None:
         assert self.patch is not None
@@ -317,18 +312,14 @@ class RamWriter:
             prev = name
         self.append = []
 
-    def _mem_size(self, w: Writer, flags: int, total: int, blocks: list[RamBlock]) -> None:
-        write_record_head(w, flags, total, None)
-        for b in blocks:
+    def _mem_size(self, w: Writer, rec: RamRecord) -> None:
+        write_record_head(w, rec.flags, rec.addr, None)
+        for b in rec.blocks or []:
             m = b.mapped
+            out_header = w.offset + len(mem_size_entry(b))
             if m is None:
                 write_mem_size_entry(w, b)
-                continue
-            head = 1 + len(b.name.encode("latin-1")) + 8
-            head += 8 if b.page_size is not None else 0
-            head += 8 if b.mr_addr is not None else 0
-            out_header = w.offset + head
-            if not m.in_stream or out_header == m.at:
+            elif not m.in_stream or out_header == m.at:
                 write_mem_size_entry(w, b)
                 self._mapped_in_place(w, b)
             else:
@@ -388,13 +379,7 @@ class RamWriter:
             -(-(bitmap_off + length) // MAPPED_RAM_FILE_OFFSET_ALIGNMENT)
             * MAPPED_RAM_FILE_OFFSET_ALIGNMENT
         )
-        w.counted_str(b.name)
-        w.u64(b.used_length)
-        if b.page_size is not None:
-            w.u64(b.page_size)
-        if b.mr_addr is not None:
-            w.u64(b.mr_addr)
-        w.bytes(m.replace(bitmap_offset=bitmap_off, pages_offset=pages_off).pack())
+        write_mem_size_entry(w, b, m.replace(bitmap_offset=bitmap_off, pages_offset=pages_off))
         w.bytes(bitmap)
         w.hole(pages_off - w.offset)
         ps = m.page_size
