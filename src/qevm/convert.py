@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .commands import COMMANDS
 from .errors import UsageError
 from .format import (
@@ -36,13 +34,13 @@ from .format import (
     SECTION_PART,
     SECTION_START,
 )
-from .sections.ram.index import ABSENT, KIND_SHIFT, MAX_INPUTS, OFFSET_MASK, ZERO
+from .sections.ram.index import ABSENT_RUN, DATA_RUN, ZERO_RUN
 from .sections.ram.records import RamBlock
 from .sections.ram.write import (
     write_mem_size_entry,
     write_page,
     write_record_head,
-    write_zero,
+    write_zero_run,
 )
 from .stream import (
     CommandRecord,
@@ -218,21 +216,19 @@ class ConvertWriter(StreamWriter):
         index = self.index
         ps = index.page_size
         cont = False
-        inputs = index.inputs
-        absent, zero = int(ABSENT), int(ZERO)
-        # pages in chunks the index never allocated are absent: nothing to write
-        for first, codes in index.loc[block.name].items():
-            raw = ((codes >> np.uint64(KIND_SHIFT)) < np.uint64(MAX_INPUTS)).tolist()
-            for i, code in enumerate(codes.tolist()):
-                if code == absent:
-                    continue
-                p = first + i
-                addr = p * ps
-                if code == zero:
-                    write_zero(w, block, addr, 0, cont)
-                elif raw[i]:
-                    src = inputs[code >> KIND_SHIFT]
-                    write_page(w, block, addr, src.read_at(code & OFFSET_MASK, ps), cont)
-                else:  # zlib, XBZRLE results, filled pages: their content as computed
-                    write_page(w, block, addr, index.read_page(block.name, p), cont)
-                cont = True
+        for run in index.runs(block.name):
+            if run.kind == ABSENT_RUN:
+                continue  # no record gave these pages: nothing to write
+            if run.kind == ZERO_RUN:
+                write_zero_run(w, block, run.first * ps, run.count, ps, cont)
+            elif run.kind == DATA_RUN:
+                src = index.inputs[run.input]
+                for i in range(run.count):
+                    data = src.read_at(run.offset + i * run.stride, ps)
+                    write_page(w, block, (run.first + i) * ps, data, cont)
+                    cont = True
+            else:  # zlib, XBZRLE results, filled pages: their content as computed
+                for page in range(run.first, run.first + run.count):
+                    write_page(w, block, page * ps, index.read_page(block.name, page), cont)
+                    cont = True
+            cont = True

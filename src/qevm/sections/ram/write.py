@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 # -- records ----------------------------------------------------------------------------
 
+#: ZERO records built at once by :func:`write_zero_run`.
+ZERO_RUN_STEP = 1 << 16
+
 
 def write_record_head(w: Writer, rec_flags: int, addr: int, block: RamBlock | None) -> None:
     """The u64 of a record and, for a page record without CONTINUE, its block name."""
@@ -62,6 +65,24 @@ def write_zero(w: Writer, block: RamBlock, addr: int, fill: int = 0, cont: bool 
     """A ZERO record (``fill``: the byte the page is filled with)."""
     write_record_head(w, RAM_SAVE_FLAG_ZERO | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
     w.u8(fill)
+
+
+def write_zero_run(
+    w: Writer, block: RamBlock, addr: int, count: int, page_size: int, cont: bool = False
+) -> None:
+    """ZERO records (fill 0) for ``count`` consecutive pages from ``addr``."""
+    if count and not cont:
+        write_zero(w, block, addr)
+        addr += page_size
+        count -= 1
+    flags = np.uint64(RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
+    for done in range(0, count, ZERO_RUN_STEP):
+        n = min(ZERO_RUN_STEP, count - done)
+        first = addr + done * page_size
+        heads = np.arange(n, dtype=np.uint64) * np.uint64(page_size) + np.uint64(first)
+        records = np.zeros((n, 9), dtype=np.uint8)  # u64 head, then the fill byte 0
+        records[:, :8] = (heads | flags).astype(">u8").view(np.uint8).reshape(n, 8)
+        w.bytes(records.reshape(-1).data)
 
 
 def write_page(
