@@ -224,22 +224,33 @@ def _setup_state(p: argparse.ArgumentParser) -> None:
         help="print exactly what QEMU's analyze-migration.py -d state prints",
     )
     p.add_argument("--device", metavar="GLOB", help="only sections whose name matches GLOB")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also show what the state means (the views of `qevm devices`) under each section",
+    )
 
 
 @command("state", "decoded device state", _setup_state)
 def run_state(args: argparse.Namespace) -> int:
-    with open_stream(args) as mig:
+    from . import devices
+
+    with devices.open_for_state(args) if args.decode else open_stream(args) as mig:
+        report = devices.report_for_state(args, mig) if args.decode else None
         if args.compat:
             data = compat.state_compat(mig)
             if args.device:
                 data = {k: v for k, v in data.items() if _match(k.rsplit(" (", 1)[0], args.device)}
             jsonout.dump(data, sys.stdout, indent=4)
         elif args.json:
-            jsonout.dump(state_json(mig, args.device), sys.stdout, indent=2)
+            data = state_json(mig, args.device)
+            devices.attach_decoded(data, report)
+            jsonout.dump(data, sys.stdout, indent=2)
         else:
             out = sys.stdout
             for dev in mig.devices(args.device):
                 text.write_device(dev, out)
+                devices.write_decoded(report, dev, out)
             if mig.description is None:
                 out.write(
                     "note: the stream has no JSON description; device sections are shown "
