@@ -17,7 +17,8 @@ from qevm.format import MappedRamHeader, MultiFDInit, MultiFDPacket, MultiFDPack
 from qevm.sections.ram.multifd import read_handshake, read_packets
 from qevm.source.base import FileSource
 from qevm.source.libvirt import VirQEMUSaveHeader
-from qevm.source.qcow2 import QCowHeader, QCowSnapshotExtraData, QCowSnapshotHeader
+from qevm.source.qcow2.header import QCowHeader
+from qevm.source.qcow2.snapshots import QCowSnapshotExtraData, QCowSnapshotHeader
 from qevm.structs import CStruct, parse_fields
 from qevm.wire import Reader
 
