@@ -34,8 +34,8 @@ from .format import (
     SECTION_PART,
     SECTION_START,
 )
+from .sections.ram.blocks import RamBlock
 from .sections.ram.index import ABSENT_RUN, DATA_RUN, ZERO_RUN
-from .sections.ram.records import RamBlock
 from .sections.ram.write import (
     write_mem_size_entry,
     write_page,

@@ -24,8 +24,9 @@ from .stream import (
 from .vmstate.values import StateNode
 
 if TYPE_CHECKING:
+    from .sections.ram.blocks import RamBlock
     from .sections.ram.index import PageIndex
-    from .sections.ram.records import RamBlock, RamState
+    from .sections.ram.records import RamState
     from .source.base import Source
     from .vmstate.desc import Description
 

@@ -23,7 +23,7 @@ from .writebehind import WriteBehind
 if TYPE_CHECKING:
     import numpy as np
 
-    from .sections.ram.records import RamBlock
+    from .sections.ram.blocks import RamBlock
     from .wire import Reader
 
 #: What a page last was, for :class:`PageStates`.

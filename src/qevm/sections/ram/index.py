@@ -28,7 +28,7 @@ from .consumer import PageConsumer
 if TYPE_CHECKING:
     from ...source.base import Source
     from ...wire import Reader
-    from .records import RamBlock
+    from .blocks import RamBlock
 
 ABSENT = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 ZERO = np.uint64(0xFFFF_FFFF_FFFF_FFFE)

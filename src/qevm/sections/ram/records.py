@@ -4,9 +4,10 @@ Each record starts with a ``u64`` holding a page offset inside a RAM block
 and flags in the bits below the target page size.  Page contents are never
 copied into Python objects: every record tells the page consumer (the
 :class:`~qevm.sections.ram.index.PageIndex`, or a sink writing files) where
-the page's bytes are.  Long runs of ``ZERO|CONTINUE`` and ``PAGE|CONTINUE``
-records are recognised with numpy, up to 64 Ki records at a time, once a
-stream has shown it is big enough to repay importing numpy.
+the page's bytes are.  :meth:`RamState.records` is the one decoder: the
+section reader counts what it yields, the writer copies it.  The block list
+is read by :mod:`.blocks`, the runs of CONTINUE records that make up most of
+a section by :mod:`.runs`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...errors import FormatError, TruncatedError, UnsupportedError
+from ...errors import FormatError, UnsupportedError
 from ...format import (
     ENCODING_FLAG_XBZRLE,
-    MAPPED_RAM_HDR_VERSION,
     RAM_PAGE_KINDS,
     RAM_SAVE_FLAG_BITS,
     RAM_SAVE_FLAG_COMPRESS_PAGE,
@@ -33,9 +33,10 @@ from ...format import (
     RAM_SAVE_FLAG_PAGE,
     RAM_SAVE_FLAG_XBZRLE,
     RAM_SAVE_FLAG_ZERO,
-    MappedRamHeader,
 )
+from .blocks import RamBlock, read_block_list
 from .consumer import PageConsumer
+from .runs import ContinueRuns
 
 if TYPE_CHECKING:
     from ...stream import ParseContext
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 _U64 = struct.Struct(">Q")
 
-#: Most bytes of records one vectorised step looks at.
-MAX_RUN_BYTES = 16 << 20
 #: Records read one by one before numpy is imported for long runs (numpy's
 #: import costs as much as ~200 Ki records read in pure Python).
 VECTOR_AFTER = 262144
@@ -56,30 +55,6 @@ _FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries",
 
 # Page sizes worth trying when nothing in the stream states it.
 _PROBE_SIZES = (4096, 8192, 16384, 65536, 1024, 2048, 32768)
-
-
-@dataclass(eq=False)
-class RamBlock:
-    """A RAMBlock as announced by MEM_SIZE."""
-
-    name: str
-    used_length: int
-    #: Host page size, sent with postcopy-ram for hugepage-backed blocks.
-    page_size: int | None = None
-    #: Guest-physical base of the block's region (x-ignore-shared only).
-    mr_addr: int | None = None
-    mapped: MappedRamHeader | None = None
-    #: Where the MEM_SIZE entry sits.
-    offset: int = 0
-    #: Pages seen per record kind ("zero", "page", "xbzrle", "zlib", "fill").
-    records: Counter = field(default_factory=Counter)
-
-    @property
-    def in_stream(self) -> bool:
-        """False for blocks that x-ignore-shared leaves out (their RAM is shared memory)."""
-        if self.mapped is not None:
-            return self.mapped.in_stream
-        return self.mr_addr is None or bool(self.records)
 
 
 #: The statistics key of each record kind (ZERO with a non-zero fill is "fill").
@@ -182,8 +157,7 @@ class RamState:
         self.page_size: int | None = ctx.page_size
         self.consumer: Any = None
         self.last: RamBlock | None = None
-        self._run_hint = 64
-        self._np: Any = None
+        self.runs = ContinueRuns()
         self._records_seen = 0
         self._seen_flush = False
         #: The input the records being read are in (0: the main stream; an
@@ -196,14 +170,15 @@ class RamState:
         return self._seen_flush
 
     # -- setup ----------------------------------------------------------------
-    def _ensure_consumer(self) -> None:
+    def ensure_consumer(self) -> None:
+        """Make the page consumer (once the page size is known) and tell it the blocks."""
         if self.consumer is None:
             factory = self.ctx.options.ram_consumer or (lambda ctx, ps: PageConsumer(ps))
             self.consumer = factory(self.ctx, self.page_size)
-            if self.consumer.uses_numpy and self._np is None:
+            if self.consumer.uses_numpy and self.runs.numpy is None:
                 import numpy
 
-                self._np = numpy
+                self.runs.numpy = numpy
             for b in self.blocks.values():
                 self.consumer.add_block(b)
 
@@ -228,7 +203,8 @@ class RamState:
             offset=record_off,
         )
 
-    def _set_page_size(self, ps: int) -> None:
+    def set_page_size(self, ps: int) -> None:
+        """Settle the target page size (stated by the stream or found by probing)."""
         self.page_size = ps
         self.ctx.page_size = ps
         if self.consumer is not None and getattr(self.consumer, "page_size", ps) != ps:
@@ -271,7 +247,7 @@ class RamState:
                 n += 1
                 if runs and (kind == RAM_SAVE_FLAG_ZERO or kind == RAM_SAVE_FLAG_PAGE):
                     start = r.offset
-                    nz, npg = self._continued(r, block)
+                    nz, npg = self.runs.read(r, block, self)
                     if nz or npg:
                         if nz:
                             block.records["zero"] += nz
@@ -291,7 +267,7 @@ class RamState:
                 return
             else:
                 if kind == RAM_SAVE_FLAG_MEM_SIZE:
-                    rec.blocks = self._mem_size(r, rec.addr)
+                    rec.blocks = read_block_list(self, r, rec.addr)
                 elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
                     self._seen_flush = True
                     if self.consumer is not None:
@@ -341,10 +317,10 @@ class RamState:
         r.release_behind()
         if self.ctx.progress is not None:
             self.ctx.progress(r.offset)
-        if self._np is None and pending + self._records_seen >= VECTOR_AFTER:
+        if self.runs.numpy is None and pending + self._records_seen >= VECTOR_AFTER:
             import numpy
 
-            self._np = numpy
+            self.runs.numpy = numpy
 
     def _page_size_for(self, r: Reader, off: int, kind: int) -> int:
         """The page size when nothing stated it before the first page record."""
@@ -359,8 +335,8 @@ class RamState:
             # a ZERO record's framing does not depend on the page size
             ps = 4096
             self.ctx.warn("target page size not stated before the first page; assumed 4096")
-        self._set_page_size(ps)
-        self._ensure_consumer()
+        self.set_page_size(ps)
+        self.ensure_consumer()
         return ps
 
     def _block(self, r: Reader, flags: int, off: int) -> RamBlock:
@@ -391,111 +367,6 @@ class RamState:
                 f"({block.used_length:#x} bytes)",
                 offset=off,
             )
-
-    # -- runs of CONTINUE records ------------------------------------------------
-    def _continued(self, r: Reader, block: RamBlock) -> tuple[int, int]:
-        """Consume the ZERO|CONTINUE (fill 0) and PAGE|CONTINUE records that follow.
-
-        These make up nearly all of a RAM section; this loop reads them with
-        no method calls per record (and numpy, once loaded, reads long runs
-        of one kind at once).  Returns (zero pages, data pages).
-        """
-        if self._np is not None:
-            nz = npg = 0
-            while True:
-                k1 = self._run(r, block, 9, RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
-                k2 = self._run(
-                    r, block, 8 + self.page_size, RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
-                )  # type: ignore[operator]
-                nz += k1
-                npg += k2
-                if not (k1 or k2):
-                    break
-            a, b = self._continued_py(r, block)
-            return nz + a, npg + b
-        return self._continued_py(r, block)
-
-    def _continued_py(self, r: Reader, block: RamBlock) -> tuple[int, int]:
-        buf, pos, base = r.buf, r.pos, r.base
-        end = pos + r.available()
-        ps = self.page_size
-        assert ps is not None
-        mask = ps - 1
-        rec_page = 8 + ps
-        used = block.used_length
-        consumer = self.consumer
-        keep = type(consumer) is not PageConsumer
-        zero, page = consumer.zero, consumer.page
-        src = self.src
-        unpack = _U64.unpack_from
-        zc = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE
-        pc = RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
-        nz = npg = 0
-        while pos + 9 <= end:
-            v = unpack(buf, pos)[0]
-            fl = v & mask
-            a = v - fl
-            if fl == zc:
-                if buf[pos + 8] or a >= used:
-                    break
-                if keep:
-                    zero(block, a, 0)
-                pos += 9
-                nz += 1
-            elif fl == pc:
-                if pos + rec_page > end or a >= used:
-                    break
-                if keep:
-                    r.pos = pos + 8
-                    page(block, a, base + pos + 8, r, src)
-                pos += rec_page
-                npg += 1
-            else:
-                break
-        r.pos = pos
-        return nz, npg
-
-    # -- vectorised runs ----------------------------------------------------------
-    def _run(self, r: Reader, block: RamBlock, size: int, want: int) -> int:
-        np = self._np
-        total = 0
-        ps = self.page_size
-        assert ps is not None
-        mask = np.uint64(ps - 1)
-        used = np.uint64(block.used_length)
-        while True:
-            r.release_behind()
-            n = min(self._run_hint, r.available() // size, MAX_RUN_BYTES // size)
-            if n < 8:
-                try:
-                    r.ensure(size * 64)
-                except TruncatedError:
-                    pass
-                n = min(self._run_hint, r.available() // size, MAX_RUN_BYTES // size)
-                if n < 2:
-                    return total
-            hdr = np.ndarray((n,), ">u8", r.buf, r.pos, (size,)).astype(np.uint64)
-            ok = (hdr & mask) == np.uint64(want)
-            if want & RAM_SAVE_FLAG_ZERO:
-                ok &= np.ndarray((n,), np.uint8, r.buf, r.pos + 8, (size,)) == 0
-            addrs = hdr & ~mask
-            ok &= addrs < used
-            k = n if ok.all() else int(np.argmin(ok))
-            if k == 0:
-                return total
-            addrs = addrs[:k]
-            if want & RAM_SAVE_FLAG_ZERO:
-                self.consumer.zero_run(block, addrs)
-            else:
-                start = r.base + r.pos + 8
-                offs = np.arange(k, dtype=np.uint64) * np.uint64(size) + np.uint64(start)
-                self.consumer.page_run(block, addrs, offs, r, self.src)
-            r.pos += k * size
-            total += k
-            if k < n:
-                self._run_hint = max(64, self._run_hint // 2)
-                return total
-            self._run_hint = min(self._run_hint * 2, 1 << 16)
 
     # -- other record kinds -----------------------------------------------------------
     def _xbzrle(self, r: Reader, rec: RamRecord) -> None:
@@ -531,131 +402,6 @@ class RamState:
             r.skip(length)
         else:
             self.consumer.zlib_data(rec.block, rec.addr, r.bytes(length), rec.data_offset)
-
-    # -- MEM_SIZE -----------------------------------------------------------------------
-    def _mem_size(self, r: Reader, total: int) -> list[RamBlock]:
-        """The RAM block list (QEMU's parse_ramblocks)."""
-        ctx = self.ctx
-        caps = ctx.capabilities
-        ignore_shared = "x-ignore-shared" in caps
-        mapped = "mapped-ram" in caps
-        postcopy = ctx.postcopy if ctx.postcopy and ctx.postcopy.get("ram") else None
-        blocks = []
-        remaining = total
-        while remaining:
-            boff = r.offset
-            name = r.counted_str()
-            if not name:
-                raise FormatError(
-                    "empty RAM block name in the block list",
-                    offset=boff,
-                    field="idstr",
-                    expected="a non-empty block name",
-                )
-            length = r.u64()
-            if length > remaining:
-                raise FormatError(
-                    f"block {name!r} of {length:#x} bytes exceeds the announced total "
-                    f"(left {remaining:#x})",
-                    offset=boff,
-                )
-            block = RamBlock(name, length, offset=boff)
-            if postcopy is not None:
-                block.page_size = self._hugepage_size(r, postcopy)
-            if ignore_shared:
-                block.mr_addr = r.u64()
-            self.blocks[name] = block
-            blocks.append(block)
-            if mapped:
-                self._mapped_block(r, block)
-            elif self.page_size is not None:
-                self._ensure_consumer()
-                self.consumer.add_block(block)
-            remaining -= length
-        return blocks
-
-    def _hugepage_size(self, r: Reader, postcopy: dict) -> int | None:
-        """The optional per-block page size QEMU sends with postcopy-ram.
-
-        QEMU sends it only for blocks whose page size differs from the
-        host/target page size; the loader knows its own blocks, a reader
-        does not.  A u64 here starts with 0x00, which no block name length
-        can be, and must be one of the sizes in ADVISE's page-size summary.
-        """
-        head = r.peek(8)
-        if len(head) < 8 or head[0] != 0:
-            return None
-        v = _U64.unpack(head)[0]
-        summary = postcopy.get("page_size_summary", 0)
-        if v and not v & (v - 1) and v & summary and v != postcopy.get("target_page_size"):
-            r.skip(8)
-            return v
-        return None
-
-    def _mapped_block(self, r: Reader, block: RamBlock) -> None:
-        """The mapped-ram header after a block's MEM_SIZE entry, and its pages."""
-        m = MappedRamHeader.read(r)
-        if m.version > MAPPED_RAM_HDR_VERSION:
-            raise UnsupportedError(
-                f"mapped-ram header version {m.version}",
-                offset=m.offset_of("version"),
-                expected=f"{MAPPED_RAM_HDR_VERSION}",
-            )
-        ps = m.page_size
-        if ps == 0 or ps & (ps - 1):
-            raise FormatError(
-                f"mapped-ram page size {ps}",
-                offset=m.offset_of("page_size"),
-                expected="a power of two",
-            )
-        block.mapped = m
-        if self.page_size is None:
-            self._set_page_size(ps)
-        elif ps != self.page_size:
-            raise FormatError(
-                f"mapped-ram page size {ps} differs from the stream's {self.page_size}",
-                offset=m.offset_of("page_size"),
-            )
-        self._ensure_consumer()
-        self.consumer.add_block(block)
-        if not m.in_stream:
-            return  # a block x-ignore-shared leaves out: no bitmap, no pages
-        bitmap_off, pages_off = m.bitmap_offset, m.pages_offset
-        if pages_off % ps:
-            raise FormatError(
-                f"mapped-ram pages offset {pages_off:#x} is not page aligned",
-                offset=m.offset_of("pages_offset"),
-            )
-        npages = block.used_length // ps
-        bitmap_len = -(-npages // 64) * 8
-        src = r.source
-        if src.seekable:
-            size = src.size or 0
-            if bitmap_off + bitmap_len > size or pages_off + block.used_length > size:
-                raise TruncatedError(
-                    f"mapped-ram block {block.name!r} extends past the end of the file",
-                    offset=m.at,
-                )
-            bitmap = bytes(src.read_at(bitmap_off, bitmap_len))
-            self.consumer.mapped(block, bitmap, pages_off)
-            r.seek(pages_off + block.used_length)
-        else:
-            # Streaming: QEMU's layout puts bitmap and pages after the header.
-            if bitmap_off < r.offset or pages_off < bitmap_off + bitmap_len:
-                raise UnsupportedError(
-                    "this mapped-ram layout needs random access; read it from a file",
-                    offset=m.at,
-                )
-            r.seek(bitmap_off)
-            bitmap = r.bytes(bitmap_len)
-            r.seek(pages_off)
-            self.consumer.mapped_stream(block, bitmap, r)
-        used_bits = int.from_bytes(bitmap, "little") & ((1 << npages) - 1)
-        pages = used_bits.bit_count()
-        if pages:
-            block.records["page"] += pages
-        if npages - pages:
-            block.records["zero"] += npages - pages
 
 
 def _bad_record(kind: int, flags: int, off: int) -> None:

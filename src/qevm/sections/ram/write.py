@@ -38,8 +38,9 @@ from ...format import (
     MappedRamHeader,
 )
 from ...wire import Reader, Writer
+from .blocks import RamBlock
 from .consumer import PageConsumer
-from .records import RamBlock, RamRecord, RamState
+from .records import RamRecord, RamState
 
 if TYPE_CHECKING:
     from ...migration import Migration
