@@ -161,7 +161,7 @@ def read_handshake(r: Reader) -> MultiFDInit:
         raise FormatError(
             f"multifd handshake magic {init.magic:#x} version {init.version}",
             offset=init.at,
-            expected="0x11223344 version 1",
+            expected=f"{MULTIFD_MAGIC:#x} version {MULTIFD_VERSION}",
         )
     return init
 
@@ -182,7 +182,7 @@ def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
             raise FormatError(
                 f"multifd packet magic {magic:#x} version {version}",
                 offset=off,
-                expected="0x11223344 version 1",
+                expected=f"{MULTIFD_MAGIC:#x} version {MULTIFD_VERSION}",
             )
         if flags & MULTIFD_FLAG_DEVICE_STATE:
             dev = MultiFDPacketDeviceState.read(r)
