@@ -14,13 +14,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from .errors import QevmError, TruncatedError
 
-if TYPE_CHECKING:
-    from .source.base import Source
-    from .wire import Writer
+
+class Source(Protocol):
+    """What is read from: a byte source (:class:`qevm.source.base.Source`)."""
+
+    seekable: bool
+    size: int | None
+
+    def read(self, n: int) -> bytes: ...
+
+    def read_at(self, offset: int, n: int) -> Any: ...
+
+    def fileno(self) -> int | None: ...
+
+
+class Writer(Protocol):
+    """What copies go to: a stream writer (:class:`qevm.wire.Writer`)."""
+
+    def bytes(self, data: Any) -> None: ...
+
+    def hole(self, n: int) -> None: ...
+
 
 #: Bytes per write call.  Linux sizes page-cache folios by the length of the
 #: write; on the VM qevm is measured on, 1 GiB written 4 MiB at a time took
