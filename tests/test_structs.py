@@ -65,6 +65,14 @@ def test_read_write_round_trip():
     assert Sample.unpack(little, byte_order="<") == s
 
 
+def test_errors_name_the_field_where_it_is():
+    e = Sample.unpack(bytes(Sample.size), at=0x100).error("last", "bad last", expected="ok")
+    assert (e.offset, e.field, e.expected) == (0x100 + 24, "Sample.last", "ok")
+    assert str(e) == "at offset 0x118, field 'Sample.last': bad last (expected ok)"
+    assert type(e).__name__ == "FormatError"
+    assert type(QCowHeader().error("version", "x")).__name__ == "ContainerError"
+
+
 def test_defaults_and_bad_use():
     assert Sample().pack() == bytes(Sample.size)
     with pytest.raises(TypeError, match="no field bogus"):

@@ -14,9 +14,10 @@ declaration, with the field names QEMU or libvirt use::
 That one declaration reads (:meth:`CStruct.unpack`, :meth:`CStruct.read`),
 writes (``MappedRamHeader(version=1, ...).pack()``) and locates:
 ``hdr.offset_of("page_size")`` is the absolute offset of the field in the
-input, for error messages.  Every header read is an instance of its class
-(one attribute per field, plus ``at``, where it was read), so containers and
-the stream report the same kind of object.
+input, and ``hdr.error("page_size", ...)`` the error that names the field
+there.  Every header read is an instance of its class (one attribute per
+field, plus ``at``, where it was read), so containers and the stream report
+the same kind of object.
 
 Types: ``uint8_t`` .. ``uint64_t`` and ``int8_t`` .. ``int64_t``; arrays of
 ``char``, ``unsigned char`` or ``uint8_t`` are ``bytes``, other arrays tuples
@@ -32,7 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from .errors import TruncatedError
+from .errors import FormatError, QevmError, TruncatedError
 
 T = TypeVar("T", bound="CStruct")
 
@@ -114,6 +115,8 @@ class CStruct:
     #: Bytes the struct takes.
     size: ClassVar[int] = 0
     byte_order: ClassVar[str] = ">"
+    #: What :meth:`error` raises by default (containers say ContainerError).
+    error_class: ClassVar[type[QevmError]] = FormatError
     _by_name: ClassVar[dict[str, Field]] = {}
     _structs: ClassVar[dict[str, struct.Struct]] = {}
 
@@ -204,6 +207,22 @@ class CStruct:
     def offset_of(self, name: str) -> int:
         """The absolute offset of field ``name`` in the input this struct was read from."""
         return self.at + self.field_offset(name)
+
+    def error(
+        self,
+        name: str,
+        message: str,
+        *,
+        expected: str | None = None,
+        error: type[QevmError] | None = None,
+    ) -> QevmError:
+        """An error about field ``name``, naming it and located at its offset."""
+        return (error or self.error_class)(
+            message,
+            offset=self.offset_of(name),
+            field=f"{type(self).__name__}.{name}",
+            expected=expected,
+        )
 
     # -- plain values ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

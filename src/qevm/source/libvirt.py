@@ -46,6 +46,8 @@ class VirQEMUSaveHeader(
 ):
     """libvirt's save image header (qemu_saveimage.h: virQEMUSaveHeader), in the host's order."""
 
+    error_class = ContainerError
+
     @property
     def complete(self) -> bool:
         """False for an image libvirt did not finish writing (``LibvirtQemudPart``)."""
@@ -70,27 +72,27 @@ def parse_header(head: bytes, base: int = 0) -> VirQEMUSaveHeader:
         # like libvirt: a version too large to be ours is the other byte order
         hdr = VirQEMUSaveHeader.unpack(head, base, byte_order=">")
     if not 1 <= hdr.version <= VERSION:
-        raise ContainerError(
+        raise hdr.error(
+            "version",
             f"libvirt save image version {hdr.version} is not supported",
-            offset=hdr.offset_of("version"),
             expected="version 1 or 2",
         )
     if hdr.version > 1 and hdr.format >= len(FORMATS):
-        raise ContainerError(
+        raise hdr.error(
+            "format",
             f"unknown libvirt save image format {hdr.format}",
-            offset=hdr.offset_of("format"),
             expected=f"0..{len(FORMATS) - 1} ({', '.join(FORMATS)})",
         )
     if hdr.data_len == 0 or hdr.data_len > MAX_DATA_LEN:
-        raise ContainerError(
+        raise hdr.error(
+            "data_len",
             f"libvirt header data_len {hdr.data_len} is implausible",
-            offset=hdr.offset_of("data_len"),
             expected=f"1..{MAX_DATA_LEN} bytes of XML and padding",
         )
     if hdr.cookieOffset > hdr.data_len:
-        raise ContainerError(
+        raise hdr.error(
+            "cookieOffset",
             f"cookie offset {hdr.cookieOffset} lies past the {hdr.data_len} bytes of XML data",
-            offset=hdr.offset_of("cookieOffset"),
             expected=f"at most {hdr.data_len}",
         )
     return hdr

@@ -112,25 +112,26 @@ def _mapped_block(state: RamState, r: Reader, block: RamBlock) -> None:
     """The mapped-ram header after a block's MEM_SIZE entry, and its pages."""
     m = MappedRamHeader.read(r)
     if m.version > MAPPED_RAM_HDR_VERSION:
-        raise UnsupportedError(
+        raise m.error(
+            "version",
             f"mapped-ram header version {m.version}",
-            offset=m.offset_of("version"),
             expected=f"{MAPPED_RAM_HDR_VERSION}",
+            error=UnsupportedError,
         )
     ps = m.page_size
     if ps == 0 or ps & (ps - 1):
-        raise FormatError(
+        raise m.error(
+            "page_size",
             f"mapped-ram page size {ps}",
-            offset=m.offset_of("page_size"),
             expected="a power of two",
         )
     block.mapped = m
     if state.page_size is None:
         state.set_page_size(ps)
     elif ps != state.page_size:
-        raise FormatError(
+        raise m.error(
+            "page_size",
             f"mapped-ram page size {ps} differs from the stream's {state.page_size}",
-            offset=m.offset_of("page_size"),
         )
     state.ensure_consumer()
     state.consumer.add_block(block)
@@ -138,9 +139,9 @@ def _mapped_block(state: RamState, r: Reader, block: RamBlock) -> None:
         return  # a block x-ignore-shared leaves out: no bitmap, no pages
     bitmap_off, pages_off = m.bitmap_offset, m.pages_offset
     if pages_off % ps:
-        raise FormatError(
+        raise m.error(
+            "pages_offset",
             f"mapped-ram pages offset {pages_off:#x} is not page aligned",
-            offset=m.offset_of("pages_offset"),
         )
     npages = block.used_length // ps
     bitmap_len = -(-npages // 64) * 8

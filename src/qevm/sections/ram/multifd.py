@@ -198,10 +198,10 @@ def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
                 expected=f"at most {page_count} pages",
             )
         if hdr.zero_pages > hdr.pages_alloc - hdr.normal_pages:
-            raise FormatError(
+            raise hdr.error(
+                "zero_pages",
                 f"multifd packet with {hdr.pages_alloc} slots, {hdr.normal_pages} pages, "
                 f"{hdr.zero_pages} zero pages",
-                offset=hdr.offset_of("zero_pages"),
                 expected=f"at most {hdr.pages_alloc - hdr.normal_pages} zero pages",
             )
         # Only packets with pages carry a payload, whatever next_packet_size
@@ -236,7 +236,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
             continue
         comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK)
         if comp is None:
-            raise FormatError(f"multifd flags {hdr.flags:#x}", offset=hdr.offset_of("flags"))
+            raise hdr.error("flags", f"multifd flags {hdr.flags:#x}")
         normal, zero = hdr.normal_pages, hdr.zero_pages
         # 7.2 sets the compression flag only on packets with pages.
         if normal or zero:
@@ -244,9 +244,9 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
             bname = hdr.block_name
             block = state.blocks.get(bname)
             if block is None:
-                raise FormatError(
+                raise hdr.error(
+                    "ramblock",
                     f"multifd packet for unknown RAM block {bname!r}",
-                    offset=hdr.offset_of("ramblock"),
                 )
             offs = pkt.offsets[: normal + zero]
             for a in offs:
@@ -257,9 +257,9 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
             payload_off = pkt.payload_offset
             if normal and comp == "none":
                 if pkt.payload_length != normal * ps:
-                    raise FormatError(
+                    raise hdr.error(
+                        "next_packet_size",
                         f"multifd payload of {pkt.payload_length} bytes for {normal} pages",
-                        offset=hdr.offset_of("next_packet_size"),
                         expected=f"{normal * ps}",
                     )
                 r.ensure(pkt.payload_length)

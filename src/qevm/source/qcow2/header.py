@@ -58,6 +58,8 @@ class QCowHeader(
 ):
     """The qcow2 header (block/qcow2.h: QCowHeader)."""
 
+    error_class = ContainerError
+
     @property
     def cluster_size(self) -> int:
         return 1 << self.cluster_bits
@@ -117,15 +119,15 @@ def read_header(src: Source) -> QCowHeader:
         )
     h = QCowHeader.unpack(_covered(head, V2_HEADER_LENGTH))
     if h.version not in (2, 3):
-        raise ContainerError(
+        raise h.error(
+            "version",
             f"qcow2 version {h.version} is not supported",
-            offset=h.offset_of("version"),
             expected="version 2 or 3",
         )
     if not MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS:
-        raise ContainerError(
+        raise h.error(
+            "cluster_bits",
             f"cluster_bits {h.cluster_bits} is out of range",
-            offset=h.offset_of("cluster_bits"),
             expected=f"{MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}",
         )
     if h.version == 2:
@@ -135,9 +137,9 @@ def read_header(src: Source) -> QCowHeader:
     read_in_image(src, V2_HEADER_LENGTH, v3_end - V2_HEADER_LENGTH, "qcow2 version 3 header")
     length = QCowHeader.unpack(_covered(head, v3_end)).header_length
     if length < v3_end or length % 8 or length > h.cluster_size:
-        raise ContainerError(
+        raise h.error(
+            "header_length",
             f"header_length {length} is invalid",
-            offset=h.offset_of("header_length"),
             expected=f"a multiple of 8, at least {v3_end} and at most one cluster",
         )
     if len(head) < min(length, QCowHeader.size):
@@ -154,50 +156,49 @@ def _checked(h: QCowHeader) -> QCowHeader:
     """The header, if qevm can read the image it heads."""
 
     if h.crypt_method:
-        raise ContainerError(
+        raise h.error(
+            "crypt_method",
             f"the image is encrypted (crypt_method {h.crypt_method}); encrypted qcow2 images "
             "are not supported",
-            offset=h.offset_of("crypt_method"),
             expected="crypt_method 0",
         )
     features = h.incompatible_features
     unknown = features & ~INCOMPAT_KNOWN
     if unknown:
-        raise ContainerError(
+        raise h.error(
+            "incompatible_features",
             f"unknown incompatible qcow2 features {unknown:#x}",
-            offset=h.offset_of("incompatible_features"),
             expected=f"only bits in {INCOMPAT_KNOWN:#x}",
         )
     if features & INCOMPAT_DATA_FILE:
-        raise ContainerError(
+        raise h.error(
+            "incompatible_features",
             "the image keeps its data in an external data file, which is not supported "
             "(and cannot hold internal snapshots)",
-            offset=h.offset_of("incompatible_features"),
         )
-    where = h.offset_of("compression_type")
     if features & INCOMPAT_COMPRESSION:
         if h.compression_type == 0:
-            raise ContainerError(
+            raise h.error(
+                "compression_type",
                 "the compression-type feature is set but compression_type is 0",
-                offset=where,
                 expected="a non-zero compression_type",
             )
     elif h.compression_type != 0:
-        raise ContainerError(
+        raise h.error(
+            "compression_type",
             f"compression_type {h.compression_type} without the compression-type feature bit",
-            offset=where,
             expected="0 (deflate)",
         )
     if h.compression_type not in COMPRESSION_TYPES:
-        raise ContainerError(
+        raise h.error(
+            "compression_type",
             f"unknown compression_type {h.compression_type}",
-            offset=where,
             expected="0 (deflate) or 1 (zstd)",
         )
     if h.extended_l2 and h.cluster_bits < 14:
-        raise ContainerError(
+        raise h.error(
+            "cluster_bits",
             f"extended L2 entries with {h.cluster_size}-byte clusters",
-            offset=h.offset_of("cluster_bits"),
             expected="clusters of at least 16 KiB with extended L2 entries",
         )
     return h

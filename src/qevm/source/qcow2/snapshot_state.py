@@ -118,32 +118,32 @@ class SnapshotVMState(Source):
     def _check_l1(self, snap: Snapshot, span: int) -> None:
         entry = snap.header
         if entry.l1_size * 8 > MAX_L1_BYTES:
-            raise ContainerError(
+            raise entry.error(
+                "l1_size",
                 f"snapshot {snap.name!r} has an L1 table of {entry.l1_size} entries",
-                offset=entry.offset_of("l1_size"),
                 expected=f"at most {MAX_L1_BYTES // 8}",
             )
         if entry.l1_table_offset % self._cs:
-            raise ContainerError(
+            raise entry.error(
+                "l1_table_offset",
                 f"L1 table of snapshot {snap.name!r} at {entry.l1_table_offset:#x} is not "
                 "cluster aligned",
-                offset=entry.offset_of("l1_table_offset"),
                 expected=f"a multiple of {self._cs:#x}",
             )
         if entry.l1_table_offset + entry.l1_size * 8 > self._file_size:
-            raise ContainerError(
+            raise entry.error(
+                "l1_table_offset",
                 f"L1 table of snapshot {snap.name!r} ({entry.l1_size} entries at "
                 f"{entry.l1_table_offset:#x}) extends beyond the end of the image",
-                offset=entry.offset_of("l1_table_offset"),
                 expected="the table inside the file",
             )
         end = self.vmstate_offset + snap.vm_state_size
         if end > entry.l1_size * span:
-            raise ContainerError(
+            raise entry.error(
+                "vm_state_size",
                 f"VM state of snapshot {snap.name!r} ({snap.vm_state_size} bytes at guest "
                 f"offset {self.vmstate_offset:#x}) extends past what its L1 table of "
                 f"{entry.l1_size} entries maps",
-                offset=entry.offset_of("vm_state_size"),
                 expected=f"at most {max(0, entry.l1_size * span - self.vmstate_offset)} bytes",
             )
 

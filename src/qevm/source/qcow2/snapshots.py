@@ -28,6 +28,8 @@ class QCowSnapshotHeader(
 ):
     """An entry of the snapshot table (block/qcow2.h: QCowSnapshotHeader)."""
 
+    error_class = ContainerError
+
 
 class QCowSnapshotExtraData(
     CStruct,
@@ -38,6 +40,8 @@ class QCowSnapshotExtraData(
     """,
 ):
     """The extra data of a snapshot entry (block/qcow2.h: QCowSnapshotExtraData)."""
+
+    error_class = ContainerError
 
 
 @dataclass
@@ -83,15 +87,15 @@ def read_snapshots(src: Source, h: QCowHeader) -> list[Snapshot]:
     if h.nb_snapshots == 0:
         return []
     if h.nb_snapshots > MAX_SNAPSHOTS:
-        raise ContainerError(
+        raise h.error(
+            "nb_snapshots",
             f"{h.nb_snapshots} snapshots",
-            offset=h.offset_of("nb_snapshots"),
             expected=f"at most {MAX_SNAPSHOTS}",
         )
     if h.snapshots_offset % h.cluster_size:
-        raise ContainerError(
+        raise h.error(
+            "snapshots_offset",
             f"snapshot table offset {h.snapshots_offset:#x} is not cluster aligned",
-            offset=h.offset_of("snapshots_offset"),
             expected=f"a multiple of {h.cluster_size:#x}",
         )
     out = []
@@ -102,9 +106,9 @@ def read_snapshots(src: Source, h: QCowHeader) -> list[Snapshot]:
         sh = QCowSnapshotHeader.unpack(read_in_image(src, off, QCowSnapshotHeader.size, what), off)
         off += sh.size
         if sh.extra_data_size > MAX_SNAPSHOT_EXTRA_DATA:
-            raise ContainerError(
+            raise sh.error(
+                "extra_data_size",
                 f"{what} has {sh.extra_data_size} bytes of extra data",
-                offset=sh.offset_of("extra_data_size"),
                 expected=f"at most {MAX_SNAPSHOT_EXTRA_DATA}",
             )
         raw = read_in_image(src, off, sh.extra_data_size, f"extra data of {what}")
