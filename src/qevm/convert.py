@@ -49,7 +49,7 @@ from .stream import (
     SectionRecord,
 )
 from .vmstate.desc import FieldDesc, JsonObject
-from .wire import Writer
+from .wire import RELEASE_STEP, Writer
 from .writer import StreamWriter
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ class ConvertWriter(StreamWriter):
         index = self.index
         ps = index.page_size
         cont = False
+        copied = 0
         for run in index.runs(block.name):
             if run.kind == ABSENT_RUN:
                 continue  # no record gave these pages: nothing to write
@@ -227,6 +228,12 @@ class ConvertWriter(StreamWriter):
                     data = src.read_at(run.offset + i * run.stride, ps)
                     write_page(w, block, (run.first + i) * ps, data, cont)
                     cont = True
+                    copied += ps
+                    if copied >= RELEASE_STEP:
+                        # Pages come in index order, not input order: let all of it go.
+                        for inp in index.inputs:
+                            inp.release(0, inp.size or 0)
+                        copied = 0
             else:  # zlib, XBZRLE results, filled pages: their content as computed
                 for page in range(run.first, run.first + run.count):
                     write_page(w, block, page * ps, index.read_page(block.name, page), cont)

@@ -31,6 +31,8 @@ class Source(Protocol):
 
     def fileno(self) -> int | None: ...
 
+    def release(self, start: int, end: int) -> None: ...
+
 
 class Writer(Protocol):
     """What copies go to: a stream writer (:class:`qevm.wire.Writer`)."""
@@ -188,11 +190,13 @@ def copy_file_sparse(src: int, soff: int, length: int, dst: int, doff: int) -> N
 
 
 def copy_range(w: Writer, src: Source, start: int, end: int) -> None:
-    """Bytes ``[start, end)`` of ``src`` to a stream writer, as they are."""
+    """Bytes ``[start, end)`` of ``src`` to a stream writer, as they are (a mapped
+    input lets them go after)."""
     pos = start
     while pos < end:
         n = min(COPY_SIZE, end - pos)
         w.bytes(src.read_at(pos, n))
+        src.release(pos, pos + n)
         pos += n
 
 

@@ -135,6 +135,12 @@ class StreamWriter:
     """Writes a parsed stream back, with whatever edits its model carries."""
 
     def __init__(self, mig: Migration, ram_patch: RamPatch | None = None) -> None:
+        broken = [r for r in mig.all_records() if r.error is not None and r.kind != "trailing"]
+        if broken:
+            raise UsageError(
+                f"the stream has {len(broken)} records that could not be read (the first at "
+                f"{broken[0].offset:#x}); it cannot be written back"
+            )
         self.mig = mig
         self.source = mig.source
         self.wctx = WriteContext(mig, ram_patch)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..render import jsonout
-from . import add_input, command
+from . import add_input, command, outcome, report_errors
 from .ram import _add_channel
 
 
@@ -29,7 +29,11 @@ def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
             src.close()
         src = copy
     channels = getattr(args, "channel", None) or None
-    return qopen(src, desc=getattr(args, "desc", None), index_ram=ram, channels=channels)
+    mig = qopen(
+        src, desc=getattr(args, "desc", None), index_ram=ram, channels=channels, strict=False
+    )
+    report_errors(mig)
+    return mig
 
 
 # -- qevm state --decode ------------------------------------------------------------
@@ -113,4 +117,4 @@ def run_devices(args: argparse.Namespace) -> int:
             out = sys.stdout
             for line in report.format():
                 out.write(line + "\n")
-    return 0
+        return outcome(mig)

@@ -317,6 +317,10 @@ class RamState:
         r.release_behind()
         if self.ctx.progress is not None:
             self.ctx.progress(r.offset)
+        self.vectorise_if_due(pending)
+
+    def vectorise_if_due(self, pending: int = 0) -> None:
+        """Read long runs with numpy once the records read (and ``pending``) repay its import."""
         if self.runs.numpy is None and pending + self._records_seen >= VECTOR_AFTER:
             import numpy
 

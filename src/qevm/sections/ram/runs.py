@@ -41,23 +41,34 @@ class ContinueRuns:
         no method calls per record (and numpy, once loaded, reads long runs
         of one kind at once).  Returns (zero pages, data pages).
         """
-        if self.numpy is not None:
-            nz = npg = 0
-            while True:
-                k1 = self._run(r, block, state, 9, RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
-                page = 8 + state.page_size  # type: ignore[operator]
-                k2 = self._run(r, block, state, page, RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE)
-                nz += k1
-                npg += k2
-                if not (k1 or k2):
-                    break
-            a, b = self._read_py(r, block, state)
-            return nz + a, npg + b
-        return self._read_py(r, block, state)
+        nz = npg = 0
+        while True:
+            if self.numpy is not None:
+                while True:
+                    k1 = self._run(r, block, state, 9, RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
+                    page = 8 + state.page_size  # type: ignore[operator]
+                    k2 = self._run(
+                        r, block, state, page, RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
+                    )
+                    nz += k1
+                    npg += k2
+                    if not (k1 or k2):
+                        break
+            a, b, more = self._read_py(r, block, state)
+            nz += a
+            npg += b
+            if not more:
+                return nz, npg
+            # A run longer than one step (a whole RAM in one record): let go of
+            # what was read, and go on with numpy once it pays.
+            r.release_behind()
+            state.vectorise_if_due(nz + npg)
 
-    def _read_py(self, r: Reader, block: RamBlock, state: RamState) -> tuple[int, int]:
+    def _read_py(self, r: Reader, block: RamBlock, state: RamState) -> tuple[int, int, bool]:
+        """Records of the run in at most ``MAX_RUN_BYTES``; whether the run may go on."""
         buf, pos, base = r.buf, r.pos, r.base
-        end = pos + r.available()
+        avail_end = pos + r.available()
+        end = min(avail_end, pos + MAX_RUN_BYTES)
         ps = state.page_size
         assert ps is not None
         mask = ps - 1
@@ -93,7 +104,7 @@ class ContinueRuns:
             else:
                 break
         r.pos = pos
-        return nz, npg
+        return nz, npg, end < avail_end and end - pos < 9 + rec_page
 
     def _run(self, r: Reader, block: RamBlock, state: RamState, size: int, want: int) -> int:
         np = self.numpy

@@ -301,6 +301,7 @@ class RamWriter:
         """Write the records of one RAM section body."""
         last_section = rec is self.entry.records[-1]
         for item in self.state.records(r):
+            r.release_behind()  # (a whole RAM can be one record: let go as it is copied)
             if type(item) is RamRecord:
                 if item.kind == RAM_SAVE_FLAG_MEM_SIZE:
                     self._mem_size(w, item)
