@@ -22,8 +22,8 @@ from ..sections.ram.index import ABSENT
 
 if TYPE_CHECKING:
     from ..migration import Migration
+    from ..sections.ram.blocks import RamBlock
     from ..sections.ram.index import PageIndex
-    from ..sections.ram.records import RamBlock
     from ..wire import Reader
 
 #: Bytes read from an input at a time when hashing pages from the page index.
