@@ -29,7 +29,6 @@ from .format import (
     SECTION_TYPE_NAMES,
     VMDESCRIPTION,
 )
-from .sections import SectionHandler, load_all
 from .source.base import Source
 from .vmstate.desc import Description, DeviceDesc, parse_description
 from .vmstate.values import StateNode
@@ -39,7 +38,6 @@ from .wire import Reader
 MAX_PACKAGED_DEPTH = 8
 #: Largest JSON description accepted (QEMU's are a few MB at most).
 MAX_DESCRIPTION = 256 << 20
-load_all()
 
 
 @dataclass(eq=False)
@@ -114,7 +112,9 @@ class SectionEntry:
     idstr: str
     instance_id: int
     version: int
-    handler: SectionHandler | None
+    #: The section's own format (a :class:`qevm.sections.registry.SectionHandler`),
+    #: None for a section only its VMSD describes.
+    handler: Any
     records: list[SectionRecord] = field(default_factory=list)
     state: Any = None
     desc: DeviceDesc | None = None

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
-from . import SectionHandler, register
+from .registry import SectionHandler, register
 
 if TYPE_CHECKING:
     from ..stream import ParseContext, SectionEntry, SectionRecord

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import SectionHandler, register
+from .registry import SectionHandler, register
 
 if TYPE_CHECKING:
     from ..stream import ParseContext, SectionEntry, SectionRecord

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
-from . import SectionHandler, register
+from .registry import SectionHandler, register
 
 if TYPE_CHECKING:
     from ..stream import ParseContext, SectionEntry, SectionRecord

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
 from ..format import SECTION_FULL
-from . import SectionHandler, register
+from .registry import SectionHandler, register
 
 if TYPE_CHECKING:
     from ..stream import ParseContext, SectionEntry, SectionRecord

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import UnsupportedError
 from ...format import RAM_PAGE_KINDS
-from .. import SectionHandler, register
+from ..registry import SectionHandler, register
 from .blocks import RamBlock
 from .records import RamState
 
