@@ -25,9 +25,10 @@ from .errors import (
     UnsupportedError,
     UsageError,
 )
+from .loadvm import parse_stream
 from .migration import Device, Migration
 from .source import Source, open_source
-from .stream import ParseOptions, locate_description, parse_stream
+from .stream import ParseOptions, locate_description
 from .vmstate.desc import Description, parse_description
 
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import DescriptionError, FormatError, QevmError, TruncatedError
 from .format import SECTION_FOOTER, SECTION_FULL
@@ -34,7 +34,8 @@ from .vmstate.values import StateNode
 from .wire import Reader
 
 if TYPE_CHECKING:
-    from .loadvm import StreamParser
+    from .source.base import Source
+    from .stream import ParseContext, ParseOptions, SectionEntry
 
 #: A section footer: 0x7e, then the section id.
 FOOTER = struct.Struct(">BI")
@@ -82,10 +83,30 @@ class DescriptionMatcher:
         return self._last.get(key)
 
 
-class DeviceSections:
-    """Delimits and decodes the device sections a :class:`StreamParser` meets."""
+class Loader(Protocol):
+    """What :class:`DeviceSections` asks of the loader (:class:`qevm.loadvm.StreamParser`)."""
 
-    def __init__(self, parser: StreamParser) -> None:
+    r: Reader
+    ctx: ParseContext
+    options: ParseOptions
+    input: Source
+    entries: dict[int, SectionEntry]
+    #: Whether sections end with footers (None until the first section says).
+    footers: bool | None
+    #: The stream's own description, when found before reading.
+    own_desc: Description | None
+
+    def error(self, error: QevmError) -> None:
+        """Keep ``error`` (reading on) or raise it."""
+
+    def plausible_record_at(self, off: int) -> bool:
+        """Whether a record (or the end of the input) can start at ``off``."""
+
+
+class DeviceSections:
+    """Delimits and decodes the device sections the loader meets."""
+
+    def __init__(self, parser: Loader) -> None:
         self.parser = parser
         opts = parser.options
         #: The description device sections are decoded with.

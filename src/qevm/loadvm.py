@@ -477,3 +477,8 @@ class StreamParser:
             self._set_page_size(desc.page_size, "the VM description", off + 5)
         self.stream_desc = desc
         return DescriptionRecord(off, r.offset, length, desc)
+
+
+def parse_stream(source: Source, options: ParseOptions | None = None) -> ParsedStream:
+    """Read ``source`` (a stream starting at ``source.start``) completely."""
+    return StreamParser(source, options or ParseOptions()).parse()

@@ -1,9 +1,12 @@
-"""Stream framing (QEMU's savevm.c): header, records, footers, EOF, description.
+"""Stream framing (QEMU's savevm.c): the records a stream is made of, and how it is read.
 
-:class:`StreamParser` walks a stream once, front to back, and produces the
-records in order with their exact extents.  Live sections (RAM, ...) are read
-by their handlers as they come; device (VMSD) sections are delimited and
-decoded by :mod:`qevm.delimit`.
+The loader (:func:`qevm.loadvm.parse_stream`) walks a stream once, front to
+back, and produces these records in order with their exact extents: the
+header, the configuration, commands, sections (:class:`SectionEntry` per
+section id, :class:`SectionRecord` per START/PART/END/FULL), EOF and the
+VM description.  Live sections (RAM, ...) are read by their handlers
+(:mod:`qevm.sections`) as they come; device (VMSD) sections are delimited
+and decoded by :mod:`qevm.delimit`.
 
 Strict parsing (the default) raises the first error.  Otherwise a record that
 cannot be read keeps its error (:attr:`SectionRecord.error`, or a
@@ -206,13 +209,6 @@ class ParsedStream:
     context: ParseContext
     #: Every error met (non-strict parsing), in stream order.
     errors: list[QevmError] = field(default_factory=list)
-
-
-def parse_stream(source: Source, options: ParseOptions | None = None) -> ParsedStream:
-    """Read ``source`` (a stream starting at ``source.start``) completely."""
-    from .loadvm import StreamParser  # (the loader builds on the records defined here)
-
-    return StreamParser(source, options or ParseOptions()).parse()
 
 
 def locate_description(source: Source) -> Description | None:
