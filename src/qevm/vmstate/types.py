@@ -13,16 +13,43 @@ import struct
 import sys
 from array import array
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import DescriptionError, FormatError, UsageError
 from ..format import VMS_NULLPTR_MARKER
-from .desc import FieldDesc
+from .desc import FieldDesc, VmsdDesc
 from .values import NULL, GTreeValue, StateNode
 
 if TYPE_CHECKING:
-    from ..wire import Writer
-    from .codec import Decoder, Encoder
+    from ..wire import Reader, Writer
+
+
+class Decoding(Protocol):
+    """The decoder as a field type sees it (:class:`~.codec.Decoder` is one): the
+    reader, and the nested VMSDs a struct, list or tree element is read with."""
+
+    r: Reader
+
+    def vmsd(self, desc: VmsdDesc) -> StateNode:
+        """One instance of ``desc`` (fields, then subsections)."""
+
+    def vmsd_array(self, desc: VmsdDesc, n: int) -> list[StateNode]:
+        """``n`` instances of ``desc``."""
+
+    def pointer_array(self, f: FieldDesc, n: int) -> list[Any]:
+        """An array of pointers whose description saw only a NULL element."""
+
+
+class Encoding(Protocol):
+    """The encoder as a field type sees it (:class:`~.codec.Encoder` is one)."""
+
+    w: Writer
+
+    def node(self, node: StateNode) -> None:
+        """Write a VMSD instance: fields, then subsections."""
+
+    def element_node(self, value: Any) -> None:
+        """Write a struct element: a node, a NULL marker or undescribed bytes."""
 
 
 @lru_cache(maxsize=256)
@@ -38,15 +65,15 @@ class FieldType:
     #: Wire size of one element when fixed, else None.
     width: int | None = None
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> Any:
+    def decode(self, dec: Decoding, f: FieldDesc) -> Any:
         """Read one element."""
         raise NotImplementedError
 
-    def decode_many(self, dec: Decoder, f: FieldDesc, n: int) -> list[Any]:
+    def decode_many(self, dec: Decoding, f: FieldDesc, n: int) -> list[Any]:
         """Read ``n`` elements of a compressed array."""
         return [self.decode(dec, f) for _ in range(n)]
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: Any) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: Any) -> None:
         """Write one element."""
         raise NotImplementedError
 
@@ -80,14 +107,14 @@ class IntType(FieldType):
         self.code = code if signed else code.upper()
         self._one = struct.Struct(">" + self.code)
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> int:
+    def decode(self, dec: Decoding, f: FieldDesc) -> int:
         r = dec.r
         r.ensure(self.width)  # type: ignore[arg-type]
         (v,) = self._one.unpack_from(r.buf, r.pos)
         r.pos += self.width  # type: ignore[operator]
         return v
 
-    def decode_many(self, dec: Decoder, f: FieldDesc, n: int) -> array:
+    def decode_many(self, dec: Decoding, f: FieldDesc, n: int) -> array:
         """Many integers, kept compactly as an ``array`` (8 bytes per uint64)."""
         r = dec.r
         size = n * self.width  # type: ignore[operator]
@@ -99,10 +126,10 @@ class IntType(FieldType):
         r.pos += size
         return vals
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: int) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: int) -> None:
         enc.w.bytes(self._one.pack(value))
 
-    def encode_many(self, enc: Encoder, f: FieldDesc, values: Any) -> None:
+    def encode_many(self, enc: Encoding, f: FieldDesc, values: Any) -> None:
         enc.w.bytes(array_bytes(self, values))
 
     def format(self, value: int) -> str:
@@ -144,7 +171,7 @@ class BoolType(IntType):
     def __init__(self) -> None:
         super().__init__(("bool",), 1, False)
 
-    def decode_many(self, dec: Decoder, f: FieldDesc, n: int) -> list[int]:  # type: ignore[override]
+    def decode_many(self, dec: Decoding, f: FieldDesc, n: int) -> list[int]:  # type: ignore[override]
         return list(super().decode_many(dec, f, n))
 
     def to_json(self, value: int) -> bool:
@@ -168,16 +195,16 @@ class BytesType(FieldType):
     def __init__(self, names: tuple[str, ...] = ()) -> None:
         self.names = names
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> bytes:
+    def decode(self, dec: Decoding, f: FieldDesc) -> bytes:
         return dec.r.bytes(f.size)
 
-    def decode_many(self, dec: Decoder, f: FieldDesc, n: int) -> list[bytes]:
+    def decode_many(self, dec: Decoding, f: FieldDesc, n: int) -> list[bytes]:
         r = dec.r
         size = f.size
         data = r.bytes(size * n)
         return [data[i * size : (i + 1) * size] for i in range(n)]
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: bytes) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: bytes) -> None:
         enc.w.bytes(value)
 
     def to_json(self, value: bytes) -> str:
@@ -202,14 +229,14 @@ class NullPtrType(FieldType):
     names = ("nullptr", "ptr-marker")
     width = 1
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> object:
+    def decode(self, dec: Decoding, f: FieldDesc) -> object:
         off = dec.r.offset
         b = dec.r.u8()
         if b != VMS_NULLPTR_MARKER:
             raise FormatError(f"NULL pointer marker is {b:#04x}", offset=off, expected="0x30 ('0')")
         return NULL
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: object) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: object) -> None:
         enc.w.u8(VMS_NULLPTR_MARKER)
 
     def to_json(self, value: object) -> None:
@@ -224,10 +251,10 @@ class CapabilityType(FieldType):
 
     names = ("capability",)
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> str:
+    def decode(self, dec: Decoding, f: FieldDesc) -> str:
         return dec.r.counted_str()
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: str) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: str) -> None:
         enc.w.counted_str(value)
 
     def fits(self, f: FieldDesc) -> bool:
@@ -239,19 +266,19 @@ class StructType(FieldType):
 
     names = ("struct",)
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> Any:
+    def decode(self, dec: Decoding, f: FieldDesc) -> Any:
         if not f.nested:
             raise DescriptionError(f"struct field {f.name!r} has no description")
         return dec.vmsd(f.nested[0])
 
-    def decode_many(self, dec: Decoder, f: FieldDesc, n: int) -> list[Any]:
+    def decode_many(self, dec: Decoding, f: FieldDesc, n: int) -> list[Any]:
         if not f.nested:
             raise DescriptionError(f"struct field {f.name!r} has no description")
         if f.nested[0].empty:
             return dec.pointer_array(f, n)
         return dec.vmsd_array(f.nested[0], n)
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: Any) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: Any) -> None:
         enc.element_node(value)
 
 
@@ -260,12 +287,12 @@ class InlineVmsdType(FieldType):
 
     names = ("vstruct", "tmp")
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> StateNode:
+    def decode(self, dec: Decoding, f: FieldDesc) -> StateNode:
         if not f.nested:
             raise DescriptionError(f"field {f.name!r} ({f.type}) has no nested description")
         return dec.vmsd(f.nested[0])
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: StateNode) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: StateNode) -> None:
         enc.node(value)
 
 
@@ -274,7 +301,7 @@ class ListType(FieldType):
 
     names = ("qtailq", "qlist")
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> list[StateNode]:
+    def decode(self, dec: Decoding, f: FieldDesc) -> list[StateNode]:
         r = dec.r
         items: list[StateNode] = []
         while True:
@@ -286,7 +313,7 @@ class ListType(FieldType):
                 raise FormatError(f"list marker {more:#04x}", offset=off, expected="0 or 1")
             items.append(dec.vmsd(_element_desc(f, len(items))))
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: list[StateNode]) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: list[StateNode]) -> None:
         for node in value:
             enc.w.u8(1)
             enc.node(node)
@@ -298,7 +325,7 @@ class GTreeType(FieldType):
 
     names = ("gtree",)
 
-    def decode(self, dec: Decoder, f: FieldDesc) -> GTreeValue:
+    def decode(self, dec: Decoding, f: FieldDesc) -> GTreeValue:
         r = dec.r
         nnodes = r.u32()
         vmsd_keys = len(f.nested) >= 2 * nnodes > 0
@@ -324,7 +351,7 @@ class GTreeType(FieldType):
             )
         return GTreeValue(nnodes, items)
 
-    def encode(self, enc: Encoder, f: FieldDesc, value: GTreeValue) -> None:
+    def encode(self, enc: Encoding, f: FieldDesc, value: GTreeValue) -> None:
         w: Writer = enc.w
         w.u32(value.nnodes)
         for key, val in value.items:
