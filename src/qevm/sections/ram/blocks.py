@@ -11,14 +11,14 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import FormatError, TruncatedError, UnsupportedError
 from ...format import MAPPED_RAM_HDR_VERSION, MappedRamHeader
 
 if TYPE_CHECKING:
+    from ...stream import ParseContext
     from ...wire import Reader
-    from .records import RamState
 
 _U64 = struct.Struct(">Q")
 
@@ -47,7 +47,30 @@ class RamBlock:
         return self.mr_addr is None or bool(self.records)
 
 
-def read_block_list(state: RamState, r: Reader, total: int) -> list[RamBlock]:
+class RamReading(Protocol):
+    """What reading the block list and runs of pages asks of the RAM section's state
+    (:class:`~.records.RamState`, the record decoder, is it)."""
+
+    ctx: ParseContext
+    blocks: dict[str, RamBlock]
+    #: The target page size, once known.
+    page_size: int | None
+    #: The page consumer (made by :meth:`ensure_consumer`).
+    consumer: Any
+    #: The input the records are in (0: the main stream; else an extra channel).
+    src: int
+
+    def ensure_consumer(self) -> None:
+        """Make the page consumer (once the page size is known) and tell it the blocks."""
+
+    def set_page_size(self, ps: int) -> None:
+        """Settle the target page size."""
+
+    def vectorise_if_due(self, pending: int = 0) -> None:
+        """Read long runs with numpy once the records read repay its import."""
+
+
+def read_block_list(state: RamReading, r: Reader, total: int) -> list[RamBlock]:
     """The RAM block list (QEMU's parse_ramblocks)."""
     ctx = state.ctx
     caps = ctx.capabilities
@@ -108,7 +131,7 @@ def _hugepage_size(r: Reader, postcopy: dict) -> int | None:
     return None
 
 
-def _mapped_block(state: RamState, r: Reader, block: RamBlock) -> None:
+def _mapped_block(state: RamReading, r: Reader, block: RamBlock) -> None:
     """The mapped-ram header after a block's MEM_SIZE entry, and its pages."""
     m = MappedRamHeader.read(r)
     if m.version > MAPPED_RAM_HDR_VERSION:

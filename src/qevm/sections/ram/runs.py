@@ -17,8 +17,7 @@ from .consumer import PageConsumer
 
 if TYPE_CHECKING:
     from ...wire import Reader
-    from .blocks import RamBlock
-    from .records import RamState
+    from .blocks import RamBlock, RamReading
 
 #: Most bytes of records one vectorised step looks at.
 MAX_RUN_BYTES = 16 << 20
@@ -33,7 +32,7 @@ class ContinueRuns:
         self.numpy: Any = None
         self._hint = 64
 
-    def read(self, r: Reader, block: RamBlock, state: RamState) -> tuple[int, int]:
+    def read(self, r: Reader, block: RamBlock, state: RamReading) -> tuple[int, int]:
         """Consume the ZERO|CONTINUE (fill 0) and PAGE|CONTINUE records that follow;
         their pages go to ``state``'s consumer.
 
@@ -64,7 +63,7 @@ class ContinueRuns:
             r.release_behind()
             state.vectorise_if_due(nz + npg)
 
-    def _read_py(self, r: Reader, block: RamBlock, state: RamState) -> tuple[int, int, bool]:
+    def _read_py(self, r: Reader, block: RamBlock, state: RamReading) -> tuple[int, int, bool]:
         """Records of the run in at most ``MAX_RUN_BYTES``; whether the run may go on."""
         buf, pos, base = r.buf, r.pos, r.base
         avail_end = pos + r.available()
@@ -106,7 +105,7 @@ class ContinueRuns:
         r.pos = pos
         return nz, npg, end < avail_end and end - pos < 9 + rec_page
 
-    def _run(self, r: Reader, block: RamBlock, state: RamState, size: int, want: int) -> int:
+    def _run(self, r: Reader, block: RamBlock, state: RamReading, size: int, want: int) -> int:
         np = self.numpy
         total = 0
         ps = state.page_size
