@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import UsageError
-from .fileio import copy_range, is_zero
+from .fileio import copy_range
 from .format import (
     COMMAND,
     CONFIGURATION,
@@ -36,7 +35,7 @@ from .format import (
     SECTION_START,
     VMDESCRIPTION,
 )
-from .source.base import CHUNK, FileSource, Source
+from .source.base import FileSource, Source
 from .stream import (
     CommandRecord,
     ConfigurationRecord,
@@ -61,39 +60,11 @@ if TYPE_CHECKING:
 # -- the input ------------------------------------------------------------------------
 
 
-def spool(src: Source, tmpdir: str | None = None) -> FileSource:
-    """A seekable copy of a streaming source, at the same offsets (zeros as holes).
-
-    Writing needs to go back to the input (RAM pages are located, not kept),
-    so a pipe or a decompressor is first copied to a temporary file.
-    """
-    fd, path = tempfile.mkstemp(prefix="qevm-spool-", dir=tmpdir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.seek(src.start)
-            while True:
-                data = src.read(CHUNK)
-                if not data:
-                    break
-                if is_zero(data):
-                    f.seek(len(data), 1)
-                else:
-                    f.write(data)
-            f.truncate()
-        out = FileSource(path, start=src.start)
-    finally:
-        os.unlink(path)  # the open mapping keeps the data until closed
-    out.name = src.name
-    out.container = src.container
-    out.info = dict(src.info)
-    out.spooled = True  # type: ignore[attr-defined]
-    return out
-
-
 def open_for_writing(spec: Any, **kw: Any) -> Migration:
     """:func:`qevm.open` for rewriting: a streaming input is spooled to a file first."""
     from . import open as qopen
     from .source import open_source
+    from .source.spool import spool
 
     src = open_source(spec, format=kw.pop("format", "auto"), snapshot=kw.pop("snapshot", None))
     if not src.seekable:

@@ -19,7 +19,7 @@ def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
     """
     from .. import open as qopen
     from ..source import open_source
-    from ..writer import spool
+    from ..source.spool import spool
 
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
     if ram and not src.seekable:

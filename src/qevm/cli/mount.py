@@ -41,7 +41,7 @@ def run_mount(args: argparse.Namespace) -> int:
     from ..mount import Tree, build_files, mount
     from ..source import open_source
     from ..views.memmap import parse_overrides
-    from ..writer import spool
+    from ..source.spool import spool
 
     if not os.path.isdir(args.mountpoint):
         raise UsageError(f"{args.mountpoint}: not a directory")

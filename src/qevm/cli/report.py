@@ -50,7 +50,7 @@ def _open(args: argparse.Namespace) -> Any:
     map and the virtio rings read RAM after it has gone by)."""
     from .. import open as qopen
     from ..source import open_source
-    from ..writer import spool
+    from ..source.spool import spool
 
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
     if not src.seekable:
