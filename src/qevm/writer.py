@@ -54,8 +54,8 @@ from .vmstate.values import StateNode
 from .wire import Reader, Writer
 
 if TYPE_CHECKING:
+    from .edit import RamPatch
     from .migration import Migration
-    from .sections.ram.write import RamPatch
 
 # -- the input ------------------------------------------------------------------------
 

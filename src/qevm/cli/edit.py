@@ -12,7 +12,7 @@ from . import add_input, command
 from .ram import _add_channel
 
 if TYPE_CHECKING:
-    from ..sections.ram.write import RamWrite
+    from ..edit import RamWrite
 
 
 def _split(spec: str, what: str, example: str) -> tuple[str, str]:
@@ -24,7 +24,7 @@ def _split(spec: str, what: str, example: str) -> tuple[str, str]:
 
 def parse_ram_write(spec: str) -> RamWrite:
     """``BLOCK:OFFSET=@FILE`` or ``BLOCK:OFFSET=HEX`` as a :class:`RamWrite`."""
-    from ..sections.ram.write import RamWrite, bytes_reader, file_reader
+    from ..edit import RamWrite, bytes_reader, file_reader
 
     example = "BLOCK:OFFSET=@FILE or BLOCK:OFFSET=HEXBYTES, e.g. pc.ram:0x100000=@data.bin"
     left, value = _split(spec, "--write-ram", example)
@@ -76,8 +76,7 @@ def _setup_edit(p: argparse.ArgumentParser) -> None:
     _setup_edit,
 )
 def run_edit(args: argparse.Namespace) -> int:
-    from ..edit import set_field
-    from ..sections.ram.write import RamPatch
+    from ..edit import RamPatch, set_field
     from ..writer import open_for_writing, write_stream
 
     sets = [_split(s, "--set", "NAME[#INSTANCE]:FIELD=VALUE") for s in args.set]

@@ -40,8 +40,8 @@ def run_mount(args: argparse.Namespace) -> int:
     from .. import open as qopen
     from ..mount import Tree, build_files, mount
     from ..source import open_source
-    from ..views.memmap import parse_overrides
     from ..source.spool import spool
+    from ..views.memmap import parse_overrides
 
     if not os.path.isdir(args.mountpoint):
         raise UsageError(f"{args.mountpoint}: not a directory")

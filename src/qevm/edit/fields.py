@@ -21,16 +21,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
-from .stream import DescriptionRecord
-from .vmstate.codec import Encoder
-from .vmstate.desc import DeviceDesc, FieldDesc
-from .vmstate.types import BytesType, GTreeValue, ListType, field_type
-from .vmstate.values import FieldValue, StateNode
-from .wire import Writer
+from ..errors import UsageError
+from ..stream import DescriptionRecord
+from ..vmstate.codec import Encoder
+from ..vmstate.desc import DeviceDesc, FieldDesc
+from ..vmstate.types import BytesType, GTreeValue, ListType, field_type
+from ..vmstate.values import FieldValue, StateNode
+from ..wire import Writer
 
 if TYPE_CHECKING:
-    from .migration import Device, Migration
+    from ..migration import Device, Migration
 
 _INDEX = re.compile(r"\[(\d+)\]\Z")
 #: Types whose length varies with the device's state (VMSTATE_VBUFFER and friends).
