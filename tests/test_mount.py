@@ -22,9 +22,9 @@ import time
 import pytest
 from conftest import DATA, unpack
 
+import qevm
 from qevm.export.ramread import read_range
 from qevm.views.core import write_core
-from qevm.writer import open_for_writing
 
 CASES = {
     "xz-stream": ([DATA / "vmcoreinfo" / "x86-vmcoreinfo.mig.xz"], []),
@@ -72,8 +72,8 @@ def test_mounted_files_are_what_qevm_writes(case, tmp_path):
     args += ["--snapshot", snapshot] if snapshot else []
     # what the other commands write, from the same input opened the same way
     elf, raw = tmp_path / "m.elf", tmp_path / "m.raw"
-    with open_for_writing(
-        files[0], index_ram=True, channels=files[1:] or None, snapshot=snapshot
+    with qevm.open(
+        files[0], index_ram=True, channels=files[1:] or None, snapshot=snapshot, spool=True
     ) as mig:
         write_core(mig, elf)
         res = write_core(mig, raw, "raw")

@@ -20,7 +20,7 @@ from qevm.source.base import FileSource
 from qevm.source.qcow2 import open_snapshot
 from qevm.vmstate.desc import parse_description, parse_json
 from qevm.vmstate.jsontext import JSONWRITER, QJSON, detect_style, dump
-from qevm.writer import StreamWriter, open_for_writing, write_stream
+from qevm.writer import StreamWriter, write_stream
 
 STREAM_FILES = all_stream_paths()
 
@@ -34,7 +34,7 @@ def sha256_file(path: pathlib.Path) -> str:
 
 
 def rewrite(spec, out: pathlib.Path, **kw) -> int:
-    with open_for_writing(spec, **kw) as mig:
+    with qevm.open(spec, spool=True, **kw) as mig:
         with open(out, "wb") as f:
             return StreamWriter(mig).write(f)
 

@@ -63,6 +63,7 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     progress: Callable[[int], None] | None = None,
     strict: bool = True,
     track_rounds: bool = False,
+    spool: bool = False,
 ) -> Migration:
     """Read a migration stream.
 
@@ -74,6 +75,9 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     (multifd channels, the postcopy-preempt channel) whose pages complete RAM.
     ``track_rounds`` (with ``index_ram``) also keeps, per page, the round of
     the migration that last wrote it (``mig.page_index.rounds()``).
+    ``spool`` first copies an input that can be read only once (a pipe, a
+    decompressor) to a temporary file, for work that goes back to bytes that
+    have gone by: writing the stream anew, reading RAM through the index.
 
     ``strict`` (the default) raises the first error in the stream.  With
     ``strict=False`` every record that can be read is: a section that cannot
@@ -88,6 +92,14 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
         if isinstance(source, Source)
         else open_source(source, format=format, snapshot=snapshot)
     )
+    if spool and not src.seekable:
+        from .source.spool import spool as spool_source
+
+        try:
+            copy = spool_source(src)
+        finally:
+            src.close()
+        src = copy
     try:
         page_size = None
         early = desc

@@ -35,6 +35,7 @@ from .format import (
     SECTION_START,
     VMDESCRIPTION,
 )
+from .sections.registry import WriteContext
 from .source.base import FileSource, Source
 from .stream import (
     CommandRecord,
@@ -57,25 +58,6 @@ if TYPE_CHECKING:
     from .edit import RamPatch
     from .migration import Migration
 
-# -- the input ------------------------------------------------------------------------
-
-
-def open_for_writing(spec: Any, **kw: Any) -> Migration:
-    """:func:`qevm.open` for rewriting: a streaming input is spooled to a file first."""
-    from . import open as qopen
-    from .source import open_source
-    from .source.spool import spool
-
-    src = open_source(spec, format=kw.pop("format", "auto"), snapshot=kw.pop("snapshot", None))
-    if not src.seekable:
-        try:
-            copy = spool(src)
-        finally:
-            src.close()
-        src = copy
-    return qopen(src, **kw)
-
-
 # -- the description ----------------------------------------------------------------
 
 
@@ -87,19 +69,6 @@ def description_text(desc: Description) -> bytes:
 
 
 # -- the writer -----------------------------------------------------------------------
-
-
-class WriteContext:
-    """What section writers need: the input, its parse state, the edits."""
-
-    def __init__(self, mig: Migration, ram_patch: RamPatch | None = None) -> None:
-        self.mig = mig
-        self.source: Source = mig.source
-        self.parse_ctx = mig._parsed.context
-        self.ram_patch = ram_patch
-        #: Added to an input offset to get the output offset of the same byte,
-        #: while writing records that are where they were.
-        self.delta = 0
 
 
 class StreamWriter:
@@ -114,7 +83,7 @@ class StreamWriter:
             )
         self.mig = mig
         self.source = mig.source
-        self.wctx = WriteContext(mig, ram_patch)
+        self.wctx = WriteContext(mig.source, ram_patch)
         self._states: dict[int, Any] = {}
 
     def keeps_container(self) -> bool:
@@ -137,7 +106,6 @@ class StreamWriter:
             copy_range(w0, src, 0, src.start)
             base = src.start
         w = Writer(out, base)
-        self.wctx.delta = base - src.start
         self.write_records(w, self.mig.records)
         last = self.mig.records[-1].end
         if src.size is not None and src.size > last:

@@ -76,17 +76,19 @@ def _setup_edit(p: argparse.ArgumentParser) -> None:
     _setup_edit,
 )
 def run_edit(args: argparse.Namespace) -> int:
+    from .. import open as qopen
     from ..edit import RamPatch, set_field
-    from ..writer import open_for_writing, write_stream
+    from ..writer import write_stream
 
     sets = [_split(s, "--set", "NAME[#INSTANCE]:FIELD=VALUE") for s in args.set]
     writes = [parse_ram_write(s) for s in args.write_ram]
-    mig = open_for_writing(
+    mig = qopen(
         args.file,
         desc=args.desc,
         format=args.format,
         snapshot=args.snapshot,
         index_ram=bool(writes),
+        spool=True,
     )
     notes = []
     with mig:
@@ -134,16 +136,18 @@ def _setup_convert(p: argparse.ArgumentParser) -> None:
     _setup_convert,
 )
 def run_convert(args: argparse.Namespace) -> int:
+    from .. import open as qopen
     from ..convert import ConvertWriter
-    from ..writer import open_for_writing, write_stream
+    from ..writer import write_stream
 
-    mig = open_for_writing(
+    mig = qopen(
         args.file,
         desc=args.desc,
         format=args.format,
         snapshot=args.snapshot,
         index_ram=True,
         channels=args.channel,
+        spool=True,
     )
     with mig:
         writer = ConvertWriter(mig)

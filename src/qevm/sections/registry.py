@@ -11,11 +11,23 @@ falls back to the description (or opaque bytes bounded by the footer).
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..source.base import Source
     from ..stream import ParseContext, SectionEntry, SectionRecord
     from ..wire import Reader, Writer
+
+
+@dataclass
+class WriteContext:
+    """What a handler's write state is made with (:meth:`SectionHandler.new_write_state`)."""
+
+    #: The input the stream was read from (bodies are copied or read again from it).
+    source: Source
+    #: New contents of RAM pages (:class:`qevm.edit.RamPatch`), None when RAM is unchanged.
+    ram_patch: Any = None
 
 
 class SectionHandler:
@@ -49,9 +61,8 @@ class SectionHandler:
         ``skipped`` is ``(source, start, end)`` when they can still be read, else
         None.  Forget (or recover from them) what the records in them changed."""
 
-    def new_write_state(self, wctx: Any, entry: SectionEntry) -> Any:
-        """Per-section state kept while its records are written back
-        (``wctx``: the :class:`~qevm.writer.WriteContext`)."""
+    def new_write_state(self, wctx: WriteContext, entry: SectionEntry) -> Any:
+        """Per-section state kept while its records are written back."""
         return None
 
     def write(

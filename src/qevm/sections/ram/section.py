@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import UnsupportedError
 from ...format import RAM_PAGE_KINDS
-from ..registry import SectionHandler, register
+from ..registry import SectionHandler, WriteContext, register
 from .blocks import RamBlock
 from .records import RamState
 
@@ -51,7 +51,7 @@ class RamHandler(SectionHandler):
             f"to be in {state.last.name!r}, the last block named before them"
         )
 
-    def new_write_state(self, wctx: Any, entry: SectionEntry) -> Any:
+    def new_write_state(self, wctx: WriteContext, entry: SectionEntry) -> Any:
         from .write import RamWriter
 
         return RamWriter(wctx, entry)

@@ -4,14 +4,18 @@
 records again (:meth:`RamState.records`, the one decoder) and copies those no
 edit touches as they are.  A mapped-ram block's bitmap and page area (which
 sit in the file between MEM_SIZE entries) are copied with holes kept as holes.
-The new contents of pages come from a :class:`qevm.edit.RamPatch`.
+
+New page contents (:class:`PageEdits`; :class:`qevm.edit.RamPatch` makes
+them) go where the stream last sent each changed page, as PAGE records;
+pages the stream never sent are added before the final EOS; a mapped-ram
+page goes into its slot and its bitmap bit is set.
 """
 
 from __future__ import annotations
 
 import bisect
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,7 +38,7 @@ from .records import RamRecord, RamState
 
 if TYPE_CHECKING:
     from ...stream import SectionEntry, SectionRecord
-    from ...writer import WriteContext
+    from ..registry import WriteContext
 
 
 # -- records ----------------------------------------------------------------------------
@@ -107,6 +111,17 @@ def write_mem_size_entry(w: Writer, block: RamBlock, mapped: MappedRamHeader | N
         w.bytes(m.pack())
 
 
+class PageEdits(Protocol):
+    """New contents of RAM pages, as the RAM writer asks for them."""
+
+    page_size: int
+    #: block name -> the numbers of the pages that change (as keys)
+    pages: dict[str, dict[int, Any]]
+
+    def page(self, name: str, page: int) -> bytes:
+        """The new content of one page."""
+
+
 class RamWriter:
     """The RAM handler's write state: one section record after another.
 
@@ -117,11 +132,10 @@ class RamWriter:
     """
 
     def __init__(self, wctx: WriteContext, entry: SectionEntry) -> None:
-        self.wctx = wctx
         self.entry = entry
         self.src = wctx.source
         self.state = self._walker()
-        self.patch = wctx.ram_patch
+        self.patch: PageEdits | None = wctx.ram_patch
         #: input offset of the record rewritten for a page -> (record, block, page)
         self.replace: dict[int, tuple[RamRecord, str, int]] = {}
         self._replace_at: list[int] = []
@@ -132,7 +146,7 @@ class RamWriter:
 
     def _walker(self) -> RamState:
         """A RAM state that reads records without indexing their pages."""
-        ctx = self.wctx.parse_ctx
+        ctx = self.entry.state.ctx  # the section is read again as it was read
         state = RamState(ctx)
         state.consumer = PageConsumer(ctx.page_size or 4096)
         return state
