@@ -23,7 +23,6 @@ import pytest
 from conftest import DATA, unpack
 
 import qevm
-from qevm.export.ramread import read_range
 from qevm.views.core import write_core
 
 CASES = {
@@ -78,9 +77,9 @@ def test_mounted_files_are_what_qevm_writes(case, tmp_path):
         write_core(mig, elf)
         res = write_core(mig, raw, "raw")
         blocks = {
-            b.name: read_range(mig.page_index, b.name, 0, b.used_length)
+            b.name: mig.page_index.read(b.name, 0, b.used_length)
             for b in mig.ram_blocks
-            if b.name in mig.page_index.loc
+            if b.name in mig.page_index
         }
     ranges = res.memmap.ranges
     state = subprocess.run(

@@ -17,6 +17,7 @@ from mtree import block_at, loaded_patterns
 import qevm
 from qevm.cli import main as cli_main
 from qevm.ramio import block_path, block_paths
+from qevm.sections.ram.index import ENCODINGS
 from qevm.stream import EofRecord
 
 WITH_BLOCKS = sorted(n for n in STREAMS if expected(n, "blocks"))
@@ -131,11 +132,15 @@ def test_page_runs_cover_every_page_as_read_page_sees_it(name):
             runs = list(index.runs(b.name))
             assert [r.first for r in runs] == [0] + [r.first + r.count for r in runs[:-1]]
             assert sum(r.count for r in runs) == -(-b.used_length // ps)
-            kinds = {k: sum(r.count for r in runs if r.kind == k) for k in ("zero", "data")}
-            counts = index.encoding_counts(b.name)
-            assert kinds == {"zero": counts["zero"], "data": counts["page"]}, b.name
+            kinds = {k: sum(r.count for r in runs if r.kind == k) for k in ENCODINGS}
+            assert kinds == index.encoding_counts(b.name), b.name
+            # kinds() says the same of every page
+            per_page = index.kinds(b.name, 0, index.npages(b.name))
+            assert [ENCODINGS[k] for k in per_page.tolist()] == [
+                r.kind for r in runs for _ in range(r.count)
+            ], b.name
             for r in runs:
-                if r.kind == "data":  # every page of the run where the run says it is
+                if r.stored:  # every page of the run where the run says it is
                     for i in range(r.count):
                         got = bytes(index.inputs[r.input].read_at(r.offset + i * r.stride, ps))
                         assert got == index.read_page(b.name, r.first + i), (b.name, r.first + i)
@@ -239,7 +244,9 @@ def test_pages_sent_again_end_with_their_last_content(tmp_path):
         eof = next(r for r in mig.records if isinstance(r, EofRecord)).offset
         section = next(e.section_id for e in mig.entries.values() if e.idstr == "ram")
         block = "riscv_virt_board.ram"
-        first, count = next((p, n) for p, n, *_ in mig.page_index.data_runs(block) if n > 200)
+        first, count = next(
+            (r.first, r.count) for r in mig.page_index.runs(block) if r.stored and r.count > 200
+        )
         before = mig.page_index.read(block, first * 4096, count * 4096)
     assert before.count(0) != len(before)
     # one zero page, one new page, then a run of zero records long enough to be

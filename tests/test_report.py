@@ -570,9 +570,9 @@ def test_page_kinds_match_the_index_counts(name):
     with qevm.open(unpack(STREAMS[name]), index_ram=True, decode_devices=False) as mig:
         index = mig.page_index
         for b in mig.ram_blocks:
-            if b.name not in index.loc:
+            if b.name not in index:
                 continue
-            n = index.loc[b.name].npages
+            n = index.npages(b.name)
             kinds = np.bincount(index.kinds(b.name, 0, n), minlength=len(ENCODINGS))
             assert dict(zip(ENCODINGS, kinds.tolist())) == index.encoding_counts(b.name)
             assert index.rounds(b.name, 0, n) is None  # not tracked unless asked

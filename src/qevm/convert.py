@@ -35,7 +35,6 @@ from .format import (
     SECTION_START,
 )
 from .sections.ram.blocks import RamBlock
-from .sections.ram.index import ABSENT_RUN, DATA_RUN, ZERO_RUN
 from .sections.ram.write import (
     write_mem_size_entry,
     write_page,
@@ -218,11 +217,11 @@ class ConvertWriter(StreamWriter):
         cont = False
         copied = 0
         for run in index.runs(block.name):
-            if run.kind == ABSENT_RUN:
+            if run.kind == "absent":
                 continue  # no record gave these pages: nothing to write
-            if run.kind == ZERO_RUN:
+            if run.kind == "zero":
                 write_zero_run(w, block, run.first * ps, run.count, ps, cont)
-            elif run.kind == DATA_RUN:
+            elif run.stored:
                 src = index.inputs[run.input]
                 for i in range(run.count):
                     data = src.read_at(run.offset + i * run.stride, ps)
@@ -235,7 +234,7 @@ class ConvertWriter(StreamWriter):
                             inp.release(0, inp.size or 0)
                         copied = 0
             else:  # zlib, XBZRLE results, filled pages: their content as computed
-                for page in range(run.first, run.first + run.count):
+                for page in range(run.first, run.end):
                     write_page(w, block, page * ps, index.read_page(block.name, page), cont)
                     cont = True
             cont = True

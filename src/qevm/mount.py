@@ -11,7 +11,7 @@ Served from the page index, nothing converted first::
 
 Every file is a list of extents (a byte string, or a range of a RAM block);
 a read finds the extents it overlaps by bisection and copies them with
-:func:`qevm.export.ramread.read_range`, so random reads of a multi-GiB image
+:meth:`~qevm.sections.ram.index.PageIndex.read`, so random reads of a multi-GiB image
 cost what they read.  Inputs that cannot be read at random (a pipe, a
 compressed file) are first copied to an unlinked temporary file.
 """
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import QevmError
-from .export.ramread import read_range
 
 if TYPE_CHECKING:
     from .migration import Migration
@@ -69,7 +68,7 @@ class VirtualFile:
                 if e.data is not None:
                     piece: bytes = e.data[lo - e.start : hi - e.start]
                 else:
-                    piece = read_range(self._index, e.block, e.offset + lo - e.start, hi - lo)
+                    piece = self._index.read(e.block, e.offset + lo - e.start, hi - lo)
                 out[lo - offset : hi - offset] = piece
             i += 1
         return bytes(out)
@@ -89,10 +88,7 @@ def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) 
     mm = layout(mig, overrides)
     files: dict[str, Any] = {}
 
-    def read(block: str, offset: int, length: int) -> bytes:
-        return read_range(index, block, offset, length)
-
-    target, _, _ = core_target(mig, mm, read, index_scanner(index), vmcoreinfo)
+    target, _, _ = core_target(mig, mm, index.read, index_scanner(index), vmcoreinfo)
     plan = elf_plan(mig, mm.ranges, target)
     elf = [
         Extent(0, len(plan.headers), plan.headers),
@@ -104,7 +100,7 @@ def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) 
     files["memory.elf"] = VirtualFile(plan.size, elf, index)
     raw = [Extent(r.gpa, r.size, block=r.block, offset=r.offset) for r in mm.ranges]
     files["memory.raw"] = VirtualFile(max((r.end for r in mm.ranges), default=0), raw, index)
-    sizes = {b.name: b.used_length for b in mig.ram_blocks if b.name in index.loc}
+    sizes = {b.name: b.used_length for b in mig.ram_blocks if b.name in index}
     for name, (rel, _) in block_paths(sizes).items():
         files[f"ram/{rel}"] = VirtualFile(sizes[name], [Extent(0, sizes[name], block=name)], index)
     for path, obj in (

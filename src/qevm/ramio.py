@@ -233,23 +233,19 @@ def copy_block_range(
     if start % ps or length % ps:
         wb.drain()
         return _copy_unaligned(index, name, start, length, fd, dest)
-    from .sections.ram.index import ABSENT_RUN, DATA_RUN, ZERO_RUN
-
     first, last = start // ps, (start + length) // ps
     written = 0
-    for run in index.runs(name):
-        lo, hi = max(run.first, first), min(run.first + run.count, last)
-        if lo >= hi or run.kind in (ABSENT_RUN, ZERO_RUN):
+    for run in index.runs(name, first, last - first):
+        if run.blank:
             continue
-        out = dest + (lo - first) * ps
-        if run.kind == DATA_RUN:
-            soff = run.offset + (lo - run.first) * run.stride
+        out = dest + (run.first - first) * ps
+        if run.stored:
             src = index.inputs[run.input]
-            write_source_strided(wb, fd, out, src, soff, run.stride, hi - lo, ps)
+            write_source_strided(wb, fd, out, src, run.offset, run.stride, run.count, ps)
         else:
-            for page in range(lo, hi):
-                wb.write(fd, index.read_page(name, page), out + (page - lo) * ps)
-        written += (hi - lo) * ps
+            for page in range(run.first, run.end):
+                wb.write(fd, index.read_page(name, page), out + (page - run.first) * ps)
+        written += run.count * ps
     return written
 
 

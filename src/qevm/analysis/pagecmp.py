@@ -1,9 +1,11 @@
 """Comparing two inputs' RAM pages, whatever each was read from.
 
 Two files are compared byte for byte through their page indexes: pages zero
-(or never sent) on both sides are equal without a read, every other pair is
-read and compared (``memcmp``, faster than hashing), and what was read is let
-go of as the comparison moves on, so memory stays bounded whatever the guest.
+(or never sent) on both sides are equal without a read; around the others a
+window of pages is read from each side (runs of pages at once, see
+:meth:`~qevm.sections.ram.index.PageIndex.read_pages`) and compared as rows,
+and what was read is let go of as the comparison moves on, so memory stays
+bounded whatever the guest.
 When an input came through a pipe or a decompressor its pages were reduced
 to digests as they passed (:mod:`.pages`); then both sides compare digests.
 """
@@ -14,14 +16,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..sections.ram.index import ABSENT, KIND_SHIFT, MAX_INPUTS, OFFSET_MASK, ZERO
+from ..sections.ram.index import ENCODINGS
 from .pages import Digests, differing_runs, from_index
 
 if TYPE_CHECKING:
     from ..migration import Migration
 
-#: Pages compared between two lets-go of the inputs' mapped pages.
-RELEASE_EVERY = 2048
+#: Pages compared at once (read from both inputs, then compared as rows).
+WINDOW = 1024
+#: :meth:`~qevm.sections.ram.index.PageIndex.kinds` of pages that read as zeros.
+_BLANK_KINDS = (ENCODINGS.index("absent"), ENCODINGS.index("zero"))
 
 
 class IndexPages:
@@ -31,46 +35,33 @@ class IndexPages:
         self.mig = mig
         self.index = mig.page_index
         self.page_size = self.index.page_size
-        self.npages = {name: loc.npages for name, loc in self.index.loc.items()}
-        self._zero: dict[str, np.ndarray] = {}
+        self.npages = {name: self.index.npages(name) for name in self.index.names()}
+        self.absent = {name: self.index.encoding_counts(name)["absent"] for name in self.npages}
+        self._blank: dict[str, np.ndarray] = {}
         self._digests: Digests | None = None
-        self.absent = {}
-        for name, loc in self.index.loc.items():
-            n = loc.unset() + sum(int((arr == ABSENT).sum()) for _, arr in loc.items())
-            self.absent[name] = n
-        # mapped input ranges read since they were last let go of, per input
-        self._touched: dict[int, list[int]] = {}
-        self._since_release = 0
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         """Block bytes, for :func:`~qevm.views.memmap.layout`."""
         return self.index.read(name, offset, length)
 
-    def zero_mask(self, name: str) -> np.ndarray:
+    def blank_mask(self, name: str) -> np.ndarray:
         """Per page: True where it is zero or was never sent."""
-        mask = self._zero.get(name)
+        mask = self._blank.get(name)
         if mask is None:
-            loc = self.index.loc[name]
-            mask = np.ones(loc.npages, dtype=bool)
-            for first, arr in loc.items():
-                mask[first : first + len(arr)] = (arr == ZERO) | (arr == ABSENT)
-            self._zero[name] = mask
+            mask = np.isin(self.index.kinds(name, 0, self.npages[name]), _BLANK_KINDS)
+            self._blank[name] = mask
         return mask
 
-    def page(self, name: str, i: int) -> bytes:
-        code = int(self.index.loc[name][i])
-        kind = code >> KIND_SHIFT
-        if kind < MAX_INPUTS:
-            off = code & OFFSET_MASK
-            span = self._touched.setdefault(kind, [off, off])
-            span[0], span[1] = min(span[0], off), max(span[1], off + self.page_size)
-        return self.index.read_page(name, i)
-
-    def let_go(self) -> None:
-        """Drop the mapped pages read so far from this process's memory."""
-        for kind, (lo, hi) in self._touched.items():
-            self.index.inputs[kind].release(lo, hi)
-        self._touched.clear()
+    def pages(self, name: str, first: int, count: int) -> np.ndarray:
+        """``count`` pages from ``first`` as rows (zeros past the block's end or for a block
+        this input does not have)."""
+        ps = self.page_size
+        out = np.zeros((count, ps), dtype=np.uint8)
+        have = max(0, min(count, self.npages.get(name, 0) - first))
+        if have:
+            data = self.index.read_pages(name, first, have)
+            out[:have] = np.frombuffer(data, dtype=np.uint8).reshape(have, ps)
+        return out
 
     def digests(self) -> Digests:
         if self._digests is None:
@@ -121,23 +112,27 @@ def _slice(arr: np.ndarray | None, first: int, n: int, fill: object) -> np.ndarr
 def _direct(
     a: IndexPages, na: str, fa: int, b: IndexPages, nb: str, fb: int, n: int
 ) -> list[tuple[int, int]]:
-    za = _slice(a.zero_mask(na) if na in a.npages else None, fa, n, True)
-    zb = _slice(b.zero_mask(nb) if nb in b.npages else None, fb, n, True)
-    zero = bytes(a.page_size)
-    hits: list[int] = []
-    work = np.flatnonzero(~(za & zb)).tolist()
-    for k, i in enumerate(work):
-        pa = zero if za[i] else a.page(na, fa + i)
-        pb = zero if zb[i] else b.page(nb, fb + i)
-        if pa != pb:
-            hits.append(i)
-        if k % RELEASE_EVERY == RELEASE_EVERY - 1:
-            a.let_go()
-            b.let_go()
-    a.let_go()
-    b.let_go()
+    """Compare the pages that are not zero on both sides, a window of pages at a time
+    (the page index reads runs of them at once and lets go of what it read)."""
+    za = _slice(a.blank_mask(na) if na in a.npages else None, fa, n, True)
+    zb = _slice(b.blank_mask(nb) if nb in b.npages else None, fb, n, True)
+    work = np.flatnonzero(~(za & zb))
+    hits: list[np.ndarray] = []
+    i = 0
+    while i < len(work):
+        lo = int(work[i])
+        j = int(np.searchsorted(work, lo + WINDOW))
+        hi = int(work[j - 1]) + 1
+        # (pages zero on both sides in between read as zeros on both: equal)
+        pa = a.pages(na, fa + lo, hi - lo).view(np.uint64)
+        pb = b.pages(nb, fb + lo, hi - lo).view(np.uint64)
+        hits.append(np.flatnonzero((pa != pb).any(axis=1)) + lo)
+        del pa, pb
+        i = j
     if not hits:
         return []
-    arr = np.array(hits)
+    arr = np.concatenate(hits)
+    if not len(arr):
+        return []
     breaks = np.flatnonzero(np.diff(arr) != 1) + 1
     return [(int(r[0]), len(r)) for r in np.split(arr, breaks)]

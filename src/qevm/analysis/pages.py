@@ -18,7 +18,6 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..sections.ram.consumer import PageConsumer
-from ..sections.ram.index import ABSENT_RUN, COMPUTED_RUN, DATA_RUN
 
 if TYPE_CHECKING:
     from ..migration import Migration
@@ -64,17 +63,14 @@ def from_index(mig: Migration, index: PageIndex) -> Digests:
     out = Digests(ps)
     for block in mig.ram_blocks:
         name = block.name
-        if name not in index.loc:
+        if name not in index:
             continue
-        arr = np.full(index.loc[name].npages, out.zero, dtype=np.uint64)
+        arr = np.full(index.npages(name), out.zero, dtype=np.uint64)
         absent = 0
         for run in index.runs(name):
-            if run.kind == ABSENT_RUN:
+            if run.kind == "absent":
                 absent += run.count
-            elif run.kind == COMPUTED_RUN:
-                for page in range(run.first, run.first + run.count):
-                    arr[page] = digest(index.read_page(name, page))
-            elif run.kind == DATA_RUN:
+            elif run.stored:
                 source, stride = index.inputs[run.input], run.stride
                 first, count = run.first, run.count
                 per = max(1, CHUNK // stride)
@@ -87,6 +83,9 @@ def from_index(mig: Migration, index: PageIndex) -> Digests:
                     view.release()
                     # what was hashed need not stay in this process's memory
                     source.release(at, at + (n - 1) * stride + ps)
+            elif not run.blank:  # zlib, XBZRLE, filled pages
+                for page in range(run.first, run.end):
+                    arr[page] = digest(index.read_page(name, page))
         out.blocks[name] = arr
         out.absent[name] = absent
         if name in KEEP_BLOCKS and block.used_length <= MAX_KEPT:

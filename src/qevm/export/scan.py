@@ -55,9 +55,9 @@ def index_scanner(index: Any) -> Scanner:
     ps = index.page_size
 
     def scan(needle: bytes) -> Iterator[tuple[str, int]]:
-        for name in list(index.loc):
+        for name in index.names():
             for run in index.runs(name):
-                if run.kind == "data":
+                if run.stored:
                     off, stride = run.offset, run.stride
                     end = off + (run.count - 1) * stride + ps
                     for hit in _find_all(index.inputs[run.input], needle, off, end):
@@ -65,8 +65,8 @@ def index_scanner(index: Any) -> Scanner:
                         # a needle in a record header or running into one is not in RAM
                         if inpage + len(needle) <= ps:
                             yield name, (run.first + p) * ps + inpage
-                elif run.kind == "computed":
-                    for page in range(run.first, run.first + run.count):
+                elif not run.blank:  # zlib, XBZRLE, filled pages
+                    for page in range(run.first, run.end):
                         data = index.read_page(name, page)
                         hit = data.find(needle)
                         while hit >= 0:

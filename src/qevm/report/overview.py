@@ -150,7 +150,7 @@ def render_blocks(data: ReportData) -> str:
             )
     rows = []
     for b in mig.ram_blocks:
-        counts = index.encoding_counts(b.name) if index is not None and b.name in index.loc else {}
+        counts = index.encoding_counts(b.name) if index is not None and b.name in index else {}
         ps = mig.page_size or 4096
         npages = -(-b.used_length // ps)
         rows.append(

@@ -333,9 +333,9 @@ def _pages(
     """Map kinds of ``n`` pages of a block from ``first``, and 1 + their round (0: unsent)."""
     if block is not None and not block.in_stream:
         return np.full(n, SHARED, dtype=np.uint8), None
-    if index is None or name not in index.loc:
+    if index is None or name not in index:
         return np.full(n, ABSENT, dtype=np.uint8), None
-    npages = index.loc[name].npages
+    npages = index.npages(name)
     take = max(0, min(n, npages - first))
     kinds = np.full(n, ABSENT, dtype=np.uint8)
     kinds[:take] = _FROM_ENCODING[index.kinds(name, first, take)]

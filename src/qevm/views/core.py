@@ -228,17 +228,13 @@ def write_core(
 def _from_index(
     mig: Migration, path: Any, fmt: str, overrides: Any, vmcoreinfo: bool = True
 ) -> CoreResult:
-    from ..export.ramread import read_range
     from ..export.scan import index_scanner
 
     mm = layout(mig, overrides)
     index = mig.page_index
     info = kd = None
     if fmt.startswith("kdump"):
-
-        def read(block: str, offset: int, length: int) -> bytes:
-            return read_range(index, block, offset, length)
-
+        read = index.read
         target, info, warnings = core_target(mig, mm, read, index_scanner(index), vmcoreinfo)
         kd = _write_kdump(path, fmt, mig, mm, target, info, read)
         return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings, info, kd)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ...errors import FormatError
+from ...errors import FormatError, UsageError
 from . import xbzrle
 from .consumer import PageConsumer
 from .pagemap import CHUNK, CHUNK_SHIFT, PageMap, ScratchPages
@@ -40,13 +40,11 @@ KIND_SCRATCH = 0xF1
 KIND_FILL = 0xF2
 MAX_INPUTS = KIND_ZLIB
 
-#: Names of what a page can be, for statistics and ``iter_pages``.
+#: What a page can be, in this order (the kinds of :class:`PageRun`, the values of
+#: :meth:`PageIndex.kinds`): no record gave it, zero, raw bytes in an input, a zlib
+#: page, rebuilt from XBZRLE deltas (or a compressed multifd page), filled with a byte.
 ENCODINGS = ("absent", "zero", "page", "zlib", "xbzrle", "fill")
-
-#: The kinds of :class:`PageRun`.
-ABSENT_RUN, ZERO_RUN, DATA_RUN, COMPUTED_RUN = "absent", "zero", "data", "computed"
-_ABSENT, _ZERO, _DATA, _COMPUTED = range(4)
-_RUN_KINDS = (ABSENT_RUN, ZERO_RUN, DATA_RUN, COMPUTED_RUN)
+_ABSENT, _ZERO, _PAGE = 0, 1, 2
 
 
 class PageRun(NamedTuple):
@@ -54,16 +52,32 @@ class PageRun(NamedTuple):
 
     first: int
     count: int
+    #: What the pages are: one of :data:`ENCODINGS`.
     kind: str
-    #: ``data`` runs: the input holding the bytes, where the first page's
+    #: ``page`` runs: the input holding the bytes, where the first page's
     #: bytes are, and the bytes from one page's bytes to the next.
     input: int = 0
     offset: int = 0
     stride: int = 0
 
+    @property
+    def end(self) -> int:
+        """The page after the run."""
+        return self.first + self.count
+
+    @property
+    def stored(self) -> bool:
+        """Whether the pages are bytes in an input as they are (``page``): copy them."""
+        return self.kind == "page"
+
+    @property
+    def blank(self) -> bool:
+        """Whether the pages read as zeros (``absent`` or ``zero``): nothing to copy."""
+        return self.kind in ("absent", "zero")
+
 
 #: ENCODINGS position of each page code's top byte (ZERO and ABSENT are told apart whole).
-_KIND_ENCODING = np.full(256, ENCODINGS.index("page"), dtype=np.uint8)
+_KIND_ENCODING = np.full(256, _PAGE, dtype=np.uint8)
 _KIND_ENCODING[KIND_ZLIB] = ENCODINGS.index("zlib")
 _KIND_ENCODING[KIND_SCRATCH] = ENCODINGS.index("xbzrle")
 _KIND_ENCODING[KIND_FILL] = ENCODINGS.index("fill")
@@ -209,6 +223,80 @@ class PageIndex(PageConsumer):
             self.epochs = saved
 
     # -- reading ----------------------------------------------------------------
+    def names(self) -> list[str]:
+        """The blocks indexed, in the order the stream announced them."""
+        return list(self.loc)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.loc
+
+    def npages(self, name: str) -> int:
+        """Pages of block ``name``."""
+        return self.loc[name].npages
+
+    def runs(self, name: str, first: int = 0, count: int | None = None) -> Iterator[PageRun]:
+        """Pages ``first .. first + count - 1`` of block ``name`` (all of it by default),
+        in order, as runs of pages that are alike.
+
+        Every reader of the index reads through here: ``page`` runs are
+        pages stored raw in one input at a constant stride (the page size for
+        mapped-ram, record header plus page otherwise), to be copied with one
+        strided copy; ``absent`` and ``zero`` runs read as zeros; the other
+        kinds (``zlib``, ``xbzrle``, ``fill``) are read with :meth:`read_page`.
+        """
+        loc = self.loc[name]
+        end = loc.npages if count is None else min(first + count, loc.npages)
+        pending: PageRun | None = None
+        for run in self._runs(loc, first, end):
+            if pending is not None and _joins(pending, run):
+                pending = pending._replace(count=pending.count + run.count)
+                continue
+            if pending is not None:
+                yield pending
+            pending = run
+        if pending is not None:
+            yield pending
+
+    def _runs(self, loc: PageMap, first: int, end: int) -> Iterator[PageRun]:
+        """The runs of each allocated chunk (and of the chunks never allocated) in range."""
+        pos = first
+        while pos < end:
+            c = pos >> CHUNK_SHIFT
+            base = c << CHUNK_SHIFT
+            stop = min(end, base + CHUNK)
+            arr = loc.chunks.get(c)
+            if arr is None:
+                yield PageRun(pos, stop - pos, "absent")  # no page of the chunk was recorded
+            else:
+                yield from self._chunk_runs(pos, arr[pos - base : stop - base])
+            pos = stop
+
+    def _chunk_runs(self, first: int, arr: np.ndarray) -> Iterator[PageRun]:
+        kinds = arr >> np.uint64(KIND_SHIFT)
+        cls = _KIND_ENCODING[kinds]
+        cls[arr == ZERO] = _ZERO
+        cls[arr == ABSENT] = _ABSENT
+        offs = (arr & np.uint64(OFFSET_MASK)).astype(np.int64)
+        # A run breaks where the kind changes; a page run also where the input
+        # changes, where offsets do not grow, or where the stride changes.
+        br = np.ones(len(arr), dtype=bool)
+        if len(arr) > 1:
+            strides = np.diff(offs)
+            data = (cls[1:] == _PAGE) & (cls[:-1] == _PAGE)
+            same = (cls[1:] == cls[:-1]) & (~data | ((kinds[1:] == kinds[:-1]) & (strides > 0)))
+            br[1:] = ~same
+            br[2:] |= data[1:] & data[:-1] & (strides[1:] != strides[:-1])
+        starts = np.flatnonzero(br).tolist()
+        ends = [*starts[1:], len(arr)]
+        for s, e in zip(starts, ends):
+            c = int(cls[s])
+            if c != _PAGE:
+                yield PageRun(first + s, e - s, ENCODINGS[c])
+                continue
+            off = int(offs[s])
+            stride = int(offs[s + 1]) - off if e - s > 1 else self.page_size
+            yield PageRun(first + s, e - s, "page", int(kinds[s]), off, stride)
+
     def read_page(self, name: str, page: int) -> bytes:
         """The current content of one page."""
         code = int(self.loc[name][page])
@@ -241,43 +329,71 @@ class PageIndex(PageConsumer):
             return data
         raise AssertionError(f"bad page code {code:#x}")
 
-    def read(self, name: str, offset: int, length: int) -> bytes:
-        """``length`` bytes of block ``name`` from ``offset`` (absent pages read as zeros)."""
+    def read_pages(self, name: str, first: int, count: int) -> bytearray:
+        """Pages ``first .. first + count - 1`` of block ``name`` (zeros where none was sent).
+
+        A run of stored pages is one read and one strided copy; what was
+        copied from a mapped input is let go of (it stays in the page cache).
+        """
         ps = self.page_size
-        out = bytearray()
-        end = offset + length
-        pos = offset
-        while pos < end:
-            page, inpage = divmod(pos, ps)
-            take = min(ps - inpage, end - pos)
-            out += self.read_page(name, page)[inpage : inpage + take]
-            pos += take
-        return bytes(out)
+        out = bytearray(count * ps)
+        view = np.frombuffer(out, dtype=np.uint8).reshape(count, ps) if count else None
+        for run in self.runs(name, first, count):
+            at = run.first - first
+            if run.stored:
+                source = self.inputs[run.input]
+                span = (run.count - 1) * run.stride + ps
+                if run.count == 1 or run.stride == ps:  # one contiguous piece of the input
+                    out[at * ps : (at + run.count) * ps] = source.read_at(run.offset, span)
+                else:
+                    data = np.frombuffer(source.read_at(run.offset, span), dtype=np.uint8)
+                    rows = np.lib.stride_tricks.as_strided(
+                        data, shape=(run.count, ps), strides=(run.stride, 1)
+                    )
+                    view[at : at + run.count] = rows  # type: ignore[index]
+                    del data, rows
+                source.release(run.offset, run.offset + span)
+            elif not run.blank:
+                for page in range(run.first, run.end):
+                    out[(page - first) * ps : (page - first + 1) * ps] = self.read_page(name, page)
+        return out
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of block ``name`` from ``offset`` (pages no record gave read as
+        zeros), a run of pages at a time (see :meth:`read_pages`)."""
+        if length <= 0:
+            return b""
+        ps = self.page_size
+        first = offset // ps
+        last = -(-(offset + length) // ps)
+        if offset < 0 or last > self.npages(name):
+            raise UsageError(
+                f"{length:#x} bytes at {offset:#x} are outside RAM block {name!r} "
+                f"({self.npages(name) * ps:#x} bytes)"
+            )
+        data = self.read_pages(name, first, last - first)
+        skip = offset - first * ps
+        if skip == 0 and len(data) == length:
+            return bytes(data)
+        return bytes(memoryview(data)[skip : skip + length])
 
     def encoding_counts(self, name: str) -> dict[str, int]:
         """How many pages of the block are of each kind in :data:`ENCODINGS`."""
-        counts = dict.fromkeys(ENCODINGS, 0)
-        loc = self.loc[name]
-        counts["absent"] = loc.unset()
-        for _, arr in loc.items():
-            kinds = arr >> np.uint64(KIND_SHIFT)
-            zero = int((arr == ZERO).sum())
-            absent = int((arr == ABSENT).sum())
-            counts["zero"] += zero
-            counts["absent"] += absent
-            counts["zlib"] += int((kinds == KIND_ZLIB).sum())
-            counts["xbzrle"] += int((kinds == KIND_SCRATCH).sum())
-            counts["fill"] += int((kinds == KIND_FILL).sum())
-            counts["page"] += int((kinds < MAX_INPUTS).sum())
-        return counts
+        counts = np.zeros(len(ENCODINGS), dtype=np.int64)
+        npages = self.npages(name)
+        for first in range(0, npages, CHUNK):
+            n = min(CHUNK, npages - first)
+            counts += np.bincount(self.kinds(name, first, n), minlength=len(ENCODINGS))
+        return dict(zip(ENCODINGS, counts.tolist()))
 
     def kinds(self, name: str, first: int, count: int) -> np.ndarray:
-        """What pages ``first .. first + count - 1`` of block ``name`` are, as ``uint8``
-        positions in :data:`ENCODINGS` (0 absent, 1 zero, 2 page, 3 zlib, 4 xbzrle, 5 fill)."""
+        """What pages ``first .. first + count - 1`` of block ``name`` are, one ``uint8``
+        per page: the position of its kind in :data:`ENCODINGS` (0 absent, 1 zero,
+        2 page, 3 zlib, 4 xbzrle, 5 fill) — :meth:`runs` as an array, for counting."""
         codes = self.loc[name].take(first, count)
         out = _KIND_ENCODING[codes >> np.uint64(KIND_SHIFT)]
-        out[codes == ZERO] = ENCODINGS.index("zero")
-        out[codes == ABSENT] = ENCODINGS.index("absent")
+        out[codes == ZERO] = _ZERO
+        out[codes == ABSENT] = _ABSENT
         return out
 
     def rounds(self, name: str, first: int, count: int) -> np.ndarray | None:
@@ -296,77 +412,23 @@ class PageIndex(PageConsumer):
 
     def absent_ranges(self, name: str, limit: int = 16) -> list[tuple[int, int]]:
         """Up to ``limit`` runs ``(first page, count)`` of pages no record gave."""
-        loc = self.loc[name]
-        out: list[tuple[int, int]] = []
-        pos = 0
-        for first, arr in [*loc.items(), (loc.npages, None)]:
-            if first > pos:
-                out.append((pos, first - pos))  # a chunk never allocated
-            if arr is None:
-                break
-            absent = np.flatnonzero(arr == ABSENT)
-            if len(absent):
-                breaks = np.flatnonzero(np.diff(absent) != 1) + 1
-                for run in np.split(absent, breaks):
-                    out.append((first + int(run[0]), len(run)))
-            pos = first + len(arr)
-        merged: list[tuple[int, int]] = []
-        for start, n in out:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + n)
-            else:
-                merged.append((start, n))
-        return merged[:limit]
-
-    def runs(self, name: str) -> Iterator[PageRun]:
-        """Every page of block ``name`` in order, as runs of pages that are alike.
-
-        A run is ``absent``, ``zero``, ``computed`` (zlib, XBZRLE or filled
-        pages, read with :meth:`read_page`) or ``data``: pages stored raw in
-        one input at a constant stride (the page size for mapped-ram, header
-        plus page otherwise), which can be copied with one vectored write.
-        """
-        loc = self.loc[name]
-        pos = 0
-        for first, arr in loc.items():
-            if first > pos:
-                yield PageRun(pos, first - pos, ABSENT_RUN)  # chunks never allocated
-            yield from self._chunk_runs(first, arr)
-            pos = first + len(arr)
-        if loc.npages > pos:
-            yield PageRun(pos, loc.npages - pos, ABSENT_RUN)
-
-    def data_runs(self, name: str) -> Iterator[PageRun]:
-        """The ``data`` runs of :meth:`runs`."""
-        return (run for run in self.runs(name) if run.kind == DATA_RUN)
-
-    def _chunk_runs(self, first: int, arr: np.ndarray) -> Iterator[PageRun]:
-        kinds = arr >> np.uint64(KIND_SHIFT)
-        cls = np.full(len(arr), _COMPUTED, dtype=np.int8)
-        cls[kinds < np.uint64(MAX_INPUTS)] = _DATA
-        cls[arr == ZERO] = _ZERO
-        cls[arr == ABSENT] = _ABSENT
-        offs = (arr & np.uint64(OFFSET_MASK)).astype(np.int64)
-        # A run breaks where the class changes; a data run also where the
-        # input changes, where offsets do not grow, or where the stride changes.
-        br = np.ones(len(arr), dtype=bool)
-        if len(arr) > 1:
-            strides = np.diff(offs)
-            data = (cls[1:] == _DATA) & (cls[:-1] == _DATA)
-            same = (cls[1:] == cls[:-1]) & (~data | ((kinds[1:] == kinds[:-1]) & (strides > 0)))
-            br[1:] = ~same
-            br[2:] |= data[1:] & data[:-1] & (strides[1:] != strides[:-1])
-        starts = np.flatnonzero(br).tolist()
-        ends = [*starts[1:], len(arr)]
-        for s, e in zip(starts, ends):
-            c = int(cls[s])
-            if c != _DATA:
-                yield PageRun(first + s, e - s, _RUN_KINDS[c])
-                continue
-            off = int(offs[s])
-            stride = int(offs[s + 1]) - off if e - s > 1 else self.page_size
-            yield PageRun(first + s, e - s, DATA_RUN, int(kinds[s]), off, stride)
+        out = []
+        for run in self.runs(name):
+            if run.kind == "absent":
+                out.append((run.first, run.count))
+                if len(out) == limit:
+                    break
+        return out
 
     def close(self) -> None:
         if self._scratch is not None:
             self._scratch.close()
+
+
+def _joins(a: PageRun, b: PageRun) -> bool:
+    """Whether run ``b`` continues run ``a`` (where the runs of two chunks meet)."""
+    if a.kind != b.kind or a.end != b.first:
+        return False
+    if a.kind != "page":
+        return True
+    return a.input == b.input and a.stride == b.stride and b.offset == a.offset + a.count * a.stride
