@@ -137,7 +137,26 @@ class ConfigRefusal:
         return self.mismatch.offset
 
     def qemu_message(self) -> str:
-        return self.mismatch.qemu_message()
+        """QEMU's words; when the destination's wmask for the byte rests on a BAR size
+        qevm does not know, only up to it (``... wmask: ...``)."""
+        text = self.mismatch.qemu_message()
+        if self.mismatch.wmask_guessed:
+            text = text[: text.index(" wmask: ") + len(" wmask: ")] + "..."
+        return text
+
+    def details(self) -> list[str]:
+        """What else to know: further refused bytes, guessed masks."""
+        out = []
+        if self.more:
+            out.append(f"{self.more} more config byte(s) differ in bits the destination checks")
+        if not self.certain:
+            out.append("the differing bits are compared only if a BAR is as small as qevm guessed")
+        if self.mismatch.wmask_guessed:
+            out.append(
+                "QEMU's message also prints the byte's wmask, which depends on the BAR's size "
+                "(no RAM block tells it)"
+            )
+        return out
 
     def describe(self) -> str:
         """``MSI-X capability at 0x98: Message Control, Table Size: 3 vectors at the source,
