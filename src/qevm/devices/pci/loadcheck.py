@@ -145,12 +145,18 @@ class ConfigRefusal:
         return text
 
     def details(self) -> list[str]:
-        """What else to know: further refused bytes, guessed masks."""
+        """What else to know: further refused bytes, guesses, where a value comes from."""
         out = []
         if self.more:
             out.append(f"{self.more} more config byte(s) differ in bits the destination checks")
         if not self.certain:
             out.append("the differing bits are compared only if a BAR is as small as qevm guessed")
+        if any(f.startswith("Table Size") for f in self.fields):
+            out.append(
+                "the MSI-X table size comes from the device's configuration (virtio-pci: "
+                "vectors=, by default from its queue count: virtio-net 2 x queue pairs + 2, "
+                "virtio-blk num-queues + 1)"
+            )
         if self.mismatch.wmask_guessed:
             out.append(
                 "QEMU's message also prints the byte's wmask, which depends on the BAR's size "
