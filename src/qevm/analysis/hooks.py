@@ -2,8 +2,8 @@
 
 Generic VMState rules (versions, subsections, field layout, ``*_EQUAL``
 fields) are applied by :mod:`.loader`.  What only a device's own code knows
-comes from decoders registered here (the ``qevm.devices`` package registers
-its own):
+comes from decoders registered here (``qevm.devices.loadchecks`` registers
+the PCI config and virtio ones):
 
 * a **field reader** for an opaque field type (``virtio``, ...): given the
   source's bytes from that field on and what the destination is, it says how
