@@ -197,7 +197,18 @@ class Migration:
         read; only the blocks the consumer followed are counted.
         """
         ram = self.ram
-        consumer = ram.consumer if ram is not None else None
+        if ram is None:
+            return {}
+        consumer = ram.consumer
+        if consumer is None and ram.ctx.options.ram_consumer is not None:
+            # asked for, but never made: no page record reached the main stream
+            # (every page went on extra channels), so every page is missing
+            ps = ram.page_size or self.page_size or 4096
+            return {
+                b.name: -(-b.used_length // ps)
+                for b in self.ram_blocks
+                if b.in_stream and b.used_length
+            }
         if consumer is None or not consumer.tracks_pages:
             raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         out = {}

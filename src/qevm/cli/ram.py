@@ -23,19 +23,9 @@ from ..ramsink import StreamingSink
 from ..render import compat, jsonout
 from ..source import open_source
 from ..writebehind import WriteBehind
-from . import add_input, command
+from . import add_channel, add_input, command, warn_missing
+from .guard import refuse_input
 from .progress import Progress
-
-
-def _add_channel(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--channel",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="recorded bytes of an extra connection of the migration (multifd channel, "
-        "postcopy-preempt channel); repeat for each",
-    )
 
 
 def _selected(name: str, globs: list[str] | None) -> bool:
@@ -51,7 +41,7 @@ def _setup_extract(p: argparse.ArgumentParser) -> None:
         metavar="GLOB",
         help="only RAM blocks matching GLOB (repeatable)",
     )
-    _add_channel(p)
+    add_channel(p)
 
 
 @command(
@@ -61,6 +51,8 @@ def _setup_extract(p: argparse.ArgumentParser) -> None:
 )
 def run_extract(args: argparse.Namespace) -> int:
     os.makedirs(args.output, exist_ok=True)
+    for name in ("desc.json", "state.json"):
+        refuse_input(os.path.join(args.output, name), args)
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
     progress = Progress("reading", src.size)
     fds: dict[str, int] = {}
@@ -74,6 +66,7 @@ def run_extract(args: argparse.Namespace) -> int:
         paths[block.name] = rel
         if note:
             notes[block.name] = note
+        refuse_input(os.path.join(args.output, rel), args)
         fd = create_block_file(args.output, rel, block.used_length)
         fds[block.name] = fd
         return Placement([Piece(0, block.used_length, fd, 0)])
@@ -143,9 +136,10 @@ def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> Non
     if mig.description is not None:
         print("desc.json")
     print("state.json")
-    ram = mig.ram
-    tracked = ram is not None and ram.consumer is not None and ram.consumer.tracks_pages
-    missing = mig.missing_pages() if tracked else {}
+    try:
+        missing = {k: n for k, n in mig.missing_pages().items() if k in paths}
+    except UsageError:  # no block was written
+        missing = {}
     for b in mig.ram_blocks:
         if b.name not in paths:
             continue
@@ -162,6 +156,7 @@ def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> Non
         print(paths[b.name] + ("  (" + "; ".join(extra) + ")" if extra else ""))
     for w in mig.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    warn_missing(missing)
 
 
 def _setup_ram(p: argparse.ArgumentParser) -> None:
@@ -171,7 +166,7 @@ def _setup_ram(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=lambda s: int(s, 0), default=256, help="bytes to show")
     p.add_argument("--raw", action="store_true", help="write the bytes themselves to stdout")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_channel(p)
+    add_channel(p)
 
 
 def ram_json(mig: Migration) -> dict[str, Any]:
@@ -233,6 +228,7 @@ def run_ram(args: argparse.Namespace) -> int:
                 jsonout.dump(ram_json(mig), sys.stdout, indent=2)
             else:
                 _print_stats(ram_json(mig))
+            warn_missing(mig.missing_pages())
             return 0
         blocks = {b.name: b for b in mig.ram_blocks}
         name = args.block or (mig.ram_blocks[0].name if mig.ram_blocks else None)

@@ -86,6 +86,8 @@ class MemoryMap:
     #: RAM blocks that back no guest-physical range (and why, when known)
     unmapped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Pages per block that no record gave (they read as zeros).
+    missing: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +96,7 @@ class MemoryMap:
             "ranges": [r.to_json() for r in self.ranges],
             "unmapped_blocks": self.unmapped,
             "notes": self.notes,
+            "missing_pages": self.missing,
         }
 
 
@@ -156,7 +159,12 @@ def layout(
     for b in mig.ram_blocks:
         if not b.in_stream and b.name in used:
             ctx.notes.append(f"{b.name} is not in the stream (x-ignore-shared): reads as zeros")
-    return MemoryMap(mig.machine, fam.name if fam else None, ranges, unmapped, ctx.notes)
+    try:
+        missing = mig.missing_pages()
+    except UsageError:  # RAM read through ``read`` only: nothing counted
+        missing = {}
+    fam_name = fam.name if fam else None
+    return MemoryMap(mig.machine, fam_name, ranges, unmapped, ctx.notes, missing)
 
 
 def _apply_overrides(
