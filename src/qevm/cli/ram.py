@@ -217,17 +217,35 @@ def hexdump(data: bytes, base: int, out: io.TextIOBase | Any) -> None:
 @command("ram", "RAM page statistics per block and encoding; hexdump of a range", _setup_ram)
 def run_ram(args: argparse.Namespace) -> int:
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
-    if not src.seekable:
+    if not src.seekable and args.channel:
         src.close()
-        raise UsageError("qevm ram needs random access: give a file, not a pipe (or use extract)")
-    with qopen(
-        src, desc=args.desc, index_ram=True, channels=args.channel, decode_devices=False
-    ) as mig:
+        raise UsageError(
+            f"--channel needs the main stream in a file: {src.name} is read as a stream "
+            "(a pipe or a compressed file; decompress it to a file first)"
+        )
+    if src.seekable:
+        mig = qopen(
+            src, desc=args.desc, index_ram=True, channels=args.channel, decode_devices=False
+        )
+    else:
+        # Read once: the statistics need no page bytes, a hexdump only its range's.
+        from ..ramspool import SpoolingIndex
+
+        end = None if args.offset is None else args.offset + max(args.length, 0)
+        start = max(args.offset or 0, 0)
+        mig = qopen(
+            src,
+            desc=args.desc,
+            decode_devices=False,
+            ram_consumer=lambda ctx, ps: SpoolingIndex(ps, args.block, start, end),
+        )
+    with mig:
         if args.offset is None:
+            stats = ram_json(mig)
             if args.json:
-                jsonout.dump(ram_json(mig), sys.stdout, indent=2)
+                jsonout.dump(stats, sys.stdout, indent=2)
             else:
-                _print_stats(ram_json(mig))
+                _print_stats(stats)
             warn_missing(mig.missing_pages())
             return 0
         blocks = {b.name: b for b in mig.ram_blocks}
@@ -246,7 +264,21 @@ def run_ram(args: argparse.Namespace) -> int:
             jsonout.dump({"block": name, "offset": args.offset, "data": data.hex()}, sys.stdout, 2)
         else:
             hexdump(data, args.offset, sys.stdout)
+        _warn_missing_range(mig, name, args.offset, args.length)
     return 0
+
+
+def _warn_missing_range(mig: Migration, name: str, offset: int, length: int) -> None:
+    """Say how many pages of the range shown no record gave."""
+    index = mig.page_index
+    ps = index.page_size
+    lo, hi = offset // ps, -(-(offset + length) // ps)
+    n = sum(
+        max(0, min(first + count, hi) - max(first, lo))
+        for first, count in index.absent_ranges(name, limit=1 << 30)
+    )
+    if n and mig.ram is not None:
+        warn_missing({name: n})
 
 
 def _print_stats(j: dict[str, Any]) -> None:
