@@ -19,7 +19,7 @@ from typing import Any
 from ...errors import DescriptionError, UsageError
 from ...migration import Migration
 from ...vmstate.values import StateNode
-from . import arm, ppc, riscv, s390x, x86  # noqa: F401 - each registers itself
+from . import arm, loongarch, ppc, riscv, s390x, x86  # noqa: F401 - each registers itself
 from .base import REGISTRY, Arch, CpuSection, family_of
 
 #: Sections that carry per-CPU state besides ``cpu``, paired with CPUs by order.
