@@ -61,8 +61,9 @@ MAX_RUN_BYTES = 16 << 20
 #: import costs as much as ~200 Ki records read in pure Python).
 VECTOR_AFTER = 262144
 
-#: Machine type prefixes of targets with 4 KiB pages that do not state it.
-_FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries", "virt")
+#: Machine type prefixes of targets with 4 KiB pages that do not state it (not
+#: ``virt``: Arm states its size, LoongArch used 16 KiB pages up to QEMU 8.1).
+_FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries")
 
 # Page sizes worth trying when nothing in the stream states it.
 _PROBE_SIZES = (4096, 8192, 16384, 65536, 1024, 2048, 32768)
@@ -202,6 +203,27 @@ class RamState:
             "candidate size frames the first page",
             offset=record_off,
         )
+
+    def _probe_zero_stride(self, r: Reader) -> int | None:
+        """The page size from the ZERO|CONTINUE records after the first ZERO record.
+
+        Consecutive zero pages are one page apart; at least 8 equal steps of a
+        candidate size, and no smaller step, are needed to believe it.
+        """
+        head = r.peek_at(r.offset + 1, 9 * 64)  # after the first record's fill byte
+        addrs = []
+        for i in range(0, len(head) - 8, 9):
+            (v,) = _U64.unpack_from(head, i)
+            if v & FLAG_BITS != FLAG_ZERO | FLAG_CONTINUE:
+                break
+            addrs.append(v & ~FLAG_BITS)
+        steps = [b - a for a, b in zip(addrs, addrs[1:])]
+        if not steps or min(steps) <= 0:
+            return None
+        step = min(steps)
+        if step in _PROBE_SIZES and steps.count(step) >= 8:
+            return step
+        return None
 
     def _set_page_size(self, ps: int) -> None:
         self.page_size = ps
@@ -375,9 +397,12 @@ class RamState:
         elif kind == FLAG_PAGE:
             ps = self._probe_page_size(r, off)
         else:
-            # a ZERO record's framing does not depend on the page size
-            ps = 4096
-            self.ctx.warn("target page size not stated before the first page; assumed 4096")
+            # a ZERO record's framing does not depend on the page size, the distance
+            # between the pages of a run of them does
+            ps = self._probe_zero_stride(r) or 0
+            if not ps:
+                ps = 4096
+                self.ctx.warn("target page size not stated before the first page; assumed 4096")
         self._set_page_size(ps)
         self._ensure_consumer()
         return ps
