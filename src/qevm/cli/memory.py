@@ -65,8 +65,15 @@ def run_memmap(args: argparse.Namespace) -> int:
         jsonout.dump(mm.to_json(), sys.stdout, indent=2)
     else:
         print_memmap(mm)
+    warn_guesses(mm)
     warn_missing(mm.missing)
     return 0
+
+
+def warn_guesses(mm: Any) -> None:
+    """Say on stderr which parts of the layout are assumed, not read from the stream."""
+    for g in mm.guesses:
+        print(f"warning: layout guessed: {g}", file=sys.stderr)
 
 
 def _setup_memory(p: argparse.ArgumentParser) -> None:
@@ -126,5 +133,6 @@ def run_memory(args: argparse.Namespace) -> int:
     )
     for w in res.warnings + res.memmap.notes:
         print(f"warning: {w}", file=sys.stderr)
+    warn_guesses(res.memmap)
     warn_missing(res.memmap.missing)
     return 0
