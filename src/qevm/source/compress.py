@@ -11,6 +11,7 @@ import bz2
 import gzip
 import io
 import lzma
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +97,7 @@ class _Decompressed(StreamSource):
     def _checked(self, fn: Callable[[Any], Any], arg: Any) -> Any:
         try:
             return fn(arg)
-        except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+        except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as e:
             raise ContainerError(
                 f"{self._kind} data is corrupt or truncated: {e}", offset=self._pos
             ) from None
