@@ -80,10 +80,15 @@ def test_memory_and_memmap_with_and_without_channels(name, tmp_path, capsys):
 
 def test_multifd_without_any_page_on_the_main_channel_from_a_pipe(tmp_path, capsys):
     """QEMU 11.1's multifd sends every page on the channels: read from the xz file,
-    ``memory`` used to stop with "internal error: KeyError"."""
+    ``memory`` used to stop with "internal error: KeyError", ``extract`` wrote no block."""
     rc, _, err = _cli(capsys, "memory", LIVE_DIR / "multifd-111.mig.xz", "-o", tmp_path / "c")
     missing = _said_missing(err)
     assert rc == 0 and missing["pc.ram"] == 0x10000000 // 4096
+    # extract wrote no file at all for such blocks, and said nothing
+    rc, out, err = _cli(capsys, "extract", LIVE_DIR / "multifd-111.mig.xz", "-o", tmp_path / "x")
+    assert rc == 0 and _said_missing(err) == missing
+    assert (tmp_path / "x" / "pc.ram").stat().st_size == 0x10000000
+    assert "pc.ram  (65536 pages missing" in out
     assert set(missing) == {
         "pc.ram",
         "0000:00:02.0/vga.vram",

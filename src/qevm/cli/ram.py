@@ -94,6 +94,9 @@ def run_extract(args: argparse.Namespace) -> int:
                 _write_blocks(mig, args, place)
             elif sink is not None:
                 sink.close()
+            for b in mig.ram_blocks:
+                if b.name not in paths:  # no page of it reached the main stream: zeros
+                    place(b)
             _write_json(mig, args.output)
             _report(mig, paths, notes)
     finally:
