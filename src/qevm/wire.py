@@ -139,7 +139,9 @@ class Reader:
             with memoryview(buf) as view:
                 got = src.readinto(view[len(keep) :])
             if got < want:
-                self._eof = True
+                # Only nothing at all is the end: a short read can be a source
+                # that delivered what it had before failing (the next read says why).
+                self._eof = got == 0
                 del buf[len(keep) + got :]
         else:
             del buf[len(keep) :]
@@ -154,6 +156,10 @@ class Reader:
     def mark(self) -> None:
         """Keep every byte from here on in memory until :meth:`since_mark`."""
         self._mark = self.offset
+
+    def unmark(self) -> None:
+        """Forget the mark (bytes before the position may go again)."""
+        self._mark = None
 
     def since_mark(self) -> bytes:
         """The bytes read since :meth:`mark` (and forget the mark)."""
@@ -291,7 +297,7 @@ class Reader:
         size = self.source.size
         if size is not None and end > size:
             raise TruncatedError(
-                f"length {n} runs past the end of the input at {size:#x}",
+                f"input ends after {size - self.offset} more bytes, need {n}",
                 offset=self.offset,
             )
 
