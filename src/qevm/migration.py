@@ -179,6 +179,14 @@ class Migration:
         from .sections.ram.index import PageIndex
 
         ram = self.ram
+        if ram is not None and ram.consumer is None and ram.ctx.options.ram_consumer is not None:
+            # asked for, but no page record was read (all pages went on extra
+            # channels, or the RAM section could not be read): every page is absent
+            ram.consumer = ram.ctx.options.ram_consumer(
+                ram.ctx, ram.page_size or self.page_size or 4096
+            )
+            for b in ram.blocks.values():
+                ram.consumer.add_block(b)
         if ram is None or not isinstance(ram.consumer, PageIndex):
             raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         return ram.consumer
