@@ -10,8 +10,8 @@ and however the run was split.  Each case runs ``info``, ``state --json``,
 ``ram``, ``extract`` and ``memory`` on the mutated input, in a child forked
 from this process (qevm's ``main()`` in-process: no interpreter start per
 case) with an address-space limit (``RLIMIT_AS``), a file-size limit and an
-alarm.  Outcomes per command: ok (exit 0), or a clean error (exit 1 or 2 with
-a ``qevm: error:`` line and at most one more line besides warnings).
+alarm.  Outcomes per command: ok (exit 0), or a clean error (exit 1 or 2,
+every error a ``qevm: error:`` line, at most one more line besides warnings).
 Anything else is a finding: another exit status (3: an exception qevm did not
 expect), a traceback or a messy message, a signal, the alarm, or a file
 written outside the output directory.  A finding's inputs, stderr and recipe
@@ -90,8 +90,11 @@ def judge(rc: int, err: str) -> str | None:
         return None
     if rc not in (1, 2):
         return f"exit {rc}"
+    # every error is one 'qevm: error:' line (reading on after errors prints each),
+    # a message may take one more line
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    if rc == 2 and (not lines or not lines[0].startswith("qevm: error:") or len(lines) > 2):
+    errors = sum(ln.startswith("qevm: error:") for ln in lines)
+    if rc == 2 and (not errors or len(lines) > errors + 1):
         return "messy message"
     return None
 

@@ -50,6 +50,7 @@ def with_description(src: Path, out: Path, edit) -> Path:
 # -- findings -----------------------------------------------------------------------------
 
 S390 = DATA / "notes" / "s390x-notes.mig.xz"
+RISCV = DATA / "notes" / "riscv64-virt-notes.mig.xz"
 
 
 def _cpu_field(doc: dict, instance: int, sub: int, field: int) -> dict:
@@ -90,6 +91,41 @@ def test_corrupt_gzip_inside_a_libvirt_image(tmp_path, capsys):
     for cmd in ("info", "state", "ram"):
         rc, _, err = _cli(capsys, cmd, tmp_path / "bad.img")
         assert rc == 2 and "gzip data is corrupt or truncated: Error -3" in err, err
+
+
+def test_ram_block_with_an_empty_name(tmp_path, capsys):
+    """Seed 7 case 64: the RAM block renamed to '' everywhere: the block list cannot be
+    read, and ``ram`` ended with "RAM was not indexed" (an index was asked for but no
+    page record made one)."""
+    data = unpack(S390).read_bytes().replace(b"\x08s390.ram", b"\x00")
+    (tmp_path / "e.mig").write_bytes(data)
+    rc, _, err = _cli(capsys, "ram", tmp_path / "e.mig")
+    assert rc == 1 and "empty RAM block name" in err and "not indexed" not in err
+
+
+@pytest.mark.parametrize("where", [0.25, 0.5, 0.75])
+def test_corrupt_zstd_is_read_once_up_to_the_damage(where, tmp_path):
+    """Seed 7 case 93: a chunk of a zstd file repeated.  Each device section after the
+    damage asked the failed decompressor again, each time with a new 32 MiB read-ahead
+    buffer kept alive by the error: memory grew until the process died.  Now the first
+    failure ends the input; under a 1.5 GiB address-space limit every command ends
+    cleanly."""
+    import subprocess
+
+    import zstandard
+
+    packed = zstandard.ZstdCompressor(level=3).compress(unpack(RISCV).read_bytes())
+    at = int(len(packed) * where)
+    (tmp_path / "z.mig").write_bytes(packed[: at + 0x1F2] + packed[at:])
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1536 << 20,) * 2); "
+    for cmd in ("info", "state", "ram"):
+        code = limit + f"from qevm.cli import main; raise SystemExit(main(['{cmd}', 'z.mig']))"
+        r = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode in (1, 2), r.stderr[-2000:]
+        assert "zstd data is corrupt or truncated" in r.stderr
+        assert r.stderr.count("zstd data is corrupt") <= 3  # once, not once per section
 
 
 # -- the fuzzer itself, on a short fixed budget ------------------------------------------------
