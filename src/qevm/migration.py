@@ -198,7 +198,9 @@ class Migration:
 
         ram = self.ram
         if ram is None or ram.consumer is None:
-            raise UsageError("the stream has no RAM section to add channel pages to")
+            raise UsageError(
+                f"channel {os.fspath(path)}: the stream has no RAM section to add its pages to"
+            )
         name = os.fspath(path)
         src = open_source(path, format="stream")  # its errors name the path
         self._channel_sources.append(src)
