@@ -178,25 +178,29 @@ class Migration:
         """The page index (open the stream with ``index_ram=True``)."""
         from .sections.ram.index import PageIndex
 
+        ram = self._ram_consumed()
+        if ram is None or not isinstance(ram.consumer, PageIndex):
+            raise UsageError("RAM was not indexed; open the stream with index_ram=True")
+        return ram.consumer
+
+    def _ram_consumed(self) -> RamState | None:
+        """The RAM state, with the page consumer asked for made if no page record made it
+        (all pages went on extra channels, or the RAM section could not be read)."""
         ram = self.ram
         if ram is not None and ram.consumer is None and ram.ctx.options.ram_consumer is not None:
-            # asked for, but no page record was read (all pages went on extra
-            # channels, or the RAM section could not be read): every page is absent
             ram.consumer = ram.ctx.options.ram_consumer(
                 ram.ctx, ram.page_size or self.page_size or 4096
             )
             for b in ram.blocks.values():
                 ram.consumer.add_block(b)
-        if ram is None or not isinstance(ram.consumer, PageIndex):
-            raise UsageError("RAM was not indexed; open the stream with index_ram=True")
-        return ram.consumer
+        return ram
 
     def add_channel(self, path: Any) -> Any:
         """Add the pages of a recorded extra connection (multifd, postcopy-preempt)."""
         from .sections.ram.multifd import apply_channel
         from .source import open_source
 
-        ram = self.ram
+        ram = self._ram_consumed()
         if ram is None or ram.consumer is None:
             raise UsageError(
                 f"channel {os.fspath(path)}: the stream has no RAM section to add its pages to"
