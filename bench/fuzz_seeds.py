@@ -21,22 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import qevm
-from qevm.sections.ram.consumer import PageConsumer
-from qevm.sections.ram.multifd import INIT, PACKET_SIZE, RAM_HEADER
-from qevm.sections.ram.records import (
-    FLAG_CONTINUE,
-    FLAG_PAGE,
-    FLAG_ZERO,
-    PAGE_KINDS,
-    RamState,
-)
-from qevm.stream import (
+from qevm.format import (
+    MULTIFD_PACKET_SIZE,
+    RAM_PAGE_KINDS,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_ZERO,
     SECTION_FULL,
     SECTION_START,
-    CommandRecord,
-    DescriptionRecord,
-    SectionRecord,
+    MultiFDInit,
+    MultiFDPacket,
 )
+from qevm.sections.ram.consumer import PageConsumer
+from qevm.sections.ram.records import RamState
+from qevm.stream import CommandRecord, DescriptionRecord, SectionRecord
 from qevm.wire import Reader
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -89,7 +87,7 @@ def _ram_records(mig: qevm.Migration) -> list[tuple[SectionRecord, list]]:
     for rec in mig.records:
         if isinstance(rec, SectionRecord) and rec.entry is not None and rec.entry.idstr == "ram":
             r = Reader(mig.source, rec.body_offset)
-            out.append((rec, list(state.records(r))))
+            out.append((rec, list(state.records(r, runs=False))))
     return out
 
 
@@ -103,7 +101,7 @@ def shrink(data: bytes, path: Path, desc: Path | None = None) -> bytes:
         for _rec, rrs in _ram_records(mig):
             seen = 0
             for rr in rrs:
-                if rr.kind in PAGE_KINDS and rr.flags & FLAG_CONTINUE:
+                if rr.kind in RAM_PAGE_KINDS and rr.flags & RAM_SAVE_FLAG_CONTINUE:
                     seen += 1
                     if seen > KEEP_RUN or kept + rr.end - rr.offset > KEEP_BYTES:
                         cut.append((rr.offset, rr.end))
@@ -147,7 +145,7 @@ def stream_layout(data: bytes, path: Path, desc: Path | None = None) -> Layout:
                 lay.ints.append((rr.offset, 8))
                 if rr.named:
                     lay.ints.append((rr.offset + 8, 1))
-                if rr.data_offset and rr.kind not in (FLAG_ZERO, FLAG_PAGE):
+                if rr.data_offset and rr.kind not in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE):
                     lay.ints.append((rr.data_offset - 4, 4))
         for b in mig.ram_blocks:
             if b.offset:
@@ -156,21 +154,29 @@ def stream_layout(data: bytes, path: Path, desc: Path | None = None) -> Layout:
 
 
 def cut_multifd(data: bytes, packets: int, page_size: int = 4096) -> tuple[bytes, Layout]:
-    """The handshake and the first ``packets`` packets of a multifd channel."""
+    """The handshake, the first packet and the first ``packets`` packets with pages (of
+    at most 32 KiB) of a multifd channel (uncompressed: a packet's meaning does not
+    depend on the others')."""
     lay = Layout(ints=[(0, 4), (4, 4), (24, 1)])
-    pos = INIT.size
-    header = RAM_HEADER.size + 8 * (PACKET_SIZE // page_size)
-    for _ in range(packets):
-        if pos + header > len(data):
-            break
-        fields = RAM_HEADER.unpack_from(data, pos)
-        normal, next_size, zero = fields[4], fields[5], fields[7]
-        end = pos + header + (next_size if normal or zero else 0)
-        lay.units.append((pos, end))
-        lay.ints += [(pos + k, 4) for k in range(0, 36, 4)]
-        lay.ints += [(pos + RAM_HEADER.size + 8 * i, 8) for i in range(min(4, normal + zero))]
+    out = bytearray(data[: MultiFDInit.size])
+    pos = MultiFDInit.size
+    header = MultiFDPacket.size + 8 * (MULTIFD_PACKET_SIZE // page_size)
+    first = True
+    while packets and pos + header <= len(data):
+        p = MultiFDPacket.unpack(data[pos : pos + MultiFDPacket.size], pos)
+        with_pages = bool(p.normal_pages or p.zero_pages)
+        end = pos + header + (p.next_packet_size if with_pages else 0)
+        if (with_pages and end - pos <= 32 << 10) or first:
+            at = len(out)
+            out += data[pos:end]
+            lay.units.append((at, len(out)))
+            lay.ints += [(at + k, 4) for k in range(0, 36, 4)]
+            n = min(4, p.normal_pages + p.zero_pages)
+            lay.ints += [(at + MultiFDPacket.size + 8 * i, 8) for i in range(n)]
+            packets -= with_pages
+            first = False
         pos = end
-    return data[:pos], lay
+    return bytes(out), lay
 
 
 def _libvirt_around(stream: bytes) -> bytes:
@@ -215,7 +221,7 @@ def make_seeds(work: Path) -> list[Seed]:
     stream("compress-7.2", "live/compress-72.mig.xz")
     stream("postcopy-11.1", "live/postcopy-paused-111.mig.xz")
     mf = stream("multifd-7.2", "live/multifd-72.mig.xz")
-    chan, clay = cut_multifd(_unxz("live/multifd-72.ch3.bin.xz"), 6)
+    chan, clay = cut_multifd(_unxz("live/multifd-72.ch3.bin.xz"), 3)
     mf.channels, mf.layouts = [chan], [*mf.layouts, clay]
     for rel, snap in (("qcow2/c512.qcow2.xz", "1"), ("qcow2/v2-c4k.qcow2.xz", "1")):
         seeds.append(Seed(Path(rel).stem, _unxz(rel), options=["--snapshot", snap]))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shlex
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from qemuvm import QmpError, Vm  # noqa: E402
+from qemuvm import Vm  # noqa: E402
 
 OLD = "qemu-system-x86_64"
 ARM = "qemu-system-aarch64"
@@ -272,27 +271,9 @@ def dump_vmstate(side: Side, path: pathlib.Path) -> None:
 
 def load(side: Side, path: pathlib.Path, workdir: pathlib.Path) -> dict:
     """Start the destination and let it load ``path``: QEMU's verdict."""
-    vm = _start(side, workdir, path.name + "-load", ["-incoming", "defer"])
-    status = "?"
-    try:
-        vm.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(path))}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if vm.proc.poll() is not None:
-                status = "exited"
-                break
-            try:
-                st = vm.cmd("query-migrate").get("status")
-            except (QmpError, OSError):
-                status = "exited"
-                break
-            if st in ("completed", "failed"):
-                status = st
-                break
-            time.sleep(0.05)
+    with _start(side, workdir, path.name + "-load", ["-incoming", "defer"]) as vm:
+        status = vm.load_file(path)
         time.sleep(0.1)
-    finally:
-        vm.close()
     lines = [ln for ln in vm.log_path.read_text(errors="replace").splitlines() if ln.strip()]
     return {"loads": status == "completed", "status": status, "qemu_errors": lines}
 

@@ -26,12 +26,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QevmError
-from ..stream import (
-    SECTION_FULL,
-    SECTION_START,
-    ConfigurationRecord,
-    SectionRecord,
-)
+from ..format import SECTION_FULL, SECTION_START
+from ..stream import ConfigurationRecord, SectionRecord
 from . import hooks
 from .loader import Loader
 from .localize import out_of_step

@@ -19,7 +19,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..stream import SECTION_FULL
+from ..format import SECTION_FULL
 from .loader import Loader
 from .steps import Step, Stop
 

@@ -18,12 +18,12 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..sections.ram.consumer import PageConsumer
-from ..sections.ram.index import ABSENT
+from ..sections.ram.index import ABSENT_RUN, COMPUTED_RUN, DATA_RUN
 
 if TYPE_CHECKING:
     from ..migration import Migration
+    from ..sections.ram.blocks import RamBlock
     from ..sections.ram.index import PageIndex
-    from ..sections.ram.records import RamBlock
     from ..wire import Reader
 
 #: Bytes read from an input at a time when hashing pages from the page index.
@@ -66,25 +66,27 @@ def from_index(mig: Migration, index: PageIndex) -> Digests:
         name = block.name
         if name not in index.loc:
             continue
-        loc = index.loc[name]
-        arr = np.full(loc.npages, out.zero, dtype=np.uint64)
-        absent = loc.unset()
-        for _first, codes in loc.items():
-            absent += int((codes == ABSENT).sum())
-        for first, count, src, off, stride in index.data_runs(name):
-            source = index.inputs[src]
-            per = max(1, CHUNK // stride)
-            for k in range(0, count, per):
-                n = min(per, count - k)
-                at = off + k * stride
-                view = memoryview(source.read_at(at, (n - 1) * stride + ps))
-                for j in range(n):
-                    arr[first + k + j] = digest(view[j * stride : j * stride + ps])
-                view.release()
-                # what was hashed need not stay in this process's memory
-                source.release(at, at + (n - 1) * stride + ps)
-        for page in index.computed_pages(name):
-            arr[page] = digest(index.read_page(name, page))
+        arr = np.full(index.loc[name].npages, out.zero, dtype=np.uint64)
+        absent = 0
+        for run in index.runs(name):
+            if run.kind == ABSENT_RUN:
+                absent += run.count
+            elif run.kind == COMPUTED_RUN:
+                for page in range(run.first, run.first + run.count):
+                    arr[page] = digest(index.read_page(name, page))
+            elif run.kind == DATA_RUN:
+                source, stride = index.inputs[run.input], run.stride
+                first, count = run.first, run.count
+                per = max(1, CHUNK // stride)
+                for k in range(0, count, per):
+                    n = min(per, count - k)
+                    at = run.offset + k * stride
+                    view = memoryview(source.read_at(at, (n - 1) * stride + ps))
+                    for j in range(n):
+                        arr[first + k + j] = digest(view[j * stride : j * stride + ps])
+                    view.release()
+                    # what was hashed need not stay in this process's memory
+                    source.release(at, at + (n - 1) * stride + ps)
         out.blocks[name] = arr
         out.absent[name] = absent
         if name in KEEP_BLOCKS and block.used_length <= MAX_KEPT:

@@ -18,7 +18,7 @@ from .problems import Problem, Report
 
 if TYPE_CHECKING:
     from ..migration import Migration
-    from ..sections.ram.records import RamBlock
+    from ..sections.ram.blocks import RamBlock
     from ..stream import SectionRecord
     from .target import DestBlock, Destination
 

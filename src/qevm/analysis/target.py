@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import DescriptionError
-from ..stream import SECTION_FULL, SECTION_START
+from ..format import SECTION_FULL, SECTION_START
 from ..vmstate.desc import Description, DeviceDesc, parse_description
 from .schema import Schema, SchemaVmsd, is_schema, parse_schema
 

@@ -8,9 +8,10 @@ from typing import Any
 
 from ..errors import DescriptionError, QevmError
 from ..export.vmcoreinfo import quick_look
+from ..format import SECTION_FULL
 from ..migration import Migration
 from ..render import compat, jsonout, native, text
-from ..stream import SECTION_FULL, BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
+from ..stream import BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
 from . import add_input, command, no_match, open_stream, outcome
 
 

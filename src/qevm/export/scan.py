@@ -56,19 +56,22 @@ def index_scanner(index: Any) -> Scanner:
 
     def scan(needle: bytes) -> Iterator[tuple[str, int]]:
         for name in list(index.loc):
-            for page, count, src, off, stride in index.data_runs(name):
-                end = off + (count - 1) * stride + ps
-                for hit in _find_all(index.inputs[src], needle, off, end):
-                    p, inpage = divmod(hit - off, stride)
-                    # a needle in a record header or running into one is not in RAM
-                    if inpage + len(needle) <= ps:
-                        yield name, (page + p) * ps + inpage
-            for page in index.computed_pages(name):
-                data = index.read_page(name, page)
-                hit = data.find(needle)
-                while hit >= 0:
-                    yield name, page * ps + hit
-                    hit = data.find(needle, hit + 1)
+            for run in index.runs(name):
+                if run.kind == "data":
+                    off, stride = run.offset, run.stride
+                    end = off + (run.count - 1) * stride + ps
+                    for hit in _find_all(index.inputs[run.input], needle, off, end):
+                        p, inpage = divmod(hit - off, stride)
+                        # a needle in a record header or running into one is not in RAM
+                        if inpage + len(needle) <= ps:
+                            yield name, (run.first + p) * ps + inpage
+                elif run.kind == "computed":
+                    for page in range(run.first, run.first + run.count):
+                        data = index.read_page(name, page)
+                        hit = data.find(needle)
+                        while hit >= 0:
+                            yield name, page * ps + hit
+                            hit = data.find(needle, hit + 1)
 
     return scan
 

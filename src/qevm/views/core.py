@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import UsageError
+from ..fileio import copy_file_sparse
 from ..ramio import Piece, Placement, copy_block_range
 from ..ramsink import StreamingSink
 from ..writebehind import WriteBehind
@@ -402,7 +403,7 @@ def _from_pipe(
                 try:
                     os.ftruncate(out, max((r.end for r in mm.ranges), default=0))
                     for r in mm.ranges:
-                        _copy_data(fd, staged.areas[r.block] + r.offset, r.size, out, r.gpa)
+                        copy_file_sparse(fd, staged.areas[r.block] + r.offset, r.size, out, r.gpa)
                 finally:
                     os.close(out)
             else:
@@ -418,28 +419,3 @@ def _from_pipe(
         if fmt != "elf":
             os.unlink(stage_path)
     return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings, info, kd)
-
-
-def _copy_data(src: int, soff: int, length: int, dst: int, doff: int) -> None:
-    """Copy the data extents of ``src`` (holes stay holes in ``dst``)."""
-    end = soff + length
-    pos = soff
-    while pos < end:
-        try:
-            data = os.lseek(src, pos, os.SEEK_DATA)
-        except OSError:  # no data after pos
-            return
-        if data >= end:
-            return
-        try:
-            hole = min(os.lseek(src, data, os.SEEK_HOLE), end)
-        except OSError:
-            hole = end
-        p = data
-        while p < hole:
-            n = min(1 << 23, hole - p)
-            buf = os.pread(src, n, p)
-            if buf.count(0) != len(buf):
-                os.pwrite(dst, buf, doff + p - soff)
-            p += n
-        pos = hole

@@ -20,36 +20,28 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FormatError, TruncatedError, UnsupportedError
+from ...format import (
+    MULTIFD_COMPRESSION,
+    MULTIFD_FLAG_COMPRESSION_MASK,
+    MULTIFD_FLAG_DEVICE_STATE,
+    MULTIFD_FLAG_SYNC,
+    MULTIFD_MAGIC,
+    MULTIFD_PACKET_SIZE,
+    MULTIFD_VERSION,
+    MultiFDInit,
+    MultiFDPacket,
+    MultiFDPacketDeviceState,
+)
 from ...wire import Reader
 
 if TYPE_CHECKING:
     from ...source.base import Source
     from .records import RamState
-
-MULTIFD_MAGIC = 0x11223344
-MULTIFD_VERSION = 1
-#: Bytes of RAM one multifd packet carries at most.
-PACKET_SIZE = 512 * 1024
-
-FLAG_SYNC = 1 << 0
-FLAG_COMPRESSION_MASK = 0x1F << 1
-FLAG_DEVICE_STATE = 32 << 1
-COMPRESSION = {
-    0: "none",
-    1 << 1: "zlib",
-    2 << 1: "zstd",
-    4 << 1: "qpl",
-    8 << 1: "uadk",
-    16 << 1: "qatzip",
-}
-
-INIT = struct.Struct(">II16sB7s32s")
-RAM_HEADER = struct.Struct(">IIIIIIQII24s256s")
-DEVICE_HEADER = struct.Struct(">III256sII")
 
 
 @dataclass
@@ -143,24 +135,46 @@ def _apply_preempt(state: RamState, source: Source, src_no: int) -> ChannelSumma
     return summary
 
 
-def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
-    ps = state.page_size
-    if ps is None:
-        raise FormatError("multifd channel given but the page size is unknown", offset=0)
-    page_count = PACKET_SIZE // ps
-    header_size = RAM_HEADER.size + 8 * page_count
-    r = Reader(source, 0)
-    magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
-    if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
+@dataclass
+class Packet:
+    """One packet of a multifd channel: its header, page offsets and payload's extent."""
+
+    header: MultiFDPacket | MultiFDPacketDeviceState
+    #: The whole offset[] array as sent (normal pages, zero pages, then
+    #: entries QEMU left from earlier packets); empty for device state.
+    offsets: tuple[int, ...]
+    payload_offset: int
+    payload_length: int
+
+    @property
+    def is_device_state(self) -> bool:
+        return isinstance(self.header, MultiFDPacketDeviceState)
+
+    def pack(self) -> bytes:
+        """The packet up to its payload, as QEMU writes it."""
+        return self.header.pack() + struct.pack(f">{len(self.offsets)}Q", *self.offsets)
+
+
+def read_handshake(r: Reader) -> MultiFDInit:
+    """The MultiFDInit_t a channel starts with, checked."""
+    init = MultiFDInit.read(r)
+    if init.magic != MULTIFD_MAGIC or init.version != MULTIFD_VERSION:
         raise FormatError(
-            f"multifd handshake magic {magic:#x} version {version}",
-            offset=0,
-            expected="0x11223344 version 1",
+            f"multifd handshake magic {init.magic:#x} version {init.version}",
+            offset=init.at,
+            expected=f"{MULTIFD_MAGIC:#x} version {MULTIFD_VERSION}",
         )
-    summary = ChannelSummary(source.name, "multifd", chan_id, uuid.hex())
-    consumer = state.consumer
-    inflater: _Inflater | None = None
-    epoch = 0
+    return init
+
+
+def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
+    """The packets after the handshake, to the end of the channel.
+
+    A RAM packet's offset array has room for a full packet's pages
+    (MULTIFD_PACKET_SIZE / page size), whatever it carries.  The payload is
+    left for the caller to read (or skip) before the next packet is read.
+    """
+    page_count = MULTIFD_PACKET_SIZE // page_size
     while not r.at_end():
         off = r.offset
         r.ensure(12)
@@ -169,63 +183,94 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
             raise FormatError(
                 f"multifd packet magic {magic:#x} version {version}",
                 offset=off,
-                expected="0x11223344 version 1",
+                expected=f"{MULTIFD_MAGIC:#x} version {MULTIFD_VERSION}",
             )
-        summary.packets += 1
-        if flags & FLAG_DEVICE_STATE:
-            _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
-            r.skip(size)
-            summary.device_state.append(
-                {
-                    "idstr": idstr.split(b"\0")[0].decode("latin-1"),
-                    "instance_id": instance,
-                    "bytes": size,
-                }
-            )
+        if flags & MULTIFD_FLAG_DEVICE_STATE:
+            dev = MultiFDPacketDeviceState.read(r)
+            yield Packet(dev, (), r.offset, dev.next_packet_size)
             continue
-        head = r.bytes(header_size)
-        (_, _, _, alloc, normal, next_size, _num, zero, _, _, name) = RAM_HEADER.unpack_from(head)
-        if alloc > page_count or normal > alloc or zero > alloc - normal:
+        hdr = MultiFDPacket.read(r)
+        offsets = struct.unpack(f">{page_count}Q", r.bytes(8 * page_count))
+        if hdr.pages_alloc > page_count or hdr.normal_pages > hdr.pages_alloc:
             raise FormatError(
-                f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
+                f"multifd packet with {hdr.pages_alloc} slots, {hdr.normal_pages} pages, "
+                f"{hdr.zero_pages} zero pages",
                 offset=off,
                 expected=f"at most {page_count} pages",
             )
-        comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
-        if comp is None:
-            raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
-        payload_off = r.offset
+        if hdr.zero_pages > hdr.pages_alloc - hdr.normal_pages:
+            raise hdr.error(
+                "zero_pages",
+                f"multifd packet with {hdr.pages_alloc} slots, {hdr.normal_pages} pages, "
+                f"{hdr.zero_pages} zero pages",
+                expected=f"at most {hdr.pages_alloc - hdr.normal_pages} zero pages",
+            )
         # Only packets with pages carry a payload, whatever next_packet_size
         # says: QEMU reads one only for them, and 7.2 leaves the previous
-        # packet's size in its empty SYNC packets (and sets the compression
-        # flag only on packets with pages).
+        # packet's size in its empty SYNC packets.
+        has_pages = hdr.normal_pages or hdr.zero_pages
+        yield Packet(hdr, offsets, r.offset, hdr.next_packet_size if has_pages else 0)
+
+
+def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
+    ps = state.page_size
+    if ps is None:
+        raise FormatError("multifd channel given but the page size is unknown", offset=0)
+    r = Reader(source, 0)
+    init = read_handshake(r)
+    summary = ChannelSummary(source.name, "multifd", init.id, init.uuid.hex())
+    consumer = state.consumer
+    inflater: _Inflater | None = None
+    epoch = 0
+    for pkt in read_packets(r, ps):
+        summary.packets += 1
+        hdr = pkt.header
+        if isinstance(hdr, MultiFDPacketDeviceState):
+            r.skip(pkt.payload_length)
+            summary.device_state.append(
+                {
+                    "idstr": hdr.device_name,
+                    "instance_id": hdr.instance_id,
+                    "bytes": pkt.payload_length,
+                }
+            )
+            continue
+        comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK)
+        if comp is None:
+            raise hdr.error("flags", f"multifd flags {hdr.flags:#x}")
+        normal, zero = hdr.normal_pages, hdr.zero_pages
+        # 7.2 sets the compression flag only on packets with pages.
         if normal or zero:
             summary.compression = comp
-            bname = name.split(b"\0")[0].decode("latin-1")
+            bname = hdr.block_name
             block = state.blocks.get(bname)
             if block is None:
-                raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=off)
-            offs = struct.unpack_from(f">{normal + zero}Q", head, RAM_HEADER.size)
+                raise hdr.error(
+                    "ramblock",
+                    f"multifd packet for unknown RAM block {bname!r}",
+                )
+            offs = pkt.offsets[: normal + zero]
             for a in offs:
                 if a > block.used_length - ps or a % ps:
                     raise FormatError(
-                        f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
+                        f"multifd page offset {a:#x} is outside block {bname!r}", offset=hdr.at
                     )
+            payload_off = pkt.payload_offset
             if normal and comp == "none":
-                if next_size != normal * ps:
-                    raise FormatError(
-                        f"multifd payload of {next_size} bytes for {normal} pages",
-                        offset=off,
+                if pkt.payload_length != normal * ps:
+                    raise hdr.error(
+                        "next_packet_size",
+                        f"multifd payload of {pkt.payload_length} bytes for {normal} pages",
                         expected=f"{normal * ps}",
                     )
-                r.ensure(next_size)
+                r.ensure(pkt.payload_length)
                 for i, a in enumerate(offs[:normal]):
                     consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
-                r.skip(next_size)
+                r.skip(pkt.payload_length)
             elif normal:
                 if inflater is None:
-                    inflater = _Inflater(comp, off)
-                data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
+                    inflater = _Inflater(comp, hdr.at)
+                data = inflater.feed(r.bytes(pkt.payload_length), normal * ps, payload_off)
                 for i, a in enumerate(offs[:normal]):
                     consumer.channel_computed(block, a, data[i * ps : (i + 1) * ps], epoch)
             for a in offs[normal:]:
@@ -236,7 +281,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 block.records["zero"] += zero
             summary.pages += normal
             summary.zero_pages += zero
-        if flags & FLAG_SYNC:
+        if hdr.flags & MULTIFD_FLAG_SYNC:
             epoch += 1
             summary.syncs += 1
     return summary
