@@ -134,6 +134,33 @@ def diff(
         side_a.mig.close()
 
 
+def diff_opened(
+    a: Migration,
+    b: str | os.PathLike[str],
+    *,
+    ignore: list[str] | tuple[str, ...] = (),
+    b_snapshot: str | None = None,
+    b_format: str = "auto",
+    a_label: str | None = None,
+) -> DiffReport:
+    """Compare ``a``, already open (with ``index_ram=True`` to compare RAM), with input ``b``."""
+    pages = IndexPages(a) if a.ram is not None and _indexed(a) else None
+    side_b = _open(b, b_snapshot, b_format)
+    try:
+        return diff_migrations(
+            _Side(a, pages), side_b, a_label or a.source.name, os.fspath(b), _Ignore(ignore)
+        )
+    finally:
+        side_b.mig.close()
+
+
+def _indexed(mig: Migration) -> bool:
+    try:
+        return mig.page_index is not None
+    except QevmError:
+        return False
+
+
 def diff_migrations(a: _Side, b: _Side, la: str, lb: str, ignore: _Ignore) -> DiffReport:
     rep = DiffReport(la, lb)
     for side, label in ((a, "a"), (b, "b")):

@@ -62,6 +62,13 @@ class PageRun(NamedTuple):
     stride: int = 0
 
 
+#: ENCODINGS position of each page code's top byte (ZERO and ABSENT are told apart whole).
+_KIND_ENCODING = np.full(256, ENCODINGS.index("page"), dtype=np.uint8)
+_KIND_ENCODING[KIND_ZLIB] = ENCODINGS.index("zlib")
+_KIND_ENCODING[KIND_SCRATCH] = ENCODINGS.index("xbzrle")
+_KIND_ENCODING[KIND_FILL] = ENCODINGS.index("fill")
+
+
 def _code(kind: int, offset: int) -> int:
     return (kind << KIND_SHIFT) | offset
 
@@ -106,6 +113,20 @@ class PageMap:
             self.chunk(c)[pages[m] & np.uint64(_CHUNK_MASK)] = (
                 values[m] if isinstance(values, np.ndarray) else values
             )
+
+    def take(self, first: int, count: int) -> np.ndarray:
+        """Pages ``first .. first + count - 1`` as one array (``fill`` where never set)."""
+        out = np.full(count, self.fill, dtype=self.dtype)
+        end = first + count
+        for c in range(first >> CHUNK_SHIFT, ((end - 1) >> CHUNK_SHIFT) + 1 if count else 0):
+            arr = self.chunks.get(c)
+            if arr is None:
+                continue
+            base = c << CHUNK_SHIFT
+            lo, hi = max(first, base), min(end, base + len(arr))
+            if lo < hi:
+                out[lo - first : hi - first] = arr[lo - base : hi - base]
+        return out
 
     def items(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(first page, array)`` of the allocated chunks, in page order."""
@@ -339,6 +360,26 @@ class PageIndex(PageConsumer):
             counts["fill"] += int((kinds == KIND_FILL).sum())
             counts["page"] += int((kinds < MAX_INPUTS).sum())
         return counts
+
+    def kinds(self, name: str, first: int, count: int) -> np.ndarray:
+        """What pages ``first .. first + count - 1`` of block ``name`` are, as ``uint8``
+        positions in :data:`ENCODINGS` (0 absent, 1 zero, 2 page, 3 zlib, 4 xbzrle, 5 fill)."""
+        codes = self.loc[name].take(first, count)
+        out = _KIND_ENCODING[codes >> np.uint64(KIND_SHIFT)]
+        out[codes == ZERO] = ENCODINGS.index("zero")
+        out[codes == ABSENT] = ENCODINGS.index("absent")
+        return out
+
+    def rounds(self, name: str, first: int, count: int) -> np.ndarray | None:
+        """The round in which each page was last written (``uint16``; 0 also for pages
+        never written), or None unless rounds were tracked (:meth:`track_epochs`).
+
+        A round ends at each EOS of the RAM section (each START, PART and END
+        record is one round) or, with multifd, at each sync point.
+        """
+        if self.epochs is None:
+            return None
+        return self.epochs[name].take(first, count)
 
     def absent_pages(self, name: str) -> int | None:
         return self.encoding_counts(name)["absent"] if name in self.loc else None
