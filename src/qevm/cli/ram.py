@@ -36,6 +36,10 @@ from . import (
 from .guard import refuse_input
 from .progress import Progress
 
+#: The name ``--channel``'s setup had here before it moved to the package (branches
+#: written against it still import it from this module).
+_add_channel = add_channel
+
 
 def _selected(name: str, globs: list[str] | None) -> bool:
     return not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)
