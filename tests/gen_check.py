@@ -42,12 +42,19 @@ BASE = ["-S", "-nodefaults", "-display", "none", "-accel", "tcg"]
 
 @dataclass
 class Side:
-    """One QEMU configuration: binary, arguments, migration capabilities."""
+    """One QEMU configuration: binary, arguments, migration capabilities.
+
+    ``run``: seconds its firmware runs before it is stopped and saved (SeaBIOS
+    booting from a virtio disk, iPXE from a virtio NIC: the guest has then
+    negotiated virtio features); 0 saves it paused from the start.  ``{disk}``
+    in the arguments is a 64 KiB boot disk whose boot sector loops forever.
+    """
 
     binary: str
     args: list[str]
     caps: dict[str, bool] = field(default_factory=dict)
     params: dict[str, object] = field(default_factory=dict)
+    run: float = 0.0
 
 
 @dataclass
@@ -226,6 +233,7 @@ def cases() -> list[Case]:
             Side(NEW, _q("pc-q35-10.0", "-smp", "1,maxcpus=2")),
             "possible CPUs (10.0)",
         ),
+        *device_cases(),
         Case(
             "arm-a57-to-a15",
             Side(ARM, _q("virt-7.2", "-cpu", "cortex-a57")),
@@ -242,8 +250,105 @@ def cases() -> list[Case]:
     return c
 
 
+def boot_disk(workdir: pathlib.Path) -> pathlib.Path:
+    """A 64 KiB raw disk whose boot sector is ``jmp $`` (SeaBIOS boots it and stays)."""
+    disk = workdir / "boot.img"
+    if not disk.exists():
+        sector = bytearray(512)
+        sector[0:2] = b"\xeb\xfe"
+        sector[510:512] = b"\x55\xaa"
+        disk.write_bytes(bytes(sector) + bytes(65536 - 512))
+    return disk
+
+
+def _args(side: Side, workdir: pathlib.Path) -> list[str]:
+    if not any("{disk}" in a for a in side.args):
+        return list(side.args)
+    disk = str(boot_disk(workdir))
+    return [a.replace("{disk}", disk) for a in side.args]
+
+
+def device_cases() -> list[Case]:
+    """Pairs a device's own load checks decide: read-only PCI config bytes, ring sizes,
+    virtio features (the firmware's drivers negotiate them: iPXE on a virtio NIC with
+    ``-boot n``, SeaBIOS on a virtio disk)."""
+    q7, q10 = "pc-q35-7.2", "pc-q35-10.0"
+    rp = ["-device", "pcie-root-port,id=rp,chassis=1,addr=0x10"]
+    disk = ["-drive", "file={disk},if=none,id=d0,format=raw"]
+    blk = "virtio-blk-pci,drive=d0,disable-legacy=on"
+    net = ["-boot", "n", "-device"]
+    return [
+        Case(
+            "e1000-model",
+            Side(OLD, _q("pc-i440fx-7.2", "-device", "e1000,addr=4")),
+            Side(OLD, _q("pc-i440fx-7.2", "-device", "e1000-82544gc,addr=4")),
+            "another e1000 model at the slot (device ID)",
+        ),
+        Case(
+            "net-modern-only-100",
+            Side(NEW, _q(q10, "-device", "virtio-net-pci,disable-legacy=on,addr=4")),
+            Side(NEW, _q(q10, "-device", "virtio-net-pci,addr=4")),
+            "virtio-net non-transitional at the source, transitional at the destination",
+        ),
+        Case(
+            "net-aer-100",
+            Side(NEW, _q(q10, *rp, "-device", "virtio-net-pci,bus=rp,aer=on")),
+            Side(NEW, _q(q10, *rp, "-device", "virtio-net-pci,bus=rp")),
+            "AER capability only at the source (the destination's bytes there are writable)",
+        ),
+        Case(
+            "net-aer-dst-100",
+            Side(NEW, _q(q10, *rp, "-device", "virtio-net-pci,bus=rp")),
+            Side(NEW, _q(q10, *rp, "-device", "virtio-net-pci,bus=rp,aer=on")),
+            "AER capability only at the destination",
+        ),
+        Case(
+            "bridge-shpc",
+            Side(OLD, _q("pc-i440fx-7.2", "-device", "pci-bridge,chassis_nr=1,shpc=off")),
+            Side(OLD, _q("pc-i440fx-7.2", "-device", "pci-bridge,chassis_nr=1,shpc=on")),
+            "SHPC capability only at the destination (not virtio)",
+        ),
+        Case(
+            "blk-queue-size-fw",
+            Side(OLD, _q(q7, *disk, "-device", blk + ",queue-size=128"), run=2),
+            Side(OLD, _q(q7, *disk, "-device", blk + ",queue-size=64"), run=2),
+            "virtio-blk ring larger than the destination's queue-size (SeaBIOS using it)",
+        ),
+        Case(
+            "net-rx-queue-fw",
+            Side(OLD, _q(q7, *net, "virtio-net-pci,rx_queue_size=1024"), run=3),
+            Side(OLD, _q(q7, *net, "virtio-net-pci"), run=3),
+            "virtio-net rx_queue_size larger at the source (iPXE using it)",
+        ),
+        Case(
+            "net-mtu-fw",
+            Side(OLD, _q(q7, *net, "virtio-net-pci,host_mtu=1400"), run=3),
+            Side(OLD, _q(q7, *net, "virtio-net-pci"), run=3),
+            "VIRTIO_NET_F_MTU negotiated by iPXE, not offered at the destination",
+        ),
+        Case(
+            "net-fw-same",
+            Side(OLD, _q(q7, *net, "virtio-net-pci,host_mtu=1400"), run=3),
+            Side(OLD, _q(q7, *net, "virtio-net-pci,host_mtu=1400"), run=3),
+            "identical, both guests' iPXE negotiated (the destination proves its offer)",
+        ),
+        Case(
+            "blk-iommu-fw-100",
+            Side(NEW, _q(q10, *disk, "-device", blk + ",iommu_platform=on"), run=2),
+            Side(NEW, _q(q10, *disk, "-device", blk), run=2),
+            "VIRTIO_F_IOMMU_PLATFORM negotiated by SeaBIOS, switched off at the destination",
+        ),
+        Case(
+            "blk-fw-same-100",
+            Side(NEW, _q(q10, *disk, "-device", blk), run=2),
+            Side(NEW, _q(q10, *disk, "-device", blk), run=2),
+            "identical, both guests' SeaBIOS negotiated",
+        ),
+    ]
+
+
 def _start(side: Side, workdir: pathlib.Path, name: str, extra: list[str]) -> Vm:
-    vm = Vm(side.binary, [*BASE, *side.args, *extra], workdir, name)
+    vm = Vm(side.binary, [*BASE, *_args(side, workdir), *extra], workdir, name)
     if side.caps:
         vm.cmd(
             "migrate-set-capabilities",
@@ -256,6 +361,10 @@ def _start(side: Side, workdir: pathlib.Path, name: str, extra: list[str]) -> Vm
 
 def save(side: Side, path: pathlib.Path, workdir: pathlib.Path) -> None:
     with _start(side, workdir, path.name + "-save", []) as vm:
+        if side.run:
+            vm.cmd("cont")
+            time.sleep(side.run)
+            vm.cmd("stop")
         vm.save(path)
 
 

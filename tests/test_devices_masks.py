@@ -19,6 +19,7 @@ from conftest import DATA, unpack
 from qemuvm import Vm
 
 import qevm
+from qevm.analysis import check
 from qevm.cli import main
 from qevm.devices import decode, pci_functions
 from qevm.devices.pci import qemu_masks
@@ -169,3 +170,10 @@ def test_ring_check_equals_qemus_load(ring, tmp_path):
     # QEMU's own words, and the load fails exactly when qevm says it would
     assert ours.problem in log, log
     assert loaded == (not ours.fatal)
+    # qevm check against the unedited stream (the same configuration) says the same
+    report = check(edited, src)
+    assert report.loads == loaded, [p.message for p in report.problems]
+    if ours.fatal:
+        assert report.first().qemu == ours.problem
+    else:
+        assert any(ours.problem in w for w in report.warnings), report.warnings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from .errors import FormatError, TruncatedError
+from .errors import FormatError, QevmError, TruncatedError
 from .source.base import CHUNK, Source
 
 #: Bytes read through a mapped input between hints that they can be dropped.
@@ -130,21 +130,27 @@ class Reader:
             more = bytes(src.read_at(end, want)) if want else b""
             self.buf = bytes(keep) + more if keep else more
             return
+        if self._eof:
+            self.buf = bytearray(keep)
+            return
         # A new buffer each time: views of the old one (pages waiting to be
         # written) stay valid.
         buf = bytearray(len(keep) + want)
         buf[: len(keep)] = keep
-        got = 0
-        if not self._eof:
+        try:
             with memoryview(buf) as view:
                 got = src.readinto(view[len(keep) :])
-            if got < want:
-                # Only nothing at all is the end: a short read can be a source
-                # that delivered what it had before failing (the next read says why).
-                self._eof = got == 0
-                del buf[len(keep) + got :]
-        else:
-            del buf[len(keep) :]
+        except QevmError:
+            # A source that failed (a corrupt compressed input) gives nothing more:
+            # later reads meet the end instead of failing (and allocating) again.
+            self._eof = True
+            self.buf = bytearray(keep)
+            raise
+        if got < want:
+            # Only nothing at all is the end: a short read can be a source
+            # that delivered what it had before failing (the next read says why).
+            self._eof = got == 0
+            del buf[len(keep) + got :]
         self.buf = buf
 
     def release_behind(self) -> None:

@@ -71,11 +71,14 @@ def check(
         dest.add_schema(extra.schema)
     if not isinstance(source, (str, os.PathLike)):
         return check_migration(source, dest)
+    from ..source import open_source
+
+    src = open_source(source, format=source_format, snapshot=source_snapshot)
     with qopen(
-        source,
+        src,
         desc=source_desc,
-        format=source_format,
-        snapshot=source_snapshot,
+        # the page index lets device checks read guest RAM (virtio rings) as QEMU does
+        index_ram=src.seekable,
         decode_devices=False,
         strict=False,  # a section its own description does not fit is still checked
     ) as mig:

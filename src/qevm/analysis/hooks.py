@@ -2,15 +2,16 @@
 
 Generic VMState rules (versions, subsections, field layout, ``*_EQUAL``
 fields) are applied by :mod:`.loader`.  What only a device's own code knows
-comes from decoders registered here (the ``qevm.devices`` package registers
-its own):
+comes from decoders registered here (``qevm.devices.loadchecks`` registers
+the PCI config and virtio ones):
 
 * a **field reader** for an opaque field type (``virtio``, ...): given the
   source's bytes from that field on and what the destination is, it says how
   many bytes the destination's load function reads and which of the
-  device's checks fail while it reads them (``Bad config data``, a ring
-  size, features).  Without one, a size difference in an opaque field is
-  reported as "not yet explained" (QEMU may or may not stop there).
+  device's checks fail while it reads them (``Bad config data``, features).
+  It is asked about every such field, whether or not the two sides' sizes
+  differ; when it cannot tell (returns None or no size), a size difference
+  is reported as "not yet explained" (QEMU may or may not stop there).
 * a **field check** per field type, run as each such field is loaded: the
   checks a type's own ``get()`` makes (``pci config``: bytes the
   destination's config space has read-only and the source's differ in);
@@ -69,6 +70,8 @@ class FieldVerdict:
     size: int | None
     #: Checks of the device's load function that fail, in the order it makes them.
     problems: list[Problem] = field(default_factory=list)
+    #: What the user should know that does not stop the load (QEMU accepts it).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -150,10 +153,10 @@ def device_checks(vmsd_name: str | None) -> list[DeviceCheck]:
 
 
 def load_plugins() -> None:
-    """Import the device decoders that register checks (when they are installed)."""
+    """Import the device decoders' checks (``qevm.devices.loadchecks``) when installed."""
     try:
         import importlib
 
-        importlib.import_module("qevm.devices")
+        importlib.import_module("qevm.devices.loadchecks")
     except ImportError:
         pass

@@ -21,9 +21,10 @@ source's bytes with the *destination's* description of the section:
 
 Every field read is recorded as a :class:`Step` (path, offset, size), so two
 readings of the same bytes can be compared to find where they went out of
-step (:mod:`.localize`).  Opaque fields whose size differs between the two
-sides are handed to a registered field reader (:mod:`.hooks`) or reported as
-not yet explained; the load then continues with the source's size.
+step (:mod:`.localize`).  An opaque field with a registered field reader
+(:mod:`.hooks`) is read as the reader says the destination's load function
+reads it; without one, or when it cannot tell, a size difference is reported
+as not yet explained and the load continues with the source's size.
 """
 
 from __future__ import annotations
@@ -250,6 +251,9 @@ class Loader(Decoder):
         over = self.overrides.get(id(f))
         if over is not None:
             return over
+        if peer is not None and f.count == 1 == peer.count and hooks.field_reader(f.type):
+            # the device's own load function decides, whatever the two sizes
+            return self._opaque(frame, f, peer, path, start, dval)
         if peer is None or (peer.count == f.count and peer.size == f.size):
             return f
         eff = f
@@ -291,12 +295,16 @@ class Loader(Decoder):
                 self.context.get("source"),
             )
             verdict = reader(ctx)
+        if verdict is not None:
+            self.notes.extend(verdict.notes)
         if verdict is not None and verdict.size is not None:
             if verdict.problems:
                 self.doubts.append(
                     Doubt("device", path, start, "", peer.size, f.size, list(verdict.problems))
                 )
             return dataclasses.replace(f, size=verdict.size, ftype=None)
+        if peer.size == f.size:
+            return f
         self.doubts.append(
             Doubt(
                 "unexplained",

@@ -60,7 +60,8 @@ def out_of_step(
         if limit is not None and s.offset > limit:
             return None
         if i >= len(steps) or _key(steps[i]) != _key(s):
-            if stopped and i == len(other) - 1 and not s.done and steps[i].path == s.path:
+            stopped_in = i < len(steps) and steps[i].path == s.path
+            if stopped and i == len(other) - 1 and not s.done and stopped_in:
                 return None  # the field it stopped in
             return i
     if len(other) < len(steps) and not stopped:

@@ -74,7 +74,14 @@ def _print_report(report: Any, out: Any) -> None:
     elif loads is None:
         out.write("verdict      cannot tell: qevm cannot decide what is listed below\n")
     else:
-        out.write("verdict      does not load: QEMU stops at the first problem below\n")
+        first = next(n for n, p in enumerate(report.problems, 1) if p.certain)
+        if first == 1:
+            out.write("verdict      does not load: QEMU stops at the first problem below\n")
+        else:
+            out.write(
+                f"verdict      does not load: QEMU stops at problem {first} below, if not at "
+                "one of the uncertain ones before it\n"
+            )
     shown = report.problems[:MAX_SHOWN]
     for n, p in enumerate(shown, 1):
         where = p.section or ""
