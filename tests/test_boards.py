@@ -21,10 +21,10 @@ from test_memory import LAYOUTS, Elf, _norm, _region
 
 import qevm
 from qevm.cli import main
+from qevm.export.notes import EM_LOONGARCH, target_for
 from qevm.stream import DescriptionRecord
 from qevm.views.cpu import cpus
 from qevm.views.memmap import layout
-from qevm.views.notes import EM_LOONGARCH, target_for
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:
@@ -159,8 +159,8 @@ def test_virt_without_description_is_guessed_from_its_blocks(name, board, block,
 def test_loongarch_16k_pages_found_from_a_pipe(capsys):
     """Read once from the xz file, no description before the RAM: the page size comes
     from the distance between zero pages (QEMU 7.2's LoongArch pages are 16 KiB)."""
+    from qevm.export.memory import layout_streamed
     from qevm.source import open_source
-    from qevm.views.core import layout_streamed
 
     src = open_source(LAYOUTS["loongarch64-virt-7.2"])
     assert not src.seekable

@@ -26,7 +26,7 @@ from mtree import loaded_patterns, system_ranges
 
 import qevm
 from qevm.errors import UsageError
-from qevm.views.core import write_core
+from qevm.export.memory import write_core
 from qevm.views.memmap import layout, parse_overrides
 
 LAYOUTS = {p.name[: -len(".mig.xz")]: p for p in sorted((DATA / "layouts").glob("*.mig.xz"))}

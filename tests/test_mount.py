@@ -23,7 +23,7 @@ import pytest
 from conftest import DATA, unpack
 
 import qevm
-from qevm.views.core import write_core
+from qevm.export.memory import write_core
 
 CASES = {
     "xz-stream": ([DATA / "vmcoreinfo" / "x86-vmcoreinfo.mig.xz"], []),

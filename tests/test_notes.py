@@ -23,7 +23,7 @@ import pytest
 from conftest import DATA
 from test_memory import Elf
 
-from qevm.views.core import write_core
+from qevm.export.memory import write_core
 
 NOTES_DIR = DATA / "notes"
 STREAMS = {p.name[: -len(".mig.xz")]: p for p in sorted(NOTES_DIR.glob("*.mig.xz"))}

@@ -77,10 +77,10 @@ class VirtualFile:
 def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) -> dict[str, Any]:
     """Path (``/``-separated, relative) -> :class:`VirtualFile` of everything served."""
     from .cli.inspect import state_json
+    from .export.memory import core_target, elf_plan
     from .export.scan import index_scanner
     from .ramio import block_paths
     from .render import jsonout
-    from .views.core import core_target, elf_plan
     from .views.cpu import cpus
     from .views.memmap import layout
 

@@ -52,7 +52,7 @@ def print_memmap(mm: Any, out: object = None) -> None:
 )
 def run_memmap(args: argparse.Namespace) -> int:
     from .. import open as qopen
-    from ..views.core import layout_streamed
+    from ..export.memory import layout_streamed
     from ..views.memmap import layout, parse_overrides
 
     overrides = parse_overrides(args.map)
@@ -120,7 +120,7 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     _setup_memory,
 )
 def run_memory(args: argparse.Namespace) -> int:
-    from ..views.core import write_core
+    from ..export.memory import write_core
     from ..views.memmap import parse_overrides
 
     refuse_input(args.output, args)

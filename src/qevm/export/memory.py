@@ -28,8 +28,8 @@ from ..errors import UsageError
 from ..fileio import copy_file_sparse
 from ..ramio import Piece, Placement, copy_block_range
 from ..ramsink import StreamingSink
+from ..views.memmap import MemoryMap, Range, layout
 from ..writebehind import WriteBehind
-from .memmap import MemoryMap, Range, layout
 from .notes import Target, target_for
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def core_target(
     target, warnings = target_for(mig)
     if not vmcoreinfo:
         return target, None, warnings
-    from ..export.vmcoreinfo import recover
+    from .vmcoreinfo import recover
 
     info, more = recover(mig, mm, read, scan, target.endian)
     if info is not None:
@@ -201,7 +201,7 @@ def write_core(
     and kdump formats carry the kernel's VMCOREINFO when it is found and
     checked (:mod:`qevm.export.vmcoreinfo`), unless ``vmcoreinfo=False``.
     """
-    from ..export.kdump import FORMATS
+    from .kdump import FORMATS
 
     if fmt not in ("elf", "raw", *FORMATS):
         raise UsageError(f"unknown core format {fmt!r} (elf, raw, {', '.join(FORMATS)})")
@@ -228,7 +228,7 @@ def write_core(
 def _from_index(
     mig: Migration, path: Any, fmt: str, overrides: Any, vmcoreinfo: bool = True
 ) -> CoreResult:
-    from ..export.scan import index_scanner
+    from .scan import index_scanner
 
     mm = layout(mig, overrides)
     index = mig.page_index
@@ -270,8 +270,8 @@ def _from_index(
 def _write_kdump(
     path: Any, fmt: str, mig: Migration, mm: MemoryMap, target: Target, info: Any, read: Any
 ) -> Any:
-    from ..export.guestmem import GuestMemory
-    from ..export.kdump import write_kdump
+    from .guestmem import GuestMemory
+    from .kdump import write_kdump
 
     if target.machine == 3:  # EM_386: QEMU writes the 32-bit header layout
         raise UsageError("kdump output of a 32-bit x86 guest is not supported (use elf)")
@@ -376,7 +376,7 @@ def _from_pipe(
     progress: Callable[[int], None] | None,
     vmcoreinfo: bool = True,
 ) -> CoreResult:
-    from ..export.scan import file_scanner
+    from .scan import file_scanner
 
     # RAM comes before the device state the layout depends on: keep each block
     # in its own area (of the ELF itself, or of a staging file for raw and

@@ -32,7 +32,7 @@ from ..errors import QevmError
 
 if TYPE_CHECKING:
     from ..migration import Migration
-    from .cpu import CpuState
+    from ..views.cpu import CpuState
 
 EM_386, EM_X86_64, EM_AARCH64, EM_ARM = 3, 62, 183, 40
 EM_PPC, EM_PPC64, EM_S390, EM_RISCV, EM_LOONGARCH = 20, 21, 22, 243, 258
@@ -374,7 +374,7 @@ def machine_of(cpu: CpuState, machine_type: str | None = None) -> tuple[int, str
 
 def target_for(mig: Migration) -> tuple[Target, list[str]]:
     """The ELF machine, byte order and notes of ``mig``'s CPUs, plus warnings."""
-    from .cpu import cpus
+    from ..views.cpu import cpus
 
     try:
         found = cpus(mig)
