@@ -17,10 +17,10 @@ from conftest import DATA, unpack
 from gen_vmcoreinfo import _pt_note, device_edit_args
 
 import qevm
-from qevm.export.guestmem import arm64_translate
 from qevm.export.scan import index_scanner
 from qevm.export.vmcoreinfo import GuestMemory, check, parse_text, recover
 from qevm.views.cpu import cpus
+from qevm.views.guestmem import arm64_translate
 from qevm.views.memmap import layout
 
 STREAMS = {p.name[: -len(".mig.xz")]: p for p in sorted((DATA / "vmcoreinfo").glob("*.mig.xz"))}

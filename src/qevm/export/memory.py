@@ -270,7 +270,7 @@ def _from_index(
 def _write_kdump(
     path: Any, fmt: str, mig: Migration, mm: MemoryMap, target: Target, info: Any, read: Any
 ) -> Any:
-    from .guestmem import GuestMemory
+    from ..views.guestmem import GuestMemory
     from .kdump import write_kdump
 
     if target.machine == 3:  # EM_386: QEMU writes the 32-bit header layout

@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .guestmem import CR4_LA57, EFER_LMA, GuestMemory, arm64_translate, x86_translate
+from ..views.guestmem import CR4_LA57, EFER_LMA, GuestMemory, arm64_translate, x86_translate
 from .scan import Scanner
 
 if TYPE_CHECKING:

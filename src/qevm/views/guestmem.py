@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..views.memmap import MemoryMap
+    from .memmap import MemoryMap
 
 BlockReader = Callable[[str, int, int], bytes]
 
