@@ -128,9 +128,9 @@ def test_masks_predict_a_real_load(case, tmp_path):
 
 
 def _ram_location(mig, gpa: int) -> tuple[str, int]:
-    from qevm.devices.guestmem import GuestMemory
+    from qevm.views.memmap import layout
 
-    for r in GuestMemory(mig).map.ranges:
+    for r in layout(mig).ranges:
         if r.gpa <= gpa < r.end:
             return r.block, r.offset + gpa - r.gpa
     raise AssertionError(f"{gpa:#x} is not RAM")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QevmError
+from ..views.guestmem import GuestMemory, open_guest_memory
 from . import (  # noqa: F401 - each module registers its decoders
     apic,
     ioapic,
@@ -42,7 +43,6 @@ from . import (  # noqa: F401 - each module registers its decoders
     timers,
 )
 from . import pci as pci_pkg
-from .guestmem import GuestMemory, open_guest_memory
 from .pci import PciFunction
 from .registry import BY_FIELD, BY_VMSD, KINDS, Context, field_types
 from .virtio import VirtioDevice

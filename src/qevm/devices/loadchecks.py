@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..analysis import hooks
 from ..analysis.problems import Problem
 from ..errors import QevmError
-from .guestmem import GuestMemory, open_guest_memory
+from ..views.guestmem import GuestMemory, open_guest_memory
 from .pci import bar_sizes, config_refusal
 from .virtio import build
 from .virtio.load import LoadReading, Refusal, parting, read_as_loaded

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..migration import Device, Migration
+    from ..views.guestmem import GuestMemory
     from ..vmstate.values import StateNode
-    from .guestmem import GuestMemory
 
 
 class Item(Protocol):

@@ -2,7 +2,11 @@
 
 :class:`GuestMemory` reads guest-physical addresses through a memory map
 (:func:`qevm.views.memmap.layout`) and a block reader (the page index, or the
-staging file of a stream read from a pipe).  :func:`translate` walks the
+staging file of a stream read from a pipe): device decoders follow the
+guest's pointers with it (virtio rings; DMA addresses are taken as
+guest-physical: with a vIOMMU they are I/O virtual addresses, which the
+stream cannot translate), VMCOREINFO is searched and checked with it, the
+kdump writer reads through it.  :func:`translate` walks the
 guest's page tables as the MMU would, from a CPU's registers: x86-64 4- and
 5-level paging from CR3, AArch64 stage-1 translation of the upper (TTBR1)
 half with 4, 16 or 64 KiB granules.
@@ -15,16 +19,26 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import QevmError
+
 if TYPE_CHECKING:
+    from ..migration import Migration
     from .memmap import MemoryMap
 
 BlockReader = Callable[[str, int, int], bytes]
 
 
 class GuestMemory:
-    """Reads of guest-physical memory; addresses no range covers read as ``None``."""
+    """Reads of guest-physical memory; addresses no range covers read as ``None``.
+
+    ``read(block, offset, length)`` reads RAM blocks: an open stream's page
+    index (:meth:`~qevm.sections.ram.index.PageIndex.read`, see
+    :func:`open_guest_memory`) or the file a pipe's blocks were staged in.
+    """
 
     def __init__(self, memmap: MemoryMap, read: BlockReader) -> None:
+        #: The guest-physical layout the reads go through.
+        self.memmap = memmap
         self.ranges = sorted(memmap.ranges, key=lambda r: r.gpa)
         self._starts = [r.gpa for r in self.ranges]
         self._read = read
@@ -56,9 +70,28 @@ class GuestMemory:
             i += 1
         return out
 
+    def u16(self, gpa: int, endian: str = "<") -> int | None:
+        data = self.read(gpa, 2)
+        return None if data is None else struct.unpack(endian + "H", data)[0]
+
     def u64(self, gpa: int, endian: str = "<") -> int | None:
         data = self.read(gpa, 8)
         return None if data is None else struct.unpack(endian + "Q", data)[0]
+
+
+def open_guest_memory(
+    mig: Migration, memmap: MemoryMap | None = None
+) -> tuple[GuestMemory | None, str | None]:
+    """The guest memory of a stream opened with ``index_ram=True`` (through ``memmap``,
+    else its :func:`~qevm.views.memmap.layout`), or None and why not (RAM not indexed,
+    an unknown board)."""
+    from .memmap import layout
+
+    try:
+        index = mig.page_index
+        return GuestMemory(memmap if memmap is not None else layout(mig), index.read), None
+    except QevmError as e:
+        return None, str(e)
 
 
 # -- x86-64 -------------------------------------------------------------------------

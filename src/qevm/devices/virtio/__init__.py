@@ -192,7 +192,7 @@ def build(
     big_endian_target: bool = False,
 ) -> VirtioDevice:
     """Turn the parsed bytes into a :class:`VirtioDevice`, reading rings through ``memory``
-    (a :class:`~qevm.devices.guestmem.GuestMemory`, or None to skip RAM)."""
+    (a :class:`~qevm.views.guestmem.GuestMemory`, or None to skip RAM)."""
     dev_id = _device_id(blob, vmsd_name)
     guest = blob.guest_features_lo
     hi = blob.subsection("virtio/64bit_features")
@@ -219,7 +219,7 @@ def build(
     big = endian == "big"
 
     def read_u16(gpa: int) -> int | None:
-        return memory.u16(gpa, big) if memory is not None else None
+        return memory.u16(gpa, ">" if big else "<") if memory is not None else None
 
     out = VirtioDevice(
         section=section,
