@@ -61,6 +61,22 @@ def unpack(path: pathlib.Path) -> pathlib.Path:
     return out
 
 
+def memory_image(path: os.PathLike[str] | str, out: os.PathLike[str] | str, fmt: str = "elf", **kw):
+    """The memory image ``qevm memory`` writes of an input: a file through its page index
+    (:func:`qevm.export.write_memory`), a stream read once (xz, a pipe) with its blocks
+    staged as they pass (:class:`qevm.export.StreamedImage`); ``kw`` go to ``qevm.open``."""
+    import qevm
+    from qevm.export import StreamedImage, write_memory
+    from qevm.source import open_source
+
+    src = open_source(path, snapshot=kw.pop("snapshot", None))
+    if src.seekable:
+        with qevm.open(src, index_ram=True, **kw) as mig:
+            return write_memory(mig, out, fmt)
+    with StreamedImage(out, fmt) as image, qevm.open(src, ram_consumer=image.consumer, **kw) as mig:
+        return image.finish(mig)
+
+
 def _catalog(folder: str, suffix: str) -> dict[str, pathlib.Path]:
     found: dict[str, pathlib.Path] = {}
     for base in (DATA, CORPUS if HAVE_CORPUS else None):

@@ -159,12 +159,14 @@ def test_virt_without_description_is_guessed_from_its_blocks(name, board, block,
 def test_loongarch_16k_pages_found_from_a_pipe(capsys):
     """Read once from the xz file, no description before the RAM: the page size comes
     from the distance between zero pages (QEMU 7.2's LoongArch pages are 16 KiB)."""
-    from qevm.export.memory import layout_streamed
+    from qevm.export import StagedBlocks
     from qevm.source import open_source
 
     src = open_source(LAYOUTS["loongarch64-virt-7.2"])
     assert not src.seekable
-    mm = layout_streamed(src)
+    with StagedBlocks.temporary() as staged, qevm.open(src, ram_consumer=staged.consumer) as mig:
+        staged.finish(mig)
+        mm = layout(mig, read=staged.read)
     _matches_mtree(mm, meta(LAYOUTS["loongarch64-virt-7.2"])["mtree"])
     rc, out, _ = _cli(capsys, "info", LAYOUTS["loongarch64-virt-7.2"])
     assert rc == 0 and "page size     16384" in out

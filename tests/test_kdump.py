@@ -19,7 +19,7 @@ from conftest import DATA, unpack
 from gen_vmcoreinfo import _pt_note
 from kdump_reader import read, unflatten
 
-from qevm.export.kdump import FORMATS
+from qevm.export.formats import KDUMP_FORMATS
 
 STREAM = DATA / "vmcoreinfo" / "x86-vmcoreinfo.mig.xz"
 RECIPE = json.loads((DATA / "vmcoreinfo" / "x86-vmcoreinfo.json").read_text())
@@ -38,7 +38,7 @@ def elf_notes(tmp_path_factory) -> str:
     return _pt_note(str(out))
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(KDUMP_FORMATS))
 def test_kdump_holds_qemus_memory(fmt, tmp_path, elf_notes):
     out = tmp_path / "m.kdump"
     res = _qevm("memory", unpack(STREAM), "-o", out, "--format", fmt)

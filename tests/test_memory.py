@@ -21,12 +21,22 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CORPUS, DATA, HAVE_CORPUS, LINUX, STREAMS, meta, pattern1m, unpack
+from conftest import (
+    CORPUS,
+    DATA,
+    HAVE_CORPUS,
+    LINUX,
+    STREAMS,
+    memory_image,
+    meta,
+    pattern1m,
+    unpack,
+)
 from mtree import loaded_patterns, system_ranges
 
 import qevm
 from qevm.errors import UsageError
-from qevm.export.memory import write_core
+from qevm.export import write_memory
 from qevm.views.memmap import layout, parse_overrides
 
 LAYOUTS = {p.name[: -len(".mig.xz")]: p for p in sorted((DATA / "layouts").glob("*.mig.xz"))}
@@ -132,7 +142,7 @@ def cores(tmp_path_factory):
         key = str(path)
         if key not in made:
             out = root / f"{len(made)}.elf"
-            write_core(str(unpack(path)), out)
+            memory_image(unpack(path), out)
             made[key] = out
         return made[key]
 
@@ -259,7 +269,7 @@ def test_libvirt_images_cover_qemu_dump(tmp_path):
         pytest.skip("the shared corpus is not available")
     qemu = Elf(unpack(CORPUS / "libvirt" / "dump-memonly.elf.xz"))
     out = tmp_path / "lv.elf"
-    write_core(str(unpack(CORPUS / "libvirt" / "save-raw.img.xz")), out)
+    memory_image(unpack(CORPUS / "libvirt" / "save-raw.img.xz"), out)
     ours = Elf(out)
     try:
         for pa, size, _off in qemu.loads:
@@ -532,7 +542,7 @@ def test_live_layouts(recipe, tmp_path):
         mm = layout(mig)
         ours = _norm([(r.gpa, r.end, _region(r.block), r.offset) for r in mm.ranges])
         assert ours == _norm([(s, e + 1, n, o) for s, e, n, o in system_ranges(info["mtree"])])
-        write_core(mig, tmp_path / "c.elf")
+        write_memory(mig, tmp_path / "c.elf")
     elf = Elf(tmp_path / "c.elf")
     try:
         for pat, gpa in loaded_patterns(info["argv"]):
@@ -551,7 +561,7 @@ def test_raw_memory_of_a_qcow2_snapshot_equals_its_page_index(snapshot, tmp_path
     """A snapshot's VM state cannot be mapped: its pages are copied in pieces."""
     path = unpack(DATA / "streams" / "savevm-11.1.qcow2.xz")
     out = tmp_path / "mem.raw"
-    res = write_core(str(path), out, "raw", open_args={"snapshot": snapshot})
+    res = memory_image(path, out, "raw", snapshot=snapshot)
     assert res.memmap.ranges
     with qevm.open(path, snapshot=snapshot, index_ram=True) as mig, open(out, "rb") as f:
         for r in res.memmap.ranges:

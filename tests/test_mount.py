@@ -2,7 +2,7 @@
 
 For every kind of input (a compressed stream, libvirt images compressed and
 sparse, a qcow2 snapshot, a multifd migration with its channels): memory.elf
-equals ``qevm memory``'s ELF (``write_core`` of the same opened stream),
+equals ``qevm memory``'s ELF (``write_memory`` of the same opened stream),
 memory.raw the raw image, ram/<block> the block, devices.json and cpus.json
 the JSON of ``qevm state``/``qevm cpu``.  Reads are random-access.
 """
@@ -23,7 +23,7 @@ import pytest
 from conftest import DATA, unpack
 
 import qevm
-from qevm.export.memory import write_core
+from qevm.export import write_memory
 
 CASES = {
     "xz-stream": ([DATA / "vmcoreinfo" / "x86-vmcoreinfo.mig.xz"], []),
@@ -74,8 +74,8 @@ def test_mounted_files_are_what_qevm_writes(case, tmp_path):
     with qevm.open(
         files[0], index_ram=True, channels=files[1:] or None, snapshot=snapshot, spool=True
     ) as mig:
-        write_core(mig, elf)
-        res = write_core(mig, raw, "raw")
+        write_memory(mig, elf)
+        res = write_memory(mig, raw, "raw")
         blocks = {
             b.name: mig.page_index.read(b.name, 0, b.used_length)
             for b in mig.ram_blocks

@@ -20,10 +20,8 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from conftest import DATA
+from conftest import DATA, memory_image
 from test_memory import Elf
-
-from qevm.export.memory import write_core
 
 NOTES_DIR = DATA / "notes"
 STREAMS = {p.name[: -len(".mig.xz")]: p for p in sorted(NOTES_DIR.glob("*.mig.xz"))}
@@ -170,7 +168,7 @@ def made(tmp_path_factory):
     def get(name: str) -> pathlib.Path:
         if name not in cache:
             cache[name] = root / f"{name}.elf"
-            write_core(str(STREAMS[name]), cache[name])
+            memory_image(STREAMS[name], cache[name])
         return cache[name]
 
     return get
@@ -213,5 +211,5 @@ def test_live_notes_equal_qemu_dump(name, tmp_path):
         pytest.skip(f"{binary} is not installed")
     stream = gen_notes.make(name, tmp_path)
     info = json.loads((tmp_path / f"{name}.json").read_text())
-    write_core(str(stream), tmp_path / "c.elf")
+    memory_image(stream, tmp_path / "c.elf")
     compare_with_qemu(tmp_path / "c.elf", info["dump"], info["qemu_version"])

@@ -77,8 +77,7 @@ class VirtualFile:
 def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) -> dict[str, Any]:
     """Path (``/``-separated, relative) -> :class:`VirtualFile` of everything served."""
     from .cli.inspect import state_json
-    from .export.memory import core_target, elf_plan
-    from .export.scan import index_scanner
+    from .export.memory import plan_elf
     from .ramio import block_paths
     from .render import jsonout
     from .views.cpu import cpus
@@ -88,8 +87,7 @@ def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) 
     mm = layout(mig, overrides)
     files: dict[str, Any] = {}
 
-    target, _, _ = core_target(mig, mm, index.read, index_scanner(index), vmcoreinfo)
-    plan = elf_plan(mig, mm.ranges, target)
+    plan, _, _ = plan_elf(mig, mm, vmcoreinfo)
     elf = [
         Extent(0, len(plan.headers), plan.headers),
         Extent(plan.note_offset, len(plan.notes), plan.notes),

@@ -52,15 +52,29 @@ def add_input(p: argparse.ArgumentParser, desc: bool = True) -> None:
         )
 
 
-def open_stream(args: argparse.Namespace, **kw: Any):
-    """``qevm.open`` with the common options, not strict: what cannot be read is
-    reported on stderr right away and the command shows the rest (finish with
-    :func:`outcome`)."""
+def open_input(args: argparse.Namespace) -> Any:
+    """The command's input as a byte source, its containers unwrapped (``--format``,
+    ``--snapshot``): for commands that look at it before reading the stream."""
+    from ..source import open_source
+
+    return open_source(args.file, format=args.format, snapshot=args.snapshot)
+
+
+def open_stream(args: argparse.Namespace, source: Any = None, **kw: Any):
+    """``qevm.open`` of the command's input (or of ``source``, from :func:`open_input`)
+    with the common options: ``--desc``, ``--format``, ``--snapshot``, ``--channel``.
+
+    Not strict unless ``strict=True``: what cannot be read is reported on
+    stderr right away and the command shows the rest (finish with
+    :func:`outcome`).  Other keywords go to ``qevm.open`` (``index_ram``,
+    ``spool``, ``ram_consumer``, ...).
+    """
     from .. import open as qopen
 
     kw.setdefault("strict", False)
+    kw.setdefault("channels", getattr(args, "channel", None) or None)
     mig = qopen(
-        args.file,
+        source if source is not None else args.file,
         desc=getattr(args, "desc", None),
         format=args.format,
         snapshot=args.snapshot,

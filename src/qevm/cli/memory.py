@@ -6,10 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..export.kdump import FORMATS as KDUMP_FORMATS
-from ..render import jsonout
-from ..source import open_source
-from . import add_channel, add_input, command, warn_missing
+from ..export.formats import MEMORY_FORMATS
+from . import add_channel, add_input, command, open_input, open_stream, warn_missing
 from .guard import refuse_input
 from .progress import Progress
 
@@ -51,17 +49,20 @@ def print_memmap(mm: Any, out: object = None) -> None:
     "memmap", "guest-physical layout: which RAM block backs which range, and why", _setup_memmap
 )
 def run_memmap(args: argparse.Namespace) -> int:
-    from .. import open as qopen
-    from ..export.memory import layout_streamed
+    from ..export.staging import StagedBlocks
+    from ..render import jsonout
     from ..views.memmap import layout, parse_overrides
 
     overrides = parse_overrides(args.map)
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
+    src = open_input(args)
     if src.seekable:
-        with qopen(src, desc=args.desc, index_ram=True, channels=args.channel) as mig:
+        with open_stream(args, src, strict=True, index_ram=True) as mig:
             mm = layout(mig, overrides)
-    else:
-        mm = layout_streamed(src, overrides, {"desc": args.desc, "channels": args.channel})
+    else:  # read once: the blocks are staged while the stream goes by
+        with StagedBlocks.temporary() as staged:
+            with open_stream(args, src, strict=True, ram_consumer=staged.consumer) as mig:
+                staged.finish(mig)
+                mm = layout(mig, overrides, read=staged.read)
     if args.json:
         jsonout.dump(mm.to_json(), sys.stdout, indent=2)
     else:
@@ -87,7 +88,7 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         dest="out_format",
-        choices=("elf", "raw", *KDUMP_FORMATS),
+        choices=MEMORY_FORMATS,
         default="elf",
         metavar="{elf,raw,kdump-zlib,...}",
         help="elf: ELF64 core with one PT_LOAD per range, CPU notes and VMCOREINFO (default); "
@@ -120,25 +121,29 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     _setup_memory,
 )
 def run_memory(args: argparse.Namespace) -> int:
-    from ..export.memory import write_core
+    from ..export.memory import write_memory
+    from ..export.staging import StreamedImage
     from ..views.memmap import parse_overrides
 
     refuse_input(args.output, args)
     if args.out_format == "raw":
         refuse_input(args.output + ".qevm-stage", args)  # the staging file of a pipe input
     overrides = parse_overrides(args.map)
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
+    src = open_input(args)
     progress = Progress("reading", src.size)
-    res = write_core(
-        src,
-        args.output,
-        args.out_format,
-        overrides=overrides,
-        open_args={"desc": args.desc, "channels": args.channel},
-        progress=progress.update,
-        vmcoreinfo=args.vmcoreinfo,
-    )
-    progress.done()
+    if src.seekable:
+        with open_stream(args, src, strict=True, index_ram=True, progress=progress.update) as mig:
+            progress.done()
+            res = write_memory(
+                mig, args.output, args.out_format, overrides=overrides, vmcoreinfo=args.vmcoreinfo
+            )
+    else:  # read once: the blocks are placed as they go by, the image made at the end
+        with StreamedImage(args.output, args.out_format) as image:
+            with open_stream(
+                args, src, strict=True, ram_consumer=image.consumer, progress=progress.update
+            ) as mig:
+                progress.done()
+                res = image.finish(mig, overrides=overrides, vmcoreinfo=args.vmcoreinfo)
     print(
         f"{args.output}: {res.format}, {len(res.memmap.ranges)} ranges, "
         f"{res.covered:#x} bytes of guest-physical memory"

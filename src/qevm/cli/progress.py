@@ -11,17 +11,26 @@ MIN_BYTES = 256 << 20
 
 
 class Progress:
-    """Shows ``update(done)`` against ``total`` with rich, only on a terminal."""
+    """Shows ``update(done)`` against ``total`` with rich, only on a terminal (a total
+    not known yet comes with the first update)."""
 
     def __init__(self, label: str, total: int | None) -> None:
         self._bar: Any = None
         self._task: Any = None
         self._label = label
-        self._total = total
         self._last = 0.0
-        self._active = bool(total and total >= MIN_BYTES and sys.stderr.isatty())
+        self._total: int | None = None
+        self._active = False
+        if total is not None:
+            self._set_total(total)
 
-    def update(self, done: int) -> None:
+    def _set_total(self, total: int) -> None:
+        self._total = total
+        self._active = bool(total >= MIN_BYTES and sys.stderr.isatty())
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None and self._total is None:
+            self._set_total(total)
         if not self._active:
             return
         now = time.monotonic()

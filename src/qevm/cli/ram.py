@@ -3,46 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import io
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import open as qopen
 from ..errors import UsageError
-from ..migration import Migration
-from ..ramio import (
-    Piece,
-    Placement,
-    block_paths,
-    copy_block_range,
-    create_block_file,
-)
-from ..ramsink import StreamingSink
-from ..render import compat, jsonout
-from ..source import open_source
-from ..writebehind import WriteBehind
 from . import (
     add_channel,
     add_input,
     byte_size,
     command,
     no_match,
+    open_input,
+    open_stream,
     outcome,
-    report_errors,
     warn_missing,
 )
 from .guard import refuse_input
 from .progress import Progress
 
+if TYPE_CHECKING:
+    from ..export.extract import Extracted
+    from ..migration import Migration
+
 #: The name ``--channel``'s setup had here before it moved to the package (branches
 #: written against it still import it from this module).
 _add_channel = add_channel
-
-
-def _selected(name: str, globs: list[str] | None) -> bool:
-    return not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
 def _setup_extract(p: argparse.ArgumentParser) -> None:
@@ -63,126 +50,50 @@ def _setup_extract(p: argparse.ArgumentParser) -> None:
     _setup_extract,
 )
 def run_extract(args: argparse.Namespace) -> int:
-    os.makedirs(args.output, exist_ok=True)
+    from ..export.extract import BlockFiles
+
     for name in ("desc.json", "state.json"):
         refuse_input(os.path.join(args.output, name), args)
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
-    progress = Progress("reading", src.size)
-    fds: dict[str, int] = {}
-    notes: dict[str, str] = {}
-    paths: dict[str, str] = {}
-
-    def place(block: Any) -> Placement | None:
-        if not _selected(block.name, args.block):
-            return None
-        rel, note = block_paths([*paths, block.name])[block.name]
-        paths[block.name] = rel
-        if note:
-            notes[block.name] = note
-        refuse_input(os.path.join(args.output, rel), args)
-        fd = create_block_file(args.output, rel, block.used_length)
-        fds[block.name] = fd
-        return Placement([Piece(0, block.used_length, fd, 0)])
-
-    # One pass: pages are written as they are read.  Only the pages of extra
-    # channels need the whole main stream indexed first (their order comes
-    # from its sync points), then copied.
-    sink: StreamingSink | None = None
-
-    def consumer(ctx: Any, ps: int) -> StreamingSink:
-        nonlocal sink
-        sink = StreamingSink(ps, place, src if src.seekable else None)
-        return sink
-
-    try:
+    src = open_input(args)
+    reading = Progress("reading", src.size)
+    writing = Progress("writing", None)
+    with BlockFiles(args.output, args.block, check_path=lambda p: refuse_input(p, args)) as files:
         if args.channel:
-            mig = qopen(
-                src,
-                desc=args.desc,
-                index_ram=True,
-                channels=args.channel,
-                progress=progress.update,
-                strict=False,
-            )
-        else:
-            mig = qopen(
-                src, desc=args.desc, ram_consumer=consumer, progress=progress.update, strict=False
-            )
+            # the pages of extra channels are placed by the main stream's sync points:
+            # it is indexed first, then the blocks are copied from the index
+            mig = open_stream(args, src, index_ram=True, progress=reading.update)
+        else:  # one pass: pages are written as they are read
+            mig = open_stream(args, src, ram_consumer=files.consumer, progress=reading.update)
         with mig:
-            progress.done()
-            report_errors(mig)
-            if args.channel:
-                _write_blocks(mig, args, place)
-            elif sink is not None:
-                sink.close()
-            for b in mig.ram_blocks:
-                if b.name not in paths:  # no page of it reached the main stream: zeros
-                    place(b)
-            _write_json(mig, args.output)
-            _report(mig, paths, notes)
-            if args.block and not paths:
+            reading.done()
+            res = files.finish(mig, writing.update)
+            writing.done()
+            _report(mig, res)
+            if args.block and not res.paths:
                 return no_match("no RAM block", args.block)
             return outcome(mig)
-    finally:
-        if sink is not None:
-            sink.abort()
-        for fd in fds.values():
-            os.close(fd)
 
 
-def _write_blocks(mig: Migration, args: argparse.Namespace, place: Any) -> None:
-    index = mig.page_index
-    blocks = [b for b in mig.ram_blocks if _selected(b.name, args.block)]
-    progress = Progress("writing", sum(b.used_length for b in blocks))
-    done = 0
-    wb = WriteBehind()
-    try:
-        for b in blocks:
-            placement = place(b)
-            piece = placement.pieces[0]
-            copy_block_range(index, b.name, 0, b.used_length, piece.fd, 0, wb)
-            done += b.used_length
-            progress.update(done)
-        wb.close()
-    finally:
-        wb.abort()
-    progress.done()
-
-
-def _write_json(mig: Migration, out: str) -> None:
-    # Same files, same text as analyze-migration.py -x writes (no final newline).
-    if mig.description is not None:
-        with open(os.path.join(out, "desc.json"), "w") as f:
-            f.write(jsonout.dumps(compat.desc_compat(mig), 4))
-    with open(os.path.join(out, "state.json"), "w") as f:
-        f.write(jsonout.dumps(compat.state_compat(mig), 4))
-
-
-def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> None:
-    if mig.description is not None:
-        print("desc.json")
-    print("state.json")
-    try:
-        missing = {k: n for k, n in mig.missing_pages().items() if k in paths}
-    except UsageError:  # no block was written
-        missing = {}
+def _report(mig: Migration, res: Extracted) -> None:
+    for name in res.documents:
+        print(name)
     for b in mig.ram_blocks:
-        if b.name not in paths:
+        if b.name not in res.paths:
             continue
         extra = []
-        if b.name in notes:
-            extra.append(f"from block {b.name!r}: {notes[b.name]}")
+        if b.name in res.notes:
+            extra.append(f"from block {b.name!r}: {res.notes[b.name]}")
         if not b.in_stream:
             extra.append("not in the stream (x-ignore-shared): left as zeros")
-        elif b.name in missing:
+        elif b.name in res.missing:
             extra.append(
-                f"{missing[b.name]} pages missing (give the multifd or postcopy-preempt "
+                f"{res.missing[b.name]} pages missing (give the multifd or postcopy-preempt "
                 "channels with --channel)"
             )
-        print(paths[b.name] + ("  (" + "; ".join(extra) + ")" if extra else ""))
+        print(res.paths[b.name] + ("  (" + "; ".join(extra) + ")" if extra else ""))
     for w in mig.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    warn_missing(missing)
+    warn_missing(res.missing)
 
 
 def _setup_ram(p: argparse.ArgumentParser) -> None:
@@ -250,7 +161,9 @@ def hexdump(data: bytes, base: int, out: io.TextIOBase | Any) -> None:
 
 @command("ram", "RAM page statistics per block and encoding; hexdump of a range", _setup_ram)
 def run_ram(args: argparse.Namespace) -> int:
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
+    from ..render import jsonout
+
+    src = open_input(args)
     if not src.seekable and args.channel:
         src.close()
         raise UsageError(
@@ -264,29 +177,20 @@ def run_ram(args: argparse.Namespace) -> int:
         return 1
     length = 256 if args.length is None else args.length
     if src.seekable:
-        mig = qopen(
-            src,
-            desc=args.desc,
-            index_ram=True,
-            channels=args.channel,
-            decode_devices=False,
-            strict=False,
-        )
+        mig = open_stream(args, src, index_ram=True, decode_devices=False)
     else:
         # Read once: the statistics need no page bytes, a hexdump only its range's.
         from ..ramspool import SpoolingIndex
 
         end = None if args.offset is None else args.offset + max(length, 0)
         start = max(args.offset or 0, 0)
-        mig = qopen(
+        mig = open_stream(
+            args,
             src,
-            desc=args.desc,
             decode_devices=False,
-            strict=False,
             ram_consumer=lambda ctx, ps: SpoolingIndex(ps, args.block, start, end),
         )
     with mig:
-        report_errors(mig)
         blocks = {b.name: b for b in mig.ram_blocks}
         if args.block is not None and args.block not in blocks:
             raise UsageError(f"no RAM block {args.block!r}; blocks: {', '.join(blocks)}")

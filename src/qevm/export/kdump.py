@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .compressors import compressor
+from .formats import KDUMP_FORMATS
 
 SIGNATURE = b"KDUMP   "
 HEADER_VERSION = 6
@@ -47,12 +48,6 @@ PIECE_PAGES = 1024
 #: bytes gathered before a descriptor or data buffer is written
 FLUSH = 1 << 22
 
-#: output format -> (compression, flattened)
-FORMATS = {
-    f"kdump{'-raw' if raw else ''}-{m}": (m, not raw)
-    for raw in (False, True)
-    for m in ("zlib", "lzo", "snappy", "zstd")
-}
 
 #: ``utsname.machine`` QEMU writes (ELF_MACHINE_UNAME) per ELF machine
 _UNAME = {62: "x86_64", 183: "aarch64", 22: "s390x", 21: "ppc64", 243: "riscv64"}
@@ -195,15 +190,15 @@ def write_kdump(
     phys_base: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> KdumpResult:
-    """Write guest-physical memory as ``fmt`` (a key of :data:`FORMATS`) to ``out``.
+    """Write guest-physical memory as ``fmt`` (a key of :data:`.formats.KDUMP_FORMATS`) to ``out``.
 
     ``read_phys(gpa, length)`` reads guest-physical memory (zeros where no
     range is), ``ranges`` are the memory map's, ``notes`` the ELF notes,
     ``phys_base`` the sub-header's.
     """
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown kdump format {fmt!r} ({', '.join(FORMATS)})")
-    method, flattened = FORMATS[fmt]
+    if fmt not in KDUMP_FORMATS:
+        raise UsageError(f"unknown kdump format {fmt!r} ({', '.join(KDUMP_FORMATS)})")
+    method, flattened = KDUMP_FORMATS[fmt]
     flag, compress = compressor(method)
     ps = page_size
     spans = frame_spans(ranges, ps)

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QevmError
+from .elf import Target, note
 
 if TYPE_CHECKING:
     from ..migration import Migration
@@ -48,22 +48,6 @@ NT_ARM_SVE = 0x405
 SVE_VQ_MAP_ALL = (1 << 16) - 1
 #: Streaming SVE lengths of TCG ``max`` (SVE_VQ_POW2_MAP: 128..2048 bits, powers of 2).
 SME_VQ_MAP_POW2 = 0b1000_0000_1000_1011
-
-
-@dataclass
-class Target:
-    """ELF machine, byte order and CPU notes for a stream."""
-
-    machine: int
-    endian: str
-    notes: bytes
-
-
-def note(name: bytes, ntype: int, desc: bytes, e: str) -> bytes:
-    """One ELF note: header in byte order ``e``, name and descriptor padded to 4 bytes."""
-    name_z = name + b"\0"
-    hdr = struct.pack(e + "III", len(name_z), len(desc), ntype)
-    return hdr + name_z + bytes(-len(name_z) % 4) + desc + bytes(-len(desc) % 4)
 
 
 def _prstatus(pid: int, regs: bytes, e: str, tail: int) -> bytes:

@@ -145,7 +145,7 @@ def parse_text(data: bytes) -> dict[str, str] | None:
 
 def make_note(text: bytes, endian: str) -> bytes:
     """The VMCOREINFO note as the kernel builds it (``append_elf_note``)."""
-    from .notes import note
+    from .elf import note
 
     return note(NOTE_NAME, 0, text, endian)
 
