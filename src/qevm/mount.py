@@ -76,10 +76,10 @@ class VirtualFile:
 
 def build_files(mig: Migration, overrides: Any = None, vmcoreinfo: bool = True) -> dict[str, Any]:
     """Path (``/``-separated, relative) -> :class:`VirtualFile` of everything served."""
-    from .cli.inspect import state_json
     from .export.memory import plan_elf
     from .ramio import block_paths
     from .render import jsonout
+    from .summary import state_json
     from .views.cpu import cpus
     from .views.memmap import layout
 

@@ -3,117 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from typing import Any
 
-from ..errors import DescriptionError, QevmError
-from ..export.vmcoreinfo import quick_look
-from ..format import SECTION_FULL
+from ..errors import DescriptionError
 from ..migration import Migration
-from ..render import compat, jsonout, native, text
-from ..stream import BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
+from ..render import compat, jsonout, text
+from ..stream import DescriptionRecord
+from ..summary import info_json, live_entries, state_json
 from . import add_input, command, no_match, open_stream, outcome
-
-
-def error_json(e: QevmError) -> dict[str, Any]:
-    """An error as JSON: where, and the whole message."""
-    out: dict[str, Any] = {"offset": e.offset}
-    if e.section:
-        out["section"] = e.section
-    if e.field:
-        out["field"] = e.field
-    out["message"] = str(e)
-    return out
-
-
-def info_json(mig: Migration) -> dict[str, Any]:
-    """Everything ``qevm info`` reports, as JSON."""
-    src = mig.source
-    out: dict[str, Any] = {
-        "file": src.name,
-        "container": src.container,
-    }
-    if src.info:
-        out["container_info"] = src.info
-    out.update(
-        machine=mig.machine,
-        page_size=mig.page_size,
-        capabilities=sorted(mig.capabilities),
-        section_footers=mig.footers,
-    )
-    desc_rec = next((r for r in mig.records if isinstance(r, DescriptionRecord)), None)
-    if desc_rec is not None:
-        out["description"] = {
-            "present": True,
-            "offset": desc_rec.offset,
-            "length": desc_rec.length,
-        }
-        if desc_rec.error is not None:
-            out["description"]["error"] = str(desc_rec.error)
-    else:
-        out["description"] = {
-            "present": False,
-            "supplied": mig.description is not None,
-        }
-    out["commands"] = [
-        {"offset": c.offset, "name": c.name, **({"info": c.info} if c.info else {})}
-        for c in mig.commands()
-    ]
-    sections = []
-    for entry in mig.entries.values():
-        recs = []
-        for r in entry.records:
-            d = {"type": r.type_name, "offset": r.offset, "length": r.end - r.offset}
-            if r.error is not None:
-                d["error"] = str(r.error)
-            recs.append(d)
-        section = {
-            "section_id": entry.section_id,
-            "name": entry.idstr,
-            "instance_id": entry.instance_id,
-            "version": entry.version,
-            "kind": entry.handler.title if entry.handler else "device",
-            "offset": entry.records[0].offset,
-            "length": sum(r["length"] for r in recs),
-            "records": recs,
-        }
-        errors = [r["error"] for r in recs if "error" in r]
-        if errors:
-            section["error"] = errors[0]
-        sections.append(section)
-    out["sections"] = sections
-    out["unreadable"] = [
-        {"offset": r.offset, "length": r.end - r.offset, "error": str(r.error)}
-        for r in mig.all_records()
-        if isinstance(r, BrokenRecord)
-    ]
-    out["ram_blocks"] = [ram_block_json(b) for b in mig.ram_blocks]
-    out["kernels"] = quick_look(src)
-    trailing = [r for r in mig.records if isinstance(r, TrailingRecord)]
-    if trailing:
-        out["trailing"] = {
-            "offset": trailing[0].offset,
-            "length": trailing[0].end - trailing[0].offset,
-        }
-    out["warnings"] = mig.warnings
-    out["errors"] = [error_json(e) for e in mig.errors]
-    return out
-
-
-def ram_block_json(b: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"name": b.name, "size": b.used_length, "offset": b.offset}
-    if b.page_size is not None:
-        d["host_page_size"] = b.page_size
-    if b.mr_addr is not None:
-        d["mr_addr"] = b.mr_addr
-    if b.mapped is not None:
-        d["mapped_ram"] = {
-            "bitmap_offset": b.mapped.bitmap_offset,
-            "pages_offset": b.mapped.pages_offset,
-        }
-    d["in_stream"] = b.in_stream
-    d["pages"] = dict(b.records)
-    return d
 
 
 def _print_info(mig: Migration, out: Any) -> None:
@@ -195,79 +94,6 @@ def run_info(args: argparse.Namespace) -> int:
         return outcome(mig)
 
 
-def device_json(dev: Any) -> dict[str, Any]:
-    rec: SectionRecord = dev.record
-    out: dict[str, Any] = {
-        "name": dev.name,
-        "instance_id": dev.instance_id,
-        "section_id": dev.section_id,
-        "version": dev.version,
-    }
-    st = dev.state
-    if st is not None and st.vmsd_name:
-        out["vmsd_name"] = st.vmsd_name
-    out["offset"] = rec.body_offset
-    out["size"] = rec.body_size
-    if st is not None:
-        body = native.node_json(st)
-        out["fields"] = {k: v for k, v in body.items() if k != "subsections"}
-        if "subsections" in body:
-            out["subsections"] = body["subsections"]
-    if rec.content is not None and st is not rec.content:
-        out["decoded"] = rec.content
-    if rec.error is not None:
-        out["error"] = str(rec.error)
-    elif st is None and rec.content is None:
-        out["opaque"] = True
-    return out
-
-
-def state_json(mig: Migration, pattern: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": mig.machine, "page_size": mig.page_size}
-    out["devices"] = [device_json(d) for d in mig.devices(pattern)]
-    live = []
-    for entry in live_entries(mig, pattern):
-        live.append(
-            {
-                "name": entry.idstr,
-                "instance_id": entry.instance_id,
-                "section_id": entry.section_id,
-                "version": entry.version,
-                "kind": entry.handler.title,
-                "records": [_live_record_json(entry, r) for r in entry.records],
-            }
-        )
-    out["live_sections"] = live
-    out["errors"] = [error_json(e) for e in mig.errors]
-    return out
-
-
-def _live_record_json(entry: Any, rec: SectionRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": rec.type_name, "offset": rec.body_offset, "size": rec.body_size}
-    if rec.error is not None:
-        out["error"] = str(rec.error)
-    else:
-        out["content"] = entry.handler.to_json(entry, rec)
-    return out
-
-
-def live_entries(mig: Migration, pattern: str | None = None) -> list[Any]:
-    """The live sections (RAM, block, ...: a handler's START/PART/END), by name glob."""
-    return [
-        entry
-        for entry in mig.entries.values()
-        if entry.handler is not None
-        and not all(r.type == SECTION_FULL for r in entry.records)
-        and (not pattern or _match(entry.idstr, pattern))
-    ]
-
-
-def _match(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def _setup_state(p: argparse.ArgumentParser) -> None:
     add_input(p)
     g = p.add_mutually_exclusive_group()
@@ -296,7 +122,11 @@ def run_state(args: argparse.Namespace) -> int:
         if args.compat:
             data = compat.state_compat(mig)
             if args.device:
-                data = {k: v for k, v in data.items() if _match(k.rsplit(" (", 1)[0], args.device)}
+                data = {
+                    k: v
+                    for k, v in data.items()
+                    if fnmatch.fnmatchcase(k.rsplit(" (", 1)[0], args.device)
+                }
             jsonout.dump(data, sys.stdout, indent=4)
         elif args.json:
             data = state_json(mig, args.device)

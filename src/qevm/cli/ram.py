@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..summary import ram_json
 from . import (
     add_channel,
     add_input,
@@ -112,34 +113,6 @@ def _setup_ram(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="with --offset: write the bytes themselves")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_channel(p)
-
-
-def ram_json(mig: Migration) -> dict[str, Any]:
-    """Per block: size, records by kind, and what each page finally is."""
-    index = mig.page_index
-    blocks = []
-    missing = mig.missing_pages()
-    for b in mig.ram_blocks:
-        counts = index.encoding_counts(b.name)
-        d: dict[str, Any] = {
-            "name": b.name,
-            "size": b.used_length,
-            "in_stream": b.in_stream,
-            "records": dict(b.records),
-            "pages": {k: v for k, v in counts.items() if v},
-        }
-        if b.name in missing:
-            d["missing_pages"] = missing[b.name]
-            ps = index.page_size
-            d["missing_ranges"] = [
-                [first * ps, count * ps] for first, count in index.absent_ranges(b.name)
-            ]
-        blocks.append(d)
-    return {
-        "page_size": mig.page_size,
-        "blocks": blocks,
-        "channels": [c.to_json() for c in mig.channels],
-    }
 
 
 def hexdump(data: bytes, base: int, out: io.TextIOBase | Any) -> None:
