@@ -32,8 +32,9 @@ def error_json(e: QevmError) -> dict[str, Any]:
     return out
 
 
-def info_json(mig: Migration) -> dict[str, Any]:
-    """Everything ``qevm info`` reports, as JSON."""
+def info_json(mig: Migration, kernels: bool = True) -> dict[str, Any]:
+    """Everything ``qevm info`` reports, as JSON (``kernels=False``: without searching
+    the file for a Linux kernel's VMCOREINFO)."""
     src = mig.source
     out: dict[str, Any] = {
         "file": src.name,
@@ -94,7 +95,7 @@ def info_json(mig: Migration) -> dict[str, Any]:
         if isinstance(r, BrokenRecord)
     ]
     out["ram_blocks"] = [ram_block_json(b) for b in mig.ram_blocks]
-    out["kernels"] = quick_look(src)
+    out["kernels"] = quick_look(src) if kernels else []
     trailing = [r for r in mig.records if isinstance(r, TrailingRecord)]
     if trailing:
         out["trailing"] = {
@@ -104,6 +105,15 @@ def info_json(mig: Migration) -> dict[str, Any]:
     out["warnings"] = mig.warnings
     out["errors"] = [error_json(e) for e in mig.errors]
     return out
+
+
+def record_kinds(section: dict[str, Any]) -> dict[str, int]:
+    """How many records of each type (``START``, ``PART``, ``END``, ``FULL``) a section of
+    :func:`info_json` has, in the order they first come."""
+    kinds: dict[str, int] = {}
+    for r in section["records"]:
+        kinds[r["type"]] = kinds.get(r["type"], 0) + 1
+    return kinds
 
 
 def ram_block_json(b: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from ..errors import DescriptionError
 from ..migration import Migration
 from ..render import compat, jsonout, text
 from ..stream import DescriptionRecord
-from ..summary import info_json, live_entries, state_json
+from ..summary import info_json, live_entries, record_kinds, state_json
 from . import add_input, command, no_match, open_stream, outcome
 
 
@@ -46,9 +46,7 @@ def _print_info(mig: Migration, out: Any) -> None:
     w("sections\n")
     w(f"  {'id':>4}  {'name':40} {'inst':>4} {'ver':>4} {'offset':>12} {'length':>12}  records\n")
     for s in j["sections"]:
-        kinds: dict[str, int] = {}
-        for r in s["records"]:
-            kinds[r["type"]] = kinds.get(r["type"], 0) + 1
+        kinds = record_kinds(s)
         recs = " ".join(f"{k}" if n == 1 else f"{k}x{n}" for k, n in kinds.items())
         if "error" in s:
             recs += "  ERROR (see below)"

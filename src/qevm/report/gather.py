@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QevmError
-from ..stream import BrokenRecord, DescriptionRecord, TrailingRecord
+from ..stream import DescriptionRecord
+from ..summary import info_json
 from ..vmstate.jsontext import QJSON, detect_style
 from .ramgrid import MapGrid, Mmio, Piece, build_grid, changed_per_fine_cell
 
@@ -261,75 +262,30 @@ def _live_meaning(live: list[str]) -> str:
 
 
 def overview(mig: Migration, memmap: MemoryMap | None) -> dict[str, Any]:
-    """The overview's facts."""
+    """The overview's facts: what ``qevm info --json`` says (:func:`qevm.summary.info_json`,
+    without searching for a kernel) and what only the report shows."""
+    info = info_json(mig, kernels=False)
     src = mig.source
     conf = mig.configuration
-    desc_rec = next((r for r in mig.records if isinstance(r, DescriptionRecord)), None)
-    end = max((r.end for r in mig.records), default=src.start)
     blocks = mig.ram_blocks
     devices = mig.devices()
-    out: dict[str, Any] = {
-        "file": src.name,
-        "container": src.container,
-        "container_info": {
-            k: v for k, v in (src.info or {}).items() if isinstance(v, (str, int, bool))
-        },
-        "stream_bytes": end - src.start,
-        "machine": mig.machine,
-        "family": memmap.family if memmap is not None else None,
-        "page_size": mig.page_size,
-        "capabilities": sorted(mig.capabilities),
-        "footers": mig.footers,
-        "configuration": conf is not None,
-        "uuid": conf.uuid.hex() if conf is not None and conf.uuid else None,
-        "description": None,
-        "description_supplied": desc_rec is None and mig.description is not None,
-        "provenance": provenance(mig),
-        "commands": [(c.offset, c.name, c.info) for c in mig.commands()],
-        "ram_bytes": sum(b.used_length for b in blocks),
-        "ram_blocks": len(blocks),
-        "device_sections": len(devices),
-        "device_bytes": sum(d.record.body_size for d in devices),
-        "warnings": list(mig.warnings),
-        "errors": [(e.offset, e.section, str(e)) for e in mig.errors],
-        "unreadable": [
-            (r.offset, r.end - r.offset) for r in mig.all_records() if isinstance(r, BrokenRecord)
-        ],
-        "trailing": [
-            (r.offset, r.end - r.offset) for r in mig.records if isinstance(r, TrailingRecord)
-        ],
-        "sections": _sections(mig),
-    }
-    if desc_rec is not None:
-        out["description"] = (desc_rec.offset, desc_rec.length, desc_rec.error)
+    end = max((r.end for r in mig.records), default=src.start)
+    info.update(
+        stream_bytes=end - src.start,
+        family=memmap.family if memmap is not None else None,
+        configuration=conf is not None,
+        uuid=conf.uuid.hex() if conf is not None and conf.uuid else None,
+        provenance=provenance(mig),
+        ram_bytes=sum(b.used_length for b in blocks),
+        device_sections=len(devices),
+        device_bytes=sum(d.record.body_size for d in devices),
+        warnings=list(info["warnings"]),
+    )
     if _page_index(mig) is not None:
         for name, n in mig.missing_pages().items():
-            out["warnings"].append(
+            info["warnings"].append(
                 f"{n} pages of {name} are in no record of this stream: multifd and "
                 "postcopy-preempt channels carry pages (give them with --channel); they "
                 "show as absent"
             )
-    return out
-
-
-def _sections(mig: Migration) -> list[dict[str, Any]]:
-    rows = []
-    for entry in mig.entries.values():
-        kinds: dict[str, int] = {}
-        for r in entry.records:
-            kinds[r.type_name] = kinds.get(r.type_name, 0) + 1
-        errors = [str(r.error) for r in entry.records if r.error is not None]
-        rows.append(
-            {
-                "id": entry.section_id,
-                "name": entry.idstr,
-                "instance_id": entry.instance_id,
-                "version": entry.version,
-                "kind": entry.handler.title if entry.handler else "device",
-                "offset": entry.records[0].offset if entry.records else None,
-                "length": sum(r.end - r.offset for r in entry.records),
-                "records": " ".join(k if n == 1 else f"{k}\u00d7{n}" for k, n in kinds.items()),
-                "error": errors[0] if errors else None,
-            }
-        )
-    return rows
+    return info

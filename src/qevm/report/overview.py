@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..summary import record_kinds
 from .html import esc, hexa, human, size_text, table
 from .ramgrid import KINDS
 
@@ -21,8 +22,9 @@ def render_overview(data: ReportData) -> str:
     items: list[tuple[str, str]] = [
         ("file", f'<code>{esc(o["file"])}</code> <span class="muted">{esc(o["container"])}</span>'),
     ]
-    for k, v in o["container_info"].items():
-        items.append((esc(k), esc(v)))
+    for k, v in o.get("container_info", {}).items():
+        if isinstance(v, (str, int, bool)):  # (the domain XML is multi-line text: shown too)
+            items.append((esc(k), esc(v)))
     machine = esc(o["machine"] or "(no configuration section)")
     if o["family"]:
         machine += f' <span class="muted">({esc(o["family"])} layout)</span>'
@@ -31,25 +33,20 @@ def render_overview(data: ReportData) -> str:
         ("page size", esc(o["page_size"])),
         ("capabilities", esc(", ".join(o["capabilities"]) or "(none)")),
         ("stream", size_text(o["stream_bytes"])),
-        ("RAM", f"{size_text(o['ram_bytes'])} in {o['ram_blocks']} blocks"),
+        ("RAM", f"{size_text(o['ram_bytes'])} in {len(o['ram_blocks'])} blocks"),
         ("device state", f"{size_text(o['device_bytes'])} in {o['device_sections']} sections"),
     ]
     if o["uuid"]:
         items.append(("UUID", f"<code>{esc(o['uuid'])}</code>"))
     desc = o["description"]
-    if desc is not None:
-        offset, length, error = desc
-        text = f"{length} bytes at {hexa(offset)}"
-        if error is not None:
-            text += f' <span class="err">unreadable: {esc(error)}</span>'
+    if desc["present"]:
+        text = f"{desc['length']} bytes at {hexa(desc['offset'])}"
+        if "error" in desc:
+            text += f' <span class="err">unreadable: {esc(desc["error"])}</span>'
         items.append(("description", text))
     else:
-        items.append(
-            (
-                "description",
-                "none in the stream" + (" (one was given)" if o["description_supplied"] else ""),
-            )
-        )
+        given = " (one was given)" if desc["supplied"] else ""
+        items.append(("description", "none in the stream" + given))
     if data.cpus:
         arches = ", ".join(dict.fromkeys(c.arch for c in data.cpus))
         items.append(("CPUs", f"{len(data.cpus)} ({esc(arches)})"))
@@ -61,8 +58,8 @@ def render_overview(data: ReportData) -> str:
     )
     if o["commands"]:
         rows = [
-            [f"<code>{hexa(off)}</code>", esc(name), esc(_info(info))]
-            for off, name, info in o["commands"]
+            [f"<code>{hexa(c['offset'])}</code>", esc(c["name"]), esc(_info(c.get("info")))]
+            for c in o["commands"]
         ]
         parts.append("<h3>Commands</h3>" + table(["offset", "command", ""], rows, class_="grid"))
     parts.append(_problems(data))
@@ -81,15 +78,18 @@ def _info(info: Any) -> str:
 def _problems(data: ReportData) -> str:
     o = data.overview
     lines = []
-    for _offset, _section, msg in o["errors"]:
-        lines.append(f'<li class="err">error: {esc(msg)}</li>')
-    for off, n in o["unreadable"]:
+    for e in o["errors"]:
+        lines.append(f'<li class="err">error: {esc(e["message"])}</li>')
+    for u in o["unreadable"]:
         lines.append(
-            f'<li class="err">{n} bytes at {hexa(off)} could not be read; reading went on at '
-            "the next record</li>"
+            f'<li class="err">{u["length"]} bytes at {hexa(u["offset"])} could not be read; '
+            "reading went on at the next record</li>"
         )
-    for off, n in o["trailing"]:
-        lines.append(f'<li class="warn">{n} bytes at {hexa(off)} after the stream</li>')
+    if "trailing" in o:
+        t = o["trailing"]
+        lines.append(
+            f'<li class="warn">{t["length"]} bytes at {hexa(t["offset"])} after the stream</li>'
+        )
     for w in o["warnings"]:
         lines.append(f'<li class="warn">warning: {esc(w)}</li>')
     if data.memmap is not None:
@@ -108,17 +108,19 @@ def _problems(data: ReportData) -> str:
 def _sections(sections: list[dict[str, Any]]) -> str:
     rows = []
     for s in sections:
+        kinds = record_kinds(s)
+        records = " ".join(k if n == 1 else f"{k}\u00d7{n}" for k, n in kinds.items())
+        error = f' <span class="err">{esc(s["error"])}</span>' if "error" in s else ""
         rows.append(
             [
-                str(s["id"]),
+                str(s["section_id"]),
                 esc(s["name"]),
                 str(s["instance_id"]),
                 str(s["version"]),
                 esc(s["kind"]),
                 f"<code>{hexa(s['offset'])}</code>",
                 str(s["length"]),
-                esc(s["records"])
-                + (f' <span class="err">{esc(s["error"])}</span>' if s["error"] else ""),
+                esc(records) + error,
             ]
         )
     return (
