@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..render import jsonout
-from . import add_channel, add_input, command, outcome, report_errors, warn_missing
+from . import add_channel, add_input, command, open_stream, outcome, warn_missing
 
 
 def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
@@ -16,23 +16,7 @@ def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
     A pipe or compressed input is first copied to a temporary file, since
     the rings are found only after RAM has gone by.
     """
-    from .. import open as qopen
-    from ..source import open_source
-    from ..source.spool import spool
-
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
-    if ram and not src.seekable:
-        try:
-            copy = spool(src)
-        finally:
-            src.close()
-        src = copy
-    channels = getattr(args, "channel", None) or None
-    mig = qopen(
-        src, desc=getattr(args, "desc", None), index_ram=ram, channels=channels, strict=False
-    )
-    report_errors(mig)
-    return mig
+    return open_stream(args, index_ram=ram, spool=ram)
 
 
 # -- qevm state --decode ------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..errors import UsageError
-from . import add_input, command
+from . import add_input, command, open_stream
 from .memory import _add_map
 
 
@@ -37,10 +37,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
     _setup,
 )
 def run_mount(args: argparse.Namespace) -> int:
-    from .. import open as qopen
     from ..mount import Tree, build_files, mount
-    from ..source import open_source
-    from ..source.spool import spool
     from ..views.memmap import parse_overrides
 
     if not os.path.isdir(args.mountpoint):
@@ -50,14 +47,8 @@ def run_mount(args: argparse.Namespace) -> int:
     except (ImportError, OSError) as e:
         raise UsageError(f"qevm mount needs mfusepy and libfuse ({e})") from None
     overrides = parse_overrides(args.map)
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
-    if not src.seekable:  # served at random: a pipe or a decompressor is copied first
-        try:
-            copy = spool(src)
-        finally:
-            src.close()
-        src = copy
-    mig = qopen(src, desc=args.desc, index_ram=True, channels=args.channel)
+    # served at random: a pipe or a decompressor is copied to a file first
+    mig = open_stream(args, strict=True, index_ram=True, spool=True)
     try:
         tree = Tree(build_files(mig, overrides, args.vmcoreinfo))
         try:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from . import add_channel, add_input, command, outcome, report_errors
+from . import add_channel, add_input, command, open_stream, outcome
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -47,25 +47,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace) -> Any:
     """The input with its page index and rounds; a pipe is copied to a file first (the
     map and the virtio rings read RAM after it has gone by)."""
-    from .. import open as qopen
-    from ..source import open_source
-    from ..source.spool import spool
-
-    src = open_source(args.file, format=args.format, snapshot=args.snapshot)
-    if not src.seekable:
-        try:
-            copy = spool(src)
-        finally:
-            src.close()
-        src = copy
-    return qopen(
-        src,
-        desc=args.desc,
-        index_ram=True,
-        track_rounds=True,
-        channels=args.channel or None,
-        strict=False,
-    )
+    return open_stream(args, index_ram=True, track_rounds=True, spool=True)
 
 
 @command(
@@ -86,7 +68,6 @@ def run_report(args: argparse.Namespace) -> int:
         print("qevm: --ignore does nothing without --diff", file=sys.stderr)
         return 1
     with _open(args) as mig:
-        report_errors(mig)
         diff = check_report = None
         if args.diff:
             from ..analysis.diff import diff_opened
