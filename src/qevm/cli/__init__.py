@@ -128,6 +128,37 @@ def add_channel(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_output(p: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """``-o/--output``, required."""
+    p.add_argument("-o", "--output", required=True, metavar=metavar, help=help)
+
+
+def add_map(p: argparse.ArgumentParser) -> None:
+    """``--map``, for every command that lays out guest-physical memory."""
+    p.add_argument(
+        "--map",
+        action="append",
+        metavar="BLOCK=GPA[+OFFSET:LEN],...",
+        help="map BLOCK (or LEN bytes of it from OFFSET) at guest-physical GPA instead of "
+        "what qevm derives for it; repeatable; sizes take K/M/G suffixes",
+    )
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    """``--json``."""
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def emit(args: argparse.Namespace, result: Any, write_text: Callable[[Any, Any], None]) -> None:
+    """``result.to_json()`` on stdout with ``--json``, else ``write_text(result, stdout)``."""
+    if args.json:
+        from ..render import jsonout
+
+        jsonout.dump(result.to_json(), sys.stdout, indent=2)
+    else:
+        write_text(result, sys.stdout)
+
+
 def warn_missing(missing: dict[str, int]) -> None:
     """Say on stderr how many pages of each block no record gave (they read as zeros)."""
     for name, n in missing.items():

@@ -6,8 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..render import jsonout
-from . import add_input, command
+from . import add_input, add_json, command, emit
 
 
 def _check_setup(p: argparse.ArgumentParser) -> None:
@@ -28,7 +27,7 @@ def _check_setup(p: argparse.ArgumentParser) -> None:
         help="the destination binary's -dump-vmstate JSON, in addition to a stream or "
         "description (minimum versions, field versions, every subsection it knows)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
 
 
 @command(
@@ -48,10 +47,7 @@ def run_check(args: argparse.Namespace) -> int:
         source_snapshot=args.snapshot,
         destination_snapshot=args.against_snapshot,
     )
-    if args.json:
-        jsonout.dump(report.to_json(), sys.stdout, indent=2)
-    else:
-        _print_report(report, sys.stdout)
+    emit(args, report, _print_report)
     return 0 if report.loads else 1
 
 
@@ -108,7 +104,7 @@ def _explain_setup(p: argparse.ArgumentParser) -> None:
         "--section", metavar="GLOB", help="only sections whose idstr matches (default: all)"
     )
     p.add_argument("--all", action="store_true", help="also list sections that decode")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
 
 
 @command(
@@ -134,6 +130,8 @@ def run_explain(args: argparse.Namespace) -> int:
     bad = [r for r in results if not r.fits]
     shown = results if args.all else bad
     if args.json:
+        from ..render import jsonout
+
         jsonout.dump({"sections": [r.to_json() for r in shown]}, sys.stdout, indent=2)
     else:
         if not shown:
@@ -159,7 +157,7 @@ def _diff_setup(p: argparse.ArgumentParser) -> None:
         help="leave out what matches: a section (timer), a field (cpu#0:env.tsc), a RAM block "
         "(pc.ram), a register (cpu:rip), a configuration item (configuration:uuid); repeatable",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
 
 
 @command(
@@ -170,10 +168,7 @@ def run_diff(args: argparse.Namespace) -> int:
 
     a_snap, b_snap = args.a_snapshot, args.b_snapshot
     report = diff(args.a, args.b, ignore=args.ignore, a_snapshot=a_snap, b_snapshot=b_snap)
-    if args.json:
-        jsonout.dump(report.to_json(), sys.stdout, indent=2)
-    else:
-        _print_diff(report, sys.stdout)
+    emit(args, report, _print_diff)
     return 0 if report.equal else 1
 
 

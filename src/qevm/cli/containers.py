@@ -7,14 +7,12 @@ import datetime
 import sys
 
 from ..errors import UsageError
-from ..render import jsonout
-from ..source import open_source
-from . import command
+from . import add_json, command
 
 
 def _setup_snapshots(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="a qcow2 image")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
 
 
 def _clock(ns: int) -> str:
@@ -28,12 +26,16 @@ def _clock(ns: int) -> str:
     "snapshots", "the internal snapshots of a qcow2 image and their VM state", _setup_snapshots
 )
 def run_snapshots(args: argparse.Namespace) -> int:
+    from ..source import open_source
+
     # format="stream" opens the file without unwrapping it: the image itself is wanted.
     with open_source(args.image, format="stream") as src:
         from ..source.qcow2 import list_snapshots
 
         snaps = list_snapshots(src)
     if args.json:
+        from ..render import jsonout
+
         jsonout.dump(snaps, sys.stdout, indent=2)
         return 0
     w = sys.stdout.write
@@ -69,6 +71,8 @@ def _setup_xml(p: argparse.ArgumentParser) -> None:
 
 @command("libvirt-xml", "the domain XML (or cookie) stored in a libvirt save image", _setup_xml)
 def run_libvirt_xml(args: argparse.Namespace) -> int:
+    from ..source import open_source
+
     with open_source(args.file, format=args.format) as src:
         if "xml" not in src.info:
             raise UsageError(f"{args.file} is not a libvirt save image")

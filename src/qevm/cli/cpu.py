@@ -6,13 +6,12 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from ..render import jsonout
-from . import add_input, command, open_stream, outcome
+from . import add_input, add_json, command, open_stream, outcome
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
     p.add_argument("--cpu", metavar="N", type=int, help="only the CPU with index N")
 
 
@@ -31,6 +30,8 @@ def run_cpu(args: argparse.Namespace) -> int:
         found = chosen
     out = sys.stdout
     if args.json:
+        from ..render import jsonout
+
         jsonout.dump({"cpus": [c.to_json() for c in found]}, out, indent=2)
         return status
     for n, cpu in enumerate(found):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from ..render import jsonout
-from . import add_channel, add_input, command, open_stream, outcome, warn_missing
+from . import add_channel, add_input, add_json, command, emit, open_stream, outcome, warn_missing
 
 
 def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
@@ -73,7 +71,7 @@ def write_decoded(report: Any, dev: Any, out: Any) -> None:
 
 def _setup(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
     p.add_argument("--device", metavar="GLOB", help="only sections whose name matches GLOB")
     p.add_argument(
         "--no-ram",
@@ -94,12 +92,12 @@ def run_devices(args: argparse.Namespace) -> int:
 
     with open_for_devices(args, ram=not args.no_ram) as mig:
         report = decode(mig, memory=not args.no_ram, pattern=args.device)
-        if args.json:
-            jsonout.dump(report.to_json(), sys.stdout, indent=2)
-        else:
-            out = sys.stdout
-            for line in report.format():
-                out.write(line + "\n")
+        emit(args, report, _write_report)
         if not args.no_ram:
             warn_missing(mig.missing_pages())  # rings in them read as zeros
         return outcome(mig)
+
+
+def _write_report(report: Any, out: Any) -> None:
+    for line in report.format():
+        out.write(line + "\n")

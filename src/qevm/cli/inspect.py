@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DescriptionError
-from ..migration import Migration
-from ..render import compat, jsonout, text
-from ..stream import DescriptionRecord
-from ..summary import info_json, live_entries, record_kinds, state_json
-from . import add_input, command, no_match, open_stream, outcome
+from . import add_input, add_json, command, no_match, open_stream, outcome
+
+if TYPE_CHECKING:
+    from ..migration import Migration
 
 
 def _print_info(mig: Migration, out: Any) -> None:
+    from ..render import text
+    from ..summary import info_json, record_kinds
+
     j = info_json(mig)
     w = out.write
     w(f"file          {j['file']} ({j['container']})\n")
@@ -79,11 +80,14 @@ def _print_info(mig: Migration, out: Any) -> None:
 
 def _setup_info(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
 
 
 @command("info", "machine, capabilities, sections and RAM blocks of a stream", _setup_info)
 def run_info(args: argparse.Namespace) -> int:
+    from ..render import jsonout
+    from ..summary import info_json
+
     with open_stream(args, decode_devices=False) as mig:
         if args.json:
             jsonout.dump(info_json(mig), sys.stdout, indent=2)
@@ -111,6 +115,8 @@ def _setup_state(p: argparse.ArgumentParser) -> None:
 
 @command("state", "decoded device state", _setup_state)
 def run_state(args: argparse.Namespace) -> int:
+    from ..render import compat, jsonout
+    from ..summary import live_entries, state_json
     from . import devices
 
     with devices.open_for_state(args) if args.decode else open_stream(args) as mig:
@@ -136,6 +142,8 @@ def run_state(args: argparse.Namespace) -> int:
 
 
 def _print_state(mig: Migration, pattern: str | None, out: Any, report: Any = None) -> None:
+    from ..render import text
+    from ..summary import live_entries
     from . import devices
 
     for dev in mig.devices(pattern):
@@ -165,6 +173,9 @@ def _setup_desc(p: argparse.ArgumentParser) -> None:
 )
 def run_desc(args: argparse.Namespace) -> int:
     from .. import open as qopen
+    from ..errors import DescriptionError
+    from ..render import compat, jsonout
+    from ..stream import DescriptionRecord
 
     # Only the description matters here: errors elsewhere in the stream are not reported.
     with qopen(

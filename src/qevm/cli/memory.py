@@ -7,25 +7,26 @@ import sys
 from typing import Any
 
 from ..export.formats import MEMORY_FORMATS
-from . import add_channel, add_input, command, open_input, open_stream, warn_missing
+from . import (
+    add_channel,
+    add_input,
+    add_json,
+    add_map,
+    add_output,
+    command,
+    emit,
+    open_input,
+    open_stream,
+    warn_missing,
+)
 from .guard import refuse_input
 from .progress import Progress
 
 
-def _add_map(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--map",
-        action="append",
-        metavar="BLOCK=GPA[+OFFSET:LEN],...",
-        help="map BLOCK (or LEN bytes of it from OFFSET) at guest-physical GPA instead of "
-        "what qevm derives for it; repeatable; sizes take K/M/G suffixes",
-    )
-
-
 def _setup_memmap(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _add_map(p)
+    add_json(p)
+    add_map(p)
     add_channel(p)
 
 
@@ -50,7 +51,6 @@ def print_memmap(mm: Any, out: object = None) -> None:
 )
 def run_memmap(args: argparse.Namespace) -> int:
     from ..export.staging import StagedBlocks
-    from ..render import jsonout
     from ..views.memmap import layout, parse_overrides
 
     overrides = parse_overrides(args.map)
@@ -63,10 +63,7 @@ def run_memmap(args: argparse.Namespace) -> int:
             with open_stream(args, src, strict=True, ram_consumer=staged.consumer) as mig:
                 staged.finish(mig)
                 mm = layout(mig, overrides, read=staged.read)
-    if args.json:
-        jsonout.dump(mm.to_json(), sys.stdout, indent=2)
-    else:
-        print_memmap(mm)
+    emit(args, mm, print_memmap)
     warn_guesses(mm)
     warn_missing(mm.missing)
     return 0
@@ -84,7 +81,7 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "file", help="stream, compressed stream, libvirt image or qcow2 image; - for stdin"
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
+    add_output(p, "OUT", "output file")
     p.add_argument(
         "--format",
         dest="out_format",
@@ -111,7 +108,7 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--snapshot", metavar="NAME|ID", help="qcow2: the internal snapshot to read")
     p.add_argument("--desc", metavar="FILE", help="JSON description for streams without one")
-    _add_map(p)
+    add_map(p)
     add_channel(p)
 
 

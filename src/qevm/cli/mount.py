@@ -6,19 +6,13 @@ import argparse
 import os
 
 from ..errors import UsageError
-from . import add_input, command, open_stream
-from .memory import _add_map
+from . import add_channel, add_input, add_map, command, open_stream
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
     add_input(p)
     p.add_argument("mountpoint", metavar="DIR", help="an empty directory to mount on")
-    p.add_argument(
-        "--channel",
-        action="append",
-        metavar="FILE",
-        help="recorded bytes of an extra connection of the migration (multifd); repeatable",
-    )
+    add_channel(p)
     p.add_argument(
         "-f", "--foreground", action="store_true", help="serve in the foreground until unmounted"
     )
@@ -28,7 +22,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="memory.elf without the kernel's VMCOREINFO note",
     )
-    _add_map(p)
+    add_map(p)
 
 
 @command(

@@ -13,6 +13,8 @@ from ..summary import ram_json
 from . import (
     add_channel,
     add_input,
+    add_json,
+    add_output,
     byte_size,
     command,
     no_match,
@@ -28,14 +30,10 @@ if TYPE_CHECKING:
     from ..export.extract import Extracted
     from ..migration import Migration
 
-#: The name ``--channel``'s setup had here before it moved to the package (branches
-#: written against it still import it from this module).
-_add_channel = add_channel
-
 
 def _setup_extract(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    add_output(p, "DIR", "output directory")
     p.add_argument(
         "--block",
         action="append",
@@ -111,7 +109,7 @@ def _setup_ram(p: argparse.ArgumentParser) -> None:
         "--length", type=byte_size, help="bytes to show from --offset (default 256; K/M/G)"
     )
     p.add_argument("--raw", action="store_true", help="with --offset: write the bytes themselves")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json(p)
     add_channel(p)
 
 

@@ -8,12 +8,12 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from . import add_channel, add_input, command, open_stream, outcome
+from . import add_channel, add_input, add_map, add_output, command, open_stream, outcome
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the page to write")
+    add_output(p, "OUT.html", "the page to write")
     p.add_argument(
         "--diff",
         metavar="B",
@@ -34,12 +34,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
         help="what a destination expects (as qevm check): the verdict and its problems",
     )
     p.add_argument("--against-snapshot", metavar="NAME|ID", help="qcow2 DEST: the snapshot to read")
-    p.add_argument(
-        "--map",
-        action="append",
-        metavar="BLOCK=GPA[+OFFSET:LEN]",
-        help="where blocks are in guest-physical memory, as qevm memmap --map",
-    )
+    add_map(p)
     p.add_argument("--title", help="the page's title (default: the input's name)")
     add_channel(p)
 
