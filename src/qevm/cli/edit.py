@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..vmstate.types import field_type
-from . import add_channel, add_input, command
+from . import add_channel, add_input, add_output, command, open_stream
 from .guard import refuse_input
 
 if TYPE_CHECKING:
@@ -47,11 +46,23 @@ def parse_ram_write(spec: str) -> RamWrite:
     return RamWrite(block, offset, len(data), bytes_reader(data))
 
 
-def _setup_edit(p: argparse.ArgumentParser) -> None:
+def _add_rewrite(p: argparse.ArgumentParser) -> None:
+    """What both commands that write a stream anew take."""
     add_input(p)
-    p.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="where to write (- for stdout)"
-    )
+    add_output(p, "OUT", "where to write (- for stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not report what changed")
+
+
+def _open_for_rewrite(args: argparse.Namespace, **kw: Any) -> Any:
+    """The input to write anew (strict: what is written depends on all of it; a pipe is
+    copied to a file first, RAM is copied from the input as it is written)."""
+    if args.output != "-":
+        refuse_input(args.output, args)
+    return open_stream(args, strict=True, spool=True, **kw)
+
+
+def _setup_edit(p: argparse.ArgumentParser) -> None:
+    _add_rewrite(p)
     p.add_argument(
         "--set",
         action="append",
@@ -67,7 +78,6 @@ def _setup_edit(p: argparse.ArgumentParser) -> None:
         metavar="BLOCK:OFFSET=@FILE",
         help="replace RAM block bytes at OFFSET with FILE's contents (or =HEXBYTES; repeatable)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="do not list the changes")
 
 
 @command(
@@ -76,22 +86,13 @@ def _setup_edit(p: argparse.ArgumentParser) -> None:
     _setup_edit,
 )
 def run_edit(args: argparse.Namespace) -> int:
-    from .. import open as qopen
     from ..edit import RamPatch, set_field
+    from ..vmstate.types import field_type
     from ..writer import write_stream
 
-    if args.output != "-":
-        refuse_input(args.output, args)
     sets = [_split(s, "--set", "NAME[#INSTANCE]:FIELD=VALUE") for s in args.set]
     writes = [parse_ram_write(s) for s in args.write_ram]
-    mig = qopen(
-        args.file,
-        desc=args.desc,
-        format=args.format,
-        snapshot=args.snapshot,
-        index_ram=bool(writes),
-        spool=True,
-    )
+    mig = _open_for_rewrite(args, index_ram=bool(writes))
     notes = []
     with mig:
         for path, value in sets:
@@ -110,18 +111,19 @@ def run_edit(args: argparse.Namespace) -> int:
                 patch.add(wr)
                 notes.append(f"{wr.block}:{wr.offset:#x}  {wr.length} bytes")
         n = write_stream(mig, args.output, ram_patch=patch)
+    _wrote(args, n, notes)
+    return 0
+
+
+def _wrote(args: argparse.Namespace, n: int, notes: list[str]) -> None:
     if not args.quiet:
         for line in notes:
             print(line, file=sys.stderr)
         print(f"wrote {args.output} ({n} bytes)", file=sys.stderr)
-    return 0
 
 
 def _setup_convert(p: argparse.ArgumentParser) -> None:
-    add_input(p)
-    p.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="where to write (- for stdout)"
-    )
+    _add_rewrite(p)
     p.add_argument(
         "--to",
         choices=["stream"],
@@ -129,7 +131,6 @@ def _setup_convert(p: argparse.ArgumentParser) -> None:
         help="stream: a plain single-pass stream (no mapped-ram, one copy of every page)",
     )
     add_channel(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="do not report what changed")
 
 
 @command(
@@ -138,26 +139,12 @@ def _setup_convert(p: argparse.ArgumentParser) -> None:
     _setup_convert,
 )
 def run_convert(args: argparse.Namespace) -> int:
-    from .. import open as qopen
     from ..convert import ConvertWriter
     from ..writer import write_stream
 
-    if args.output != "-":
-        refuse_input(args.output, args)
-    mig = qopen(
-        args.file,
-        desc=args.desc,
-        format=args.format,
-        snapshot=args.snapshot,
-        index_ram=True,
-        channels=args.channel,
-        spool=True,
-    )
-    with mig:
+    with _open_for_rewrite(args, index_ram=True) as mig:
         writer = ConvertWriter(mig)
         n = write_stream(mig, args.output, writer)
-    if not args.quiet:
-        if writer.dropped:
-            print(f"dropped capabilities: {', '.join(writer.dropped)}", file=sys.stderr)
-        print(f"wrote {args.output} ({n} bytes)", file=sys.stderr)
+    dropped = [f"dropped capabilities: {', '.join(writer.dropped)}"] if writer.dropped else []
+    _wrote(args, n, dropped)
     return 0
