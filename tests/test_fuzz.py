@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import struct
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -132,17 +131,18 @@ def test_corrupt_zstd_is_read_once_up_to_the_damage(where, tmp_path):
 
 
 def test_fuzz_short_campaign(tmp_path):
-    """A few hundred cases of every mutation kind, deterministic with the seed: no finding."""
+    """Cases of every mutation kind, deterministic with the seed: no finding.
+
+    CI's budget; the long campaigns' figures are in bench/README.md.
+    """
     sys.path.insert(0, str(BENCH))
     try:
         import fuzz
     finally:
         sys.path.remove(str(BENCH))
-    t = time.monotonic()
-    rc = fuzz.main(["--cases", "200", "--seed", "7", "--jobs", "2", "--out", str(tmp_path)])
+    rc = fuzz.main(["--cases", "84", "--seed", "7", "--jobs", "2", "--out", str(tmp_path)])
     state = json.loads((tmp_path / "state.json").read_text())
     findings = sorted(p.name for p in (tmp_path / "findings").glob("*")) if rc else []
     assert rc == 0, findings
-    assert state["next_case"] == 200
+    assert state["next_case"] == 84
     assert all(sum(c.values()) > 0 for c in state["counts"].values())
-    assert time.monotonic() - t < 180  # about 30 s on an idle machine
