@@ -23,7 +23,8 @@ from ..errors import QevmError
 from ..views.guestmem import GuestMemory, open_guest_memory
 from .pci import bar_sizes, config_refusal
 from .virtio import build
-from .virtio.load import LoadReading, Refusal, parting, read_as_loaded
+from .virtio.cursor import LoadReading, Refusal
+from .virtio.load import parting, read_as_loaded
 from .virtio.loadside import LoadSide, side_from_field
 from .virtio.section import transport_of
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import caps, express, header
 from .header import Bar, u16
+from .text import format_function
 
 _PATH = re.compile(r"^(?P<root>.*?)(?P<slots>(?::[0-9a-fA-F]{2}\.[0-7])+)$")
 _ROOT = re.compile(r"^(?P<domain>[0-9a-fA-F]{4}):(?P<bus>[0-9a-fA-F]{2})$")
@@ -212,8 +213,6 @@ class PciFunction:
 
     def format(self) -> list[str]:
         """Text lines in the style of ``lspci -vv``."""
-        from .text import format_function
-
         return format_function(self)
 
     def to_json(self) -> dict[str, Any]:

@@ -29,11 +29,11 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from .cursor import Cursor, LoadReading, Refusal, Stop
 from .features import F_RING_PACKED, device_name
 from .subsections import BALLOON_SUBSECTIONS, NET_SUBSECTIONS, read_subsections, sent_in
 
 if TYPE_CHECKING:
-    from .load import Cursor, LoadReading
     from .loadside import LoadSide
 
 MAX_VLAN = 4096
@@ -49,8 +49,6 @@ def read_device_state(
     cur: Cursor, dest: LoadSide, source: LoadSide | None, features_lo: int, out: LoadReading
 ) -> None:
     """Read the device's own state the destination's way (raises Stop where it fails)."""
-    from .load import Refusal, Stop
-
     kind = dest.device_id
     if kind in NO_STATE:
         return
@@ -105,8 +103,6 @@ def read_device_state(
 
 
 def _net(cur: Cursor, dest: LoadSide, features_lo: int, out: LoadReading) -> None:
-    from .load import Refusal, Stop
-
     dev = dest.device
     cur.take(6, "mac")
     cur.be32("vqs[0].tx_waiting")
@@ -185,8 +181,6 @@ def _net(cur: Cursor, dest: LoadSide, features_lo: int, out: LoadReading) -> Non
 
 
 def _blk(cur: Cursor, dest: LoadSide, source: LoadSide | None, out: LoadReading) -> None:
-    from .load import Refusal, Stop
-
     nvqs = dest.device.get("num_queues", 1)
     # an element carries its descriptor count when the device offers packed rings
     packed = source is not None and bool(source.negotiated >> F_RING_PACKED & 1)

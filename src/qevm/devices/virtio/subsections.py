@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .cursor import Cursor, LoadReading, Refusal, Stop
+
 if TYPE_CHECKING:
-    from .load import Cursor, LoadReading
     from .loadside import LoadSide
 
 SUBSECTION = 0x05
@@ -93,8 +94,6 @@ def read_subsections(
     ``sent``: the ones the destination's own stream has (name -> body size);
     by default those of ``vmstate_virtio``.
     """
-    from .load import Refusal, Stop
-
     sent = dest.subsections if sent is None else sent
     loaded: dict[str, bytes] = {}
     while True:
