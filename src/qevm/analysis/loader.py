@@ -16,7 +16,7 @@ source's bytes with the *destination's* description of the section:
 * subsections as ``vmstate_subsection_load`` finds them: while the next byte
   is 0x05 and the name starts with the VMSD's name, looked up by name in
   any order; one the destination does not know stops the load;
-* ``*_EQUAL`` fields compared with the destination's own values,
+* ``*_EQUAL`` fields compared with the destination's own values (:mod:`.fieldchecks`),
   ``INT32_POSITIVE_LE`` against its maximum.
 
 Every field read is recorded as a :class:`Step` (path, offset, size), so two
@@ -40,6 +40,7 @@ from ..vmstate.types import OPAQUE, BytesType, IntType, field_type
 from ..vmstate.values import FieldValue, StateNode, SubsectionValue
 from ..wire import Reader
 from . import hooks
+from .fieldchecks import compare_with_destination, opaque_as_loaded, run_field_checks
 from .pairing import (
     dest_value,
     element_value,
@@ -59,13 +60,6 @@ if TYPE_CHECKING:
 _BUFFERS = frozenset({"buffer", "unused_buffer", "bitmap"})
 _STRUCTS = frozenset({"struct", "vstruct", "tmp"})
 _LISTS = frozenset({"qtailq", "qlist"})
-_EQUAL_FMT = {
-    "uint8 equal": "{dst:x} != {src:x}",
-    "uint16 equal": "{dst:x} != {src:x}",
-    "uint32 equal": "{dst:x} != {src:x}",
-    "int32 equal": "{dst} != {src}",
-    "int64 equal": "{dst:x} != {src:x}",
-}
 
 
 class Loader(Decoder):
@@ -227,11 +221,10 @@ class Loader(Decoder):
             self._depth -= 1
         step.size = r.offset - start
         step.done = True
-        if f.type in _EQUAL_FMT or f.type == "int32 le":
-            self._compare(f, value, dval, path, start)
+        compare_with_destination(f, value, dval, path, start)
         checks = hooks.field_checks(f.type)
         if checks:
-            self._field_checks(checks, frame, f, peer, path, start, dval)
+            run_field_checks(self, checks, frame, f, peer, path, start, dval)
         if eff.count == 1 and isinstance(value, int):
             step.value = value
         elif isinstance(value, (bytes, bytearray)):
@@ -253,7 +246,7 @@ class Loader(Decoder):
             return over
         if peer is not None and f.count == 1 == peer.count and hooks.field_reader(f.type):
             # the device's own load function decides, whatever the two sizes
-            return self._opaque(frame, f, peer, path, start, dval)
+            return opaque_as_loaded(self, frame, f, peer, path, start, dval)
         if peer is None or (peer.count == f.count and peer.size == f.size):
             return f
         eff = f
@@ -263,92 +256,10 @@ class Loader(Decoder):
             t = field_type(f)
             legacy = frame.desc.vmsd_name is None
             if t is OPAQUE or legacy or not isinstance(t, (BytesType, IntType)):
-                return self._opaque(frame, eff, peer, path, start, dval)
+                return opaque_as_loaded(self, frame, eff, peer, path, start, dval)
             if f.type in _BUFFERS and sized_by_data(frame, peer.size, f.size):
                 eff = dataclasses.replace(eff, size=peer.size, ftype=None)
         return eff
-
-    def _opaque(
-        self,
-        frame: Frame,
-        f: FieldDesc,
-        peer: FieldDesc,
-        path: str,
-        start: int,
-        dval: FieldValue | None,
-    ) -> FieldDesc:
-        """An opaque field of another size on each side: ask its reader, else doubt."""
-        reader = hooks.field_reader(f.type)
-        verdict = None
-        if reader is not None:
-            ctx = hooks.FieldContext(
-                self.section,
-                self.instance_id,
-                frame.desc.vmsd_name,
-                path,
-                f,
-                peer,
-                bytes(self.data[start - self.base : self.end - self.base]),
-                start,
-                dval.value if dval is not None else None,
-                self.context.get("destination"),  # type: ignore[arg-type]
-                self.context.get("source"),
-            )
-            verdict = reader(ctx)
-        if verdict is not None:
-            self.notes.extend(verdict.notes)
-        if verdict is not None and verdict.size is not None:
-            if verdict.problems:
-                self.doubts.append(
-                    Doubt("device", path, start, "", peer.size, f.size, list(verdict.problems))
-                )
-            return dataclasses.replace(f, size=verdict.size, ftype=None)
-        if peer.size == f.size:
-            return f
-        self.doubts.append(
-            Doubt(
-                "unexplained",
-                path,
-                start,
-                f"{f.type} field {path}: the source wrote {peer.size} bytes, the destination "
-                f"{f.size}; how many its load function reads is the device's own code "
-                "(not yet explained by qevm)",
-                peer.size,
-                f.size,
-                list(verdict.problems) if verdict is not None else [],
-            )
-        )
-        return dataclasses.replace(f, size=peer.size, ftype=None)
-
-    def _field_checks(
-        self,
-        checks: list,
-        frame: Frame,
-        f: FieldDesc,
-        peer: FieldDesc | None,
-        path: str,
-        start: int,
-        dval: FieldValue | None,
-    ) -> None:
-        """The checks a device's own get() makes on a field it loads (PCI config bytes)."""
-        ctx = hooks.FieldContext(
-            self.section,
-            self.instance_id,
-            frame.desc.vmsd_name,
-            path,
-            f,
-            peer,
-            bytes(self.data[start - self.base : self.end - self.base]),
-            start,
-            dval.value if dval is not None else None,
-            self.context.get("destination"),  # type: ignore[arg-type]
-            self.context.get("source"),
-            read_size=self.r.offset - start,
-        )
-        for fn in checks:
-            problems = list(fn(ctx) or ())
-            if problems:
-                self.doubts.append(Doubt("device", path, start, "", problems=problems))
 
     def _read(
         self, frame: Frame, f: FieldDesc, peer: FieldDesc | None, dval: FieldValue | None, path: str
@@ -434,25 +345,6 @@ class Loader(Decoder):
                 )
             items.append(self._element(frame, f, peer, dval, desc, k, path))
         return items
-
-    def _compare(
-        self, f: FieldDesc, value: Any, dval: FieldValue | None, path: str, off: int
-    ) -> None:
-        """The checks of QEMU's ``*_equal`` and ``int32_le`` field types."""
-        if dval is None or f.count != 1 or not isinstance(value, int):
-            return
-        dst = dval.value
-        if not isinstance(dst, int):
-            return
-        if f.type == "int32 le":
-            if 0 <= value <= dst:
-                return
-            msg = f"Invalid value {value} expecting positive value <= {dst}"
-        else:
-            if value == dst:
-                return
-            msg = _EQUAL_FMT[f.type].format(dst=dst, src=value)
-        raise Stop("value", msg, off, path, source=value, destination=dst)
 
     # -- subsections -------------------------------------------------------------
     def _subsections(self, frame: Frame) -> list[SubsectionValue]:
