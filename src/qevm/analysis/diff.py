@@ -363,23 +363,6 @@ def _overlaps(la: list, lb: list) -> list[tuple[int, int, Any, Any]]:
     return out
 
 
-def _flat_registers(regs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in regs.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat_registers(v, name + "."))
-        elif isinstance(v, (list, tuple)):
-            for i, e in enumerate(v):
-                if isinstance(e, dict):
-                    out.update(_flat_registers(e, f"{name}[{i}]."))
-                else:
-                    out[f"{name}[{i}]"] = e
-        else:
-            out[name] = v
-    return out
-
-
 def _cpus(a: Migration, b: Migration, rep: DiffReport, ignore: _Ignore) -> None:
     from ..views.cpu import cpus
 
@@ -393,8 +376,8 @@ def _cpus(a: Migration, b: Migration, rep: DiffReport, ignore: _Ignore) -> None:
         if idx not in ca or idx not in cb:
             rep.cpus.append({"index": idx, "register": None, "a": idx in ca, "b": idx in cb})
             continue
-        ra = _flat_registers(ca[idx].registers)
-        rb = _flat_registers(cb[idx].registers)
+        ra = dict(ca[idx].flat())
+        rb = dict(cb[idx].flat())
         for reg in [*ra, *(r for r in rb if r not in ra)]:
             va, vb = ra.get(reg), rb.get(reg)
             if va == vb or ignore(f"cpu:{reg}", f"cpu#{idx}:{reg}"):

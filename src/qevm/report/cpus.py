@@ -11,24 +11,6 @@ if TYPE_CHECKING:
     from .gather import ReportData
 
 
-def flat_registers(regs: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``(name, value)`` of every register, composite ones as ``cs.base``, arrays as ``[i]``."""
-    out: list[tuple[str, Any]] = []
-    for k, v in regs.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += flat_registers(v, name + ".")
-        elif isinstance(v, (list, tuple)):
-            for i, e in enumerate(v):
-                if isinstance(e, dict):
-                    out += flat_registers(e, f"{name}[{i}].")
-                else:
-                    out.append((f"{name}[{i}]", e))
-        else:
-            out.append((name, v))
-    return out
-
-
 def register_text(v: Any) -> str:
     if isinstance(v, bool):
         return "1" if v else "0"
@@ -47,7 +29,7 @@ def render_cpus(data: ReportData) -> str:
         cells = "".join(
             f'<tr data-reg="{esc(name)}"><th>{esc(name)}</th><td><code>{esc(register_text(v))}'
             "</code></td></tr>"
-            for name, v in flat_registers(cpu.registers)
+            for name, v in cpu.flat()
         )
         parts.append(
             f'<details class="cpu" id="cpu-{cpu.index}" data-cpu="{cpu.index}"'

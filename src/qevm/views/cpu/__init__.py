@@ -42,6 +42,28 @@ class CpuState:
         """The registers as readable text lines, grouped like ``info registers``."""
         return family_of(self.arch).format(self.registers, self.arch)
 
+    def flat(self) -> list[tuple[str, Any]]:
+        """``(name, value)`` of every register, composite ones as ``cs.base``, arrays as
+        ``[i]``."""
+        return _flat(self.registers, "")
+
+
+def _flat(regs: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in regs.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flat(v, name + ".")
+        elif isinstance(v, (list, tuple)):
+            for i, e in enumerate(v):
+                if isinstance(e, dict):
+                    out += _flat(e, f"{name}[{i}].")
+                else:
+                    out.append((f"{name}[{i}]", e))
+        else:
+            out.append((name, v))
+    return out
+
 
 def cpus(mig: Migration) -> list[CpuState]:
     """Every CPU of the stream, by index.
