@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -289,3 +289,68 @@ def warn_if_busy(limit: float = 1.0) -> None:
             f"{os.cpu_count()} cores and skew wall times (compare the CPU-time ratios too)",
             file=sys.stderr,
         )
+
+
+# --------------------------------------------------------------------------- QEMU
+
+#: The QEMU that makes the benchmarks' streams (Debian's 7.2 here).
+QEMU = os.environ.get("QEVM_BENCH_QEMU", "qemu-system-x86_64")
+GiB = 1024 * MiB
+LOAD_CHUNK = 256 * MiB  # one -device loader per chunk
+
+
+def qemu_version() -> str:
+    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()[0]
+
+
+def write_random(path: Path, size: int, h: Any) -> None:
+    """``size`` random bytes into ``path``, also fed to the hash ``h``."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 16 * MiB))
+            h.update(block)
+            f.write(block)
+            left -= len(block)
+
+
+def save_random_guest(
+    stream: Path, *, mem: str, data: int, addr: int, parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """A paused TCG ``-M pc`` guest of ``mem`` with ``data`` random bytes loaded at
+    guest-physical ``addr`` (``-device loader``, 256 MiB files), saved with ``migrate
+    "exec:cat > stream"`` after ``migrate-set-parameters`` ``parameters``; its metadata."""
+    import hashlib
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from qemuvm import Vm  # the tests' QMP driver
+
+    work = stream.parent
+    h = hashlib.sha256()
+    loads: list[tuple[Path, int]] = []
+    argv = ["-M", "pc", "-accel", "tcg", "-m", mem, "-smp", "1", "-S", "-nodefaults"]
+    argv += ["-display", "none"]
+    tmp = stream.with_suffix(".part")
+    try:
+        for i, off in enumerate(range(0, data, LOAD_CHUNK)):
+            chunk = work / f"{stream.stem}.load{i}.bin"
+            write_random(chunk, min(LOAD_CHUNK, data - off), h)
+            loads.append((chunk, addr + off))
+            argv += ["-device", f"loader,file={chunk},addr={addr + off:#x}"]
+        with Vm(QEMU, argv, work, stream.stem) as vm:
+            vm.cmd("migrate-set-parameters", **parameters)
+            vm.cmd("migrate", uri=f"exec:cat > {tmp}")
+            info = vm.wait_migration(timeout=1800)
+    finally:
+        for chunk, _ in loads:
+            chunk.unlink(missing_ok=True)
+    tmp.replace(stream)
+    return {
+        "qemu": qemu_version(),
+        "argv": argv,
+        "parameters": parameters,
+        "data": {"addr": addr, "size": data, "sha256": h.hexdigest()},
+        "query-migrate": info,
+        "stream_size": stream.stat().st_size,
+    }

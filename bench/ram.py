@@ -29,39 +29,37 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    QEMU,
     WORK,
+    GiB,
     MiB,
     Run,
     compile_qevm,
     first_error,
     load_line,
     machine_line,
+    qemu_version,
     qevm_cmd,
     qevm_env,
     ref_env,
     run,
+    save_random_guest,
     table,
     verdict,
     warn_if_busy,
 )
 from reference import reference_script
 
-GiB = 1024 * MiB
 RAMDIR = WORK / "ram"
-QEMU = os.environ.get("QEVM_BENCH_QEMU", "qemu-system-x86_64")
 RSS_LIMIT_MIB = 150.0
-LOAD_CHUNK = 256 * MiB  # one -device loader per chunk
 SAMPLE = 0.01  # seconds between samples of a child's RssAnon/RssFile
 
 
@@ -83,71 +81,6 @@ SCENARIOS = {
 }
 
 
-# --------------------------------------------------------------------------- QEMU/QMP
-
-
-class Qmp:
-    """A minimal QMP client on a unix socket (events are skipped)."""
-
-    def __init__(self, path: Path, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.file = self.sock.makefile("rwb")
-        greeting = self._read()
-        if "QMP" not in greeting:
-            raise RuntimeError(f"no QMP greeting: {greeting}")
-        self.cmd("qmp_capabilities")
-
-    def _read(self) -> dict[str, Any]:
-        line = self.file.readline()
-        if not line:
-            raise RuntimeError("QMP connection closed")
-        return json.loads(line)
-
-    def cmd(self, name: str, **arguments: Any) -> Any:
-        msg: dict[str, Any] = {"execute": name}
-        if arguments:
-            msg["arguments"] = arguments
-        self.file.write(json.dumps(msg).encode() + b"\n")
-        self.file.flush()
-        while True:
-            reply = self._read()
-            if "event" in reply:
-                continue
-            if "error" in reply:
-                raise RuntimeError(f"QMP {name}: {reply['error']}")
-            return reply["return"]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def qemu_version() -> str:
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.splitlines()[0]
-
-
-def _write_random(path: Path, size: int, h: Any) -> None:
-    """``size`` random bytes into ``path``, also fed to the hash ``h``."""
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            block = os.urandom(min(left, 16 * MiB))
-            h.update(block)
-            f.write(block)
-            left -= len(block)
-
-
 def stream_path(s: Scenario) -> Path:
     return RAMDIR / f"{s.name}.mig"
 
@@ -167,69 +100,8 @@ def generate(s: Scenario) -> dict[str, Any]:
     if free < need:
         raise RuntimeError(f"{RAMDIR}: {free / GiB:.1f} GiB free, generating needs {need / GiB}")
     print(f"... generating {s.name} with {qemu_version()}", file=sys.stderr, flush=True)
-    loads: list[tuple[Path, int]] = []
-    h = hashlib.sha256()
-    for i, off in enumerate(range(0, s.data, LOAD_CHUNK)):
-        chunk = RAMDIR / f"{s.name}.load{i}.bin"
-        size = min(LOAD_CHUNK, s.data - off)
-        _write_random(chunk, size, h)
-        loads.append((chunk, s.addr + off))
-    sock = RAMDIR / f"{s.name}.qmp"
-    sock.unlink(missing_ok=True)
-    argv = [
-        QEMU,
-        "-M",
-        "pc",
-        "-accel",
-        "tcg",
-        "-m",
-        s.mem,
-        "-smp",
-        "1",
-        "-S",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-qmp",
-        f"unix:{sock},server=on,wait=off",
-    ]
-    for chunk, addr in loads:
-        argv += ["-device", f"loader,file={chunk},addr={addr:#x}"]
-    tmp = mig.with_suffix(".part")
-    qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    try:
-        qmp = Qmp(sock)
-        qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 64 * GiB})
-        t0 = time.monotonic()
-        qmp.cmd("migrate", uri=f"exec:cat > {tmp}")
-        while True:
-            info = qmp.cmd("query-migrate")
-            status = info.get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled"):
-                raise RuntimeError(f"migration {status}: {info}")
-            if time.monotonic() - t0 > 1800:
-                raise RuntimeError("migration did not complete in 30 minutes")
-            time.sleep(0.2)
-        qmp.cmd("quit")
-        qmp.close()
-        qemu.wait(timeout=60)
-    finally:
-        if qemu.poll() is None:
-            qemu.kill()
-            qemu.wait()
-        sock.unlink(missing_ok=True)
-        for chunk, _ in loads:
-            chunk.unlink(missing_ok=True)
-    tmp.replace(mig)
-    info_meta = {
-        "qemu": qemu_version(),
-        "argv": argv,
-        "data": {"addr": s.addr, "size": s.data, "sha256": h.hexdigest()},
-        "query-migrate": info,
-        "stream_size": mig.stat().st_size,
-    }
+    params = {"max-bandwidth": 64 * GiB}
+    info_meta = save_random_guest(mig, mem=s.mem, data=s.data, addr=s.addr, parameters=params)
     meta.write_text(json.dumps(info_meta, indent=2) + "\n")
     return info_meta
 

@@ -25,39 +25,35 @@ compressed file, once each (``-n`` for more).  Output goes to files in
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from benchlib import (
     WORK,
+    GiB,
     MiB,
     Run,
     compile_qevm,
     first_error,
     machine_line,
+    qemu_version,
     qevm_cmd,
     qevm_env,
     run,
+    save_random_guest,
     table,
     verdict,
     warn_if_busy,
 )
-from ram import Qmp, _write_random
 
-GiB = 1024 * MiB
 DIR = WORK / "rss"
-QEMU = os.environ.get("QEVM_BENCH_QEMU", "qemu-system-x86_64")
 RSS_LIMIT_MIB = 150.0
 DATA = 1 * GiB
 ADDR = 0x10000000
-LOAD_CHUNK = 256 * MiB
 #: QEMU's largest downtime limit (MAX_MIGRATE_DOWNTIME, ms).
 DOWNTIME_MAX = 2_000_000
 SAMPLE = 0.01
@@ -84,11 +80,6 @@ COMMANDS: dict[str, tuple[list[str], bool]] = {
 }
 
 
-def qemu_version() -> str:
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.splitlines()[0]
-
-
 def generate() -> dict[str, Any]:
     """Make (or reuse) the stream; returns its metadata."""
     if STREAM.is_file() and META.is_file():
@@ -106,49 +97,8 @@ def _save() -> dict[str, Any]:
     if shutil.disk_usage(DIR).free < need:
         raise RuntimeError(f"{DIR}: generating needs {need / GiB:.0f} GiB free")
     print(f"... generating {STREAM.name} with {qemu_version()}", file=sys.stderr, flush=True)
-    h = hashlib.sha256()
-    loads = []
-    for i, off in enumerate(range(0, DATA, LOAD_CHUNK)):
-        chunk = DIR / f"load{i}.bin"
-        _write_random(chunk, min(LOAD_CHUNK, DATA - off), h)
-        loads.append((chunk, ADDR + off))
-    sock = DIR / "qmp.sock"
-    sock.unlink(missing_ok=True)
-    argv = [QEMU, "-M", "pc", "-accel", "tcg", "-m", "2G", "-S", "-nodefaults"]
-    argv += ["-display", "none", "-qmp", f"unix:{sock},server=on,wait=off"]
-    for chunk, addr in loads:
-        argv += ["-device", f"loader,file={chunk},addr={addr:#x}"]
-    tmp = STREAM.with_suffix(".part")
-    qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    try:
-        qmp = Qmp(sock)
-        params = {"max-bandwidth": 64 * GiB, "downtime-limit": DOWNTIME_MAX}
-        qmp.cmd("migrate-set-parameters", **params)
-        qmp.cmd("migrate", uri=f"exec:cat > {tmp}")
-        t0 = time.monotonic()
-        while (info := qmp.cmd("query-migrate")).get("status") != "completed":
-            if info.get("status") in ("failed", "cancelled") or time.monotonic() - t0 > 1800:
-                raise RuntimeError(f"migration did not complete: {info}")
-            time.sleep(0.2)
-        qmp.cmd("quit")
-        qmp.close()
-        qemu.wait(timeout=60)
-    finally:
-        if qemu.poll() is None:
-            qemu.kill()
-            qemu.wait()
-        sock.unlink(missing_ok=True)
-        for chunk, _ in loads:
-            chunk.unlink(missing_ok=True)
-    tmp.replace(STREAM)
-    meta = {
-        "qemu": qemu_version(),
-        "argv": [a.replace(str(DIR) + "/", "") for a in argv],
-        "parameters": params,
-        "data": {"addr": ADDR, "size": DATA, "sha256": h.hexdigest()},
-        "query-migrate": info,
-        "stream_size": STREAM.stat().st_size,
-    }
+    params = {"max-bandwidth": 64 * GiB, "downtime-limit": DOWNTIME_MAX}
+    meta = save_random_guest(STREAM, mem="2G", data=DATA, addr=ADDR, parameters=params)
     META.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
