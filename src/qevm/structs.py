@@ -191,6 +191,12 @@ class CStruct:
                 flat.append(v)
         return self._structs[byte_order or self.byte_order].pack(*flat)
 
+    @classmethod
+    def packer(cls, byte_order: str | None = None) -> struct.Struct:
+        """The fields as one :class:`struct.Struct` (arrays flat), for a loop that packs
+        many (a descriptor per page) without an object each."""
+        return cls._structs[byte_order or cls.byte_order]
+
     def replace(self: T, **values: Any) -> T:
         """A copy with some fields changed (at the same offset, in the same byte order)."""
         new = type(self)(self.at, **{**self.to_dict(), **values})

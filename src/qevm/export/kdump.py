@@ -24,7 +24,6 @@ data are written out as their buffers fill.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -32,7 +31,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import UsageError
+from ..structs import CStruct
 from .compressors import compressor
+from .elf import Elf64_Nhdr
 from .formats import KDUMP_FORMATS
 
 SIGNATURE = b"KDUMP   "
@@ -40,13 +41,83 @@ HEADER_VERSION = 6
 DUMP_LEVEL = 1  # zero pages are not dumped as their own data
 FLAT_SIGNATURE = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096
-DISK_DUMP_HEADER_SIZE = 464
-SUB_HEADER_SIZE = 104
-DESC_SIZE = 24
 #: pages read and compressed per piece
 PIECE_PAGES = 1024
 #: bytes gathered before a descriptor or data buffer is written
 FLUSH = 1 << 22
+
+
+class DiskDumpHeader64(
+    CStruct,
+    fields="""
+        char signature[8];
+        uint32_t header_version;
+        char utsname[390];      /* NewUtsname: sysname, nodename, release, version,
+                                   machine, domainname, 65 bytes each */
+        char pad1[6];
+        char timestamp[16];     /* struct TimeSpec (QEMU leaves it zero) */
+        uint32_t status;
+        uint32_t block_size;
+        uint32_t sub_hdr_size;
+        uint32_t bitmap_blocks;
+        uint32_t max_mapnr;
+        uint32_t total_ram_blocks;
+        uint32_t device_blocks;
+        uint32_t written_blocks;
+        uint32_t current_cpu;
+        uint32_t nr_cpus;
+    """,
+):
+    """Block 0 of the dump (QEMU's include/sysemu/dump.h; makedumpfile's disk_dump_header)."""
+
+
+class KdumpSubHeader64(
+    CStruct,
+    fields="""
+        uint64_t phys_base;
+        uint32_t dump_level;
+        uint32_t split;
+        uint64_t start_pfn;
+        uint64_t end_pfn;
+        uint64_t offset_vmcoreinfo;
+        uint64_t size_vmcoreinfo;
+        uint64_t offset_note;
+        uint64_t note_size;
+        uint64_t offset_eraseinfo;
+        uint64_t size_eraseinfo;
+        uint64_t start_pfn_64;
+        uint64_t end_pfn_64;
+        uint64_t max_mapnr_64;
+    """,
+):
+    """Block 1, before the notes (makedumpfile's kdump_sub_header, header version 6)."""
+
+
+class PageDescriptor(
+    CStruct,
+    fields="""
+        uint64_t offset;
+        uint32_t size;
+        uint32_t flags;
+        uint64_t page_flags;
+    """,
+):
+    """Where a dumped page frame's data is, and how it is compressed."""
+
+
+class MakedumpfileHeader(
+    CStruct,
+    fields="""
+        char signature[16];
+        int64_t type;
+        int64_t version;
+    """,
+):
+    """The flattened format's header (big-endian, padded to 4 KiB)."""
+
+
+class MakedumpfileDataHeader(CStruct, fields="int64_t offset; int64_t buf_size;"):
+    """Before each flattened piece: where it goes in the dump and its length."""
 
 
 #: ``utsname.machine`` QEMU writes (ELF_MACHINE_UNAME) per ELF machine
@@ -71,14 +142,14 @@ class _Output:
         self.flattened = flattened
         self.fd = fileobj.fileno() if not flattened else -1
         if flattened:
-            head = FLAT_SIGNATURE.ljust(16, b"\0") + struct.pack(">qq", 1, 1)
+            head = MakedumpfileHeader(signature=FLAT_SIGNATURE, type=1, version=1).pack()
             fileobj.write(head.ljust(FLAT_HEADER_SIZE, b"\0"))
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if not len(data):
             return
         if self.flattened:
-            self.f.write(struct.pack(">qq", offset, len(data)))
+            self.f.write(MakedumpfileDataHeader(offset=offset, buf_size=len(data)).pack())
             self.f.write(data)
             return
         view = memoryview(data)
@@ -89,7 +160,7 @@ class _Output:
 
     def finish(self, size: int) -> None:
         if self.flattened:
-            self.f.write(struct.pack(">qq", -1, -1))
+            self.f.write(MakedumpfileDataHeader(offset=-1, buf_size=-1).pack())
         else:
             os.ftruncate(self.fd, size)
 
@@ -107,7 +178,7 @@ def _headers(
     phys_base: int,
 ) -> tuple[bytes, int]:
     """Block 0 and the sub-header block(s) with the notes; and their block count."""
-    sub_blocks = -(-(SUB_HEADER_SIZE + len(notes)) // ps)
+    sub_blocks = -(-(KdumpSubHeader64.size + len(notes)) // ps)
     status = flag  # the format's compression, as QEMU and makedumpfile say it
     # QEMU writes only utsname.machine; the kernel's own utsname (as makedumpfile
     # copies it) lets readers such as libkdumpfile (drgn) tell the architecture
@@ -119,46 +190,34 @@ def _headers(
     if not uts[260]:
         mach = _UNAME.get(machine, "").encode()
         uts[260 : 260 + len(mach)] = mach
-    head = SIGNATURE + struct.pack(e + "I", HEADER_VERSION) + bytes(uts) + bytes(6)
-    head += bytes(16)  # timestamp (QEMU leaves it zero)
-    head += struct.pack(
-        e + "IIIIIIIIII",
-        status,
-        ps,
-        sub_blocks,
-        bitmap_blocks,
-        min(max_mapnr, 0xFFFFFFFF),
-        0,
-        0,
-        0,
-        0,
-        ncpus,
-    )
-    assert len(head) == DISK_DUMP_HEADER_SIZE
-    offset_note = ps + SUB_HEADER_SIZE
+    head = DiskDumpHeader64(
+        signature=SIGNATURE,
+        header_version=HEADER_VERSION,
+        utsname=bytes(uts),
+        status=status,
+        block_size=ps,
+        sub_hdr_size=sub_blocks,
+        bitmap_blocks=bitmap_blocks,
+        max_mapnr=min(max_mapnr, 0xFFFFFFFF),
+        nr_cpus=ncpus,
+    ).pack(e)
+    offset_note = ps + KdumpSubHeader64.size
     off_vmci = size_vmci = 0
     if vmci is not None and notes.endswith(vmci.note):
-        namesz, descsz = struct.unpack_from(e + "II", vmci.note)
-        off_vmci = offset_note + len(notes) - len(vmci.note) + 12 + -(-namesz // 4) * 4
-        size_vmci = descsz
-    sub = struct.pack(
-        e + "QiiQQqQqQqQQQQ",
-        phys_base,
-        DUMP_LEVEL,
-        0,
-        0,
-        0,
-        off_vmci,
-        size_vmci,
-        offset_note,
-        len(notes),
-        0,
-        0,
-        0,
-        max_mapnr,
-        max_mapnr,
-    )
-    assert len(sub) == SUB_HEADER_SIZE
+        nhdr = Elf64_Nhdr.unpack(vmci.note, byte_order=e)
+        name_end = Elf64_Nhdr.size + -(-nhdr.n_namesz // 4) * 4
+        off_vmci = offset_note + len(notes) - len(vmci.note) + name_end
+        size_vmci = nhdr.n_descsz
+    sub = KdumpSubHeader64(
+        phys_base=phys_base,
+        dump_level=DUMP_LEVEL,
+        offset_vmcoreinfo=off_vmci,
+        size_vmcoreinfo=size_vmci,
+        offset_note=offset_note,
+        note_size=len(notes),
+        end_pfn_64=max_mapnr,
+        max_mapnr_64=max_mapnr,
+    ).pack(e)
     block0 = head.ljust(ps, b"\0")
     return block0 + (sub + notes).ljust(sub_blocks * ps, b"\0"), 1 + sub_blocks
 
@@ -220,8 +279,9 @@ def write_kdump(
         o.write(bitmap_off + b0, piece)
         o.write(bitmap_off + bitmap_len + b0, piece)
     desc_off = bitmap_off + bitmap_len * 2
-    data_off = desc_off + DESC_SIZE * ndump
-    zero_desc = struct.pack(endian + "QIIQ", data_off, ps, 0, 0)
+    data_off = desc_off + PageDescriptor.size * ndump
+    desc = PageDescriptor.packer(endian)
+    zero_desc = desc.pack(data_off, ps, 0, 0)
     o.write(data_off, bytes(ps))
     pos = data_off + ps
     descs = bytearray()
@@ -245,11 +305,11 @@ def write_kdump(
                 page = view[i * ps : (i + 1) * ps]
                 packed = compress(bytes(page))
                 if len(packed) < ps:
-                    descs += struct.pack(endian + "QIIQ", pos, len(packed), flag, 0)
+                    descs += desc.pack(pos, len(packed), flag, 0)
                     data += packed
                     pos += len(packed)
                 else:
-                    descs += struct.pack(endian + "QIIQ", pos, ps, 0, 0)
+                    descs += desc.pack(pos, ps, 0, 0)
                     data += page
                     pos += ps
             done += n
