@@ -11,12 +11,54 @@ exact end.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
+
+from ...structs import CStruct
 
 #: The RAM block holding the tables blob.
 TABLES_BLOCK = "/rom@etc/acpi/tables"
-HEADER = 36
+
+
+class AcpiTableHeader(
+    CStruct,
+    byte_order="<",
+    fields="""
+        char signature[4];
+        uint32_t length;
+        uint8_t revision;
+        uint8_t checksum;
+        char oem_id[6];
+        char oem_table_id[8];
+        uint32_t oem_revision;
+        char asl_compiler_id[4];
+        uint32_t asl_compiler_revision;
+    """,
+):
+    """The header of every ACPI table (ACPICA's acpi_table_header; QEMU's AcpiTableHeader)."""
+
+
+class AcpiSratMemAffinity(
+    CStruct,
+    byte_order="<",
+    fields="""
+        uint8_t type;             /* acpi_subtable_header: 1, memory affinity */
+        uint8_t subtable_length;  /* acpi_subtable_header: 40 */
+        uint32_t proximity_domain;
+        uint16_t reserved;
+        uint64_t base_address;
+        uint64_t length;
+        uint32_t reserved1;
+        uint32_t flags;
+        uint64_t reserved2;
+    """,
+):
+    """An SRAT memory affinity structure (ACPICA's acpi_srat_mem_affinity)."""
+
+
+#: Bytes after the table header before SRAT's structures (table revision, 8 reserved).
+SRAT_RESERVED = 12
+#: The SRAT structure type of memory affinity.
+SRAT_MEMORY_AFFINITY = 1
 
 #: SRAT memory affinity flags
 MEM_ENABLED = 1
@@ -47,9 +89,9 @@ def find_tables(blob: bytes, signature: bytes) -> list[bytes]:
     out = []
     pos = blob.find(signature)
     while pos >= 0:
-        if pos + HEADER <= len(blob):
-            (length,) = struct.unpack_from("<I", blob, pos + 4)
-            if HEADER <= length <= len(blob) - pos:
+        if pos + AcpiTableHeader.size <= len(blob):
+            length = AcpiTableHeader.unpack(blob[pos : pos + AcpiTableHeader.size]).length
+            if AcpiTableHeader.size <= length <= len(blob) - pos:
                 out.append(blob[pos : pos + length])
         pos = blob.find(signature, pos + 1)
     return out
@@ -57,7 +99,7 @@ def find_tables(blob: bytes, signature: bytes) -> list[bytes]:
 
 def parse_srat(table: bytes) -> list[MemoryAffinity] | None:
     """The memory affinity structures of an SRAT, or None if it does not parse to its end."""
-    pos = HEADER + 12  # table revision (u32) and 8 reserved bytes
+    pos = AcpiTableHeader.size + SRAT_RESERVED
     out = []
     while pos < len(table):
         if pos + 2 > len(table):
@@ -65,11 +107,11 @@ def parse_srat(table: bytes) -> list[MemoryAffinity] | None:
         kind, length = table[pos], table[pos + 1]
         if length < 2 or pos + length > len(table):
             return None
-        if kind == 1:
-            if length != 40:
+        if kind == SRAT_MEMORY_AFFINITY:
+            if length != AcpiSratMemAffinity.size:
                 return None
-            node, base, size, flags = struct.unpack_from("<I2xQQ4xI", table, pos + 2)
-            out.append(MemoryAffinity(node, base, size, flags))
+            m = AcpiSratMemAffinity.unpack(table[pos : pos + length], pos)
+            out.append(MemoryAffinity(m.proximity_domain, m.base_address, m.length, m.flags))
         pos += length
     return out if pos == len(table) else None
 
