@@ -27,7 +27,7 @@ from .guard import refuse_input
 from .progress import Progress
 
 if TYPE_CHECKING:
-    from ..export.extract import Extracted
+    from ..export.blockfiles import Extracted
     from ..migration import Migration
 
 
@@ -49,7 +49,7 @@ def _setup_extract(p: argparse.ArgumentParser) -> None:
     _setup_extract,
 )
 def run_extract(args: argparse.Namespace) -> int:
-    from ..export.extract import BlockFiles
+    from ..export.blockfiles import BlockFiles
 
     for name in ("desc.json", "state.json"):
         refuse_input(os.path.join(args.output, name), args)

@@ -21,7 +21,7 @@ to open the stream with::
         with qevm.open("-", ram_consumer=image.consumer) as mig:
             image.finish(mig)
 
-Modules: :mod:`.extract` (block files), :mod:`.memory` (images through the
+Modules: :mod:`.blockfiles` (``extract``: block files), :mod:`.memory` (images through the
 page index), :mod:`.staging` (images of a stream read once), :mod:`.elf`
 (the ELF headers and layout), :mod:`.notes` (CPU notes), :mod:`.kdump` and
 :mod:`.compressors` (makedumpfile's format), :mod:`.vmcoreinfo` (the
@@ -39,9 +39,9 @@ from .formats import KDUMP_FORMATS, MEMORY_FORMATS
 
 #: public name -> the module defining it
 _API = {
-    "BlockFiles": "extract",
-    "Extracted": "extract",
-    "extract": "extract",
+    "BlockFiles": "blockfiles",
+    "Extracted": "blockfiles",
+    "extract": "blockfiles",
     "ImageResult": "memory",
     "plan_elf": "memory",
     "write_memory": "memory",
