@@ -18,7 +18,6 @@ installed.
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import pathlib
@@ -26,10 +25,9 @@ import shutil
 import struct
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from qemu_util import Qemu, xz_file  # noqa: E402
+from qemu_util import Qemu, make_each, qemu_binary, save_capture  # noqa: E402
 
 #: name -> (binary, arguments, [(pattern, guest-physical address)])
 RECIPES: dict[str, tuple[str, list[str], list[tuple[str, int]]]] = {
@@ -286,8 +284,7 @@ def summarise_elf(path: str) -> dict:
 
 def binary_of(name: str) -> str:
     """The QEMU a recipe runs: ``$QEVM_QEMU_<ARCH>`` (e.g. QEVM_QEMU_LOONGARCH64) or PATH's."""
-    binary = RECIPES[name][0]
-    return os.environ.get("QEVM_QEMU_" + binary.rsplit("-", 1)[-1].upper(), binary)
+    return qemu_binary(RECIPES[name][0])
 
 
 def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib.Path:
@@ -317,9 +314,6 @@ def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib
                 elf = None
             mig = tmp / f"{name}.mig"
             vm.save(str(mig))
-        outdir.mkdir(parents=True, exist_ok=True)
-        out = outdir / f"{name}.mig.xz"
-        xz_file(mig, out)
         recipe = {
             "name": name,
             "qemu_version": version,
@@ -333,8 +327,7 @@ def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib
             "ramblocks": ramblocks,
             "dump": elf,
         }
-        (outdir / f"{name}.json").write_text(json.dumps(recipe, indent=1) + "\n")
-        return out
+        return save_capture(outdir, name, mig, recipe)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -345,19 +338,19 @@ def main(argv: list[str]) -> int:
     try:
         for pat, data in pattern_files().items():
             (patterns / pat).write_bytes(data)
-        for name in argv[1:] or list(RECIPES):
-            if shutil.which(binary_of(name)) is None:
-                print(f"{name}: {binary_of(name)} not installed, skipped")
-                continue
-            if "{hugetlbfs}" in " ".join(RECIPES[name][1]) and not os.environ.get("QEVM_HUGETLBFS"):
-                print(f"{name}: needs QEVM_HUGETLBFS (a hugetlbfs mount), skipped")
-                continue
-            t = time.time()
-            out = make(name, outdir, patterns)
-            print(f"{name}: {out.stat().st_size} bytes in {time.time() - t:.1f} s")
+        return make_each(
+            argv[1:] or list(RECIPES), lambda name: make(name, outdir, patterns), _skip
+        )
     finally:
         shutil.rmtree(patterns, ignore_errors=True)
-    return 0
+
+
+def _skip(name: str) -> str | None:
+    if shutil.which(binary_of(name)) is None:
+        return f"{binary_of(name)} not installed"
+    if "{hugetlbfs}" in " ".join(RECIPES[name][1]) and not os.environ.get("QEVM_HUGETLBFS"):
+        return "needs QEVM_HUGETLBFS (a hugetlbfs mount)"
+    return None
 
 
 if __name__ == "__main__":

@@ -20,13 +20,10 @@ installed.
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
-import os
 import pathlib
 import re
 import shutil
-import socket
 import struct
 import sys
 import tempfile
@@ -35,7 +32,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qemu_util import Qemu, qemu_version, xz_file
+from qemu_util import Qemu, connect_unix, make_each, qemu_binary, qemu_version, save_capture
 
 #: aarch64 code run before the registers are written: enable SVE at EL1
 #: (CPACR_EL1.ZEN/FPEN from x0) and set ZCR_EL1 from x1, so the CPU's SVE
@@ -151,17 +148,7 @@ class Gdb:
     """A minimal GDB remote-protocol client for QEMU's gdbstub (over a unix socket)."""
 
     def __init__(self, path: str, big_endian: bool) -> None:
-        for _ in range(200):
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("QEMU's gdbstub socket did not appear")
-        self.sock.settimeout(30)
+        self.sock = connect_unix(path, 30)
         self.buf = b""
         self.order = "big" if big_endian else "little"
         self.cmd("qSupported:multiprocess+;xmlRegisters")
@@ -304,8 +291,7 @@ def summarise_elf(path: str) -> dict:
 
 
 def binary_of(rec: Recipe) -> str:
-    """The QEMU a recipe runs: ``$QEVM_QEMU_<ARCH>`` (e.g. QEVM_QEMU_LOONGARCH64) or PATH's."""
-    return os.environ.get("QEVM_QEMU_" + rec.binary.rsplit("-", 1)[-1].upper(), rec.binary)
+    return qemu_binary(rec.binary)
 
 
 def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
@@ -342,9 +328,6 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
             finally:
                 gdb.close()
             version = vm.qmp.cmd("query-version")
-        outdir.mkdir(parents=True, exist_ok=True)
-        out = outdir / f"{name}.mig.xz"
-        xz_file(mig, out)
         recipe = {
             "name": name,
             "qemu_version": version,
@@ -354,8 +337,7 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
             "registers_written": written,
             "dump": elf,
         }
-        (outdir / f"{name}.json").write_text(json.dumps(recipe, indent=1) + "\n")
-        return out
+        return save_capture(outdir, name, mig, recipe)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -395,14 +377,13 @@ def _write_registers(gdb: Gdb, rec: Recipe, ncpus: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     outdir = pathlib.Path(argv[0])
-    for name in argv[1:] or list(RECIPES):
-        if shutil.which(binary_of(RECIPES[name])) is None:
-            print(f"{name}: {binary_of(RECIPES[name])} not installed, skipped")
-            continue
-        t = time.time()
-        out = make(name, outdir)
-        print(f"{name}: {out.stat().st_size} bytes in {time.time() - t:.1f} s")
-    return 0
+    names = argv[1:] or list(RECIPES)
+
+    def missing(name: str) -> str | None:
+        binary = binary_of(RECIPES[name])
+        return None if shutil.which(binary) else f"{binary} not installed"
+
+    return make_each(names, lambda name: make(name, outdir), missing)
 
 
 if __name__ == "__main__":

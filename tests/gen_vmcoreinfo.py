@@ -25,7 +25,6 @@ PT_NOTE of that dump (CPU notes and the VMCOREINFO note QEMU copied) is kept.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -37,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 from gen_notes import Gdb, summarise_elf
-from qemu_util import Qemu, qemu_version, xz_file
+from qemu_util import Qemu, make_each, qemu_version, save_capture
 
 RELEASE = "6.1.0-qevm-test"
 UTS_LEN = 65
@@ -254,22 +253,14 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
                 dump = tmp / "dev.elf"
                 vm.qmp.cmd("dump-guest-memory", paging=False, protocol=f"file:{dump}")
                 recipe["device_dump_pt_note"] = _pt_note(str(dump))
-        outdir.mkdir(parents=True, exist_ok=True)
-        out = outdir / f"{name}.mig.xz"
-        xz_file(mig, out)
-        (outdir / f"{name}.json").write_text(json.dumps(recipe, indent=1) + "\n")
-        return out
+        return save_capture(outdir, name, mig, recipe)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
     outdir = pathlib.Path(argv[0])
-    for name in argv[1:] or list(RECIPES):
-        t = time.time()
-        out = make(name, outdir)
-        print(f"{name}: {out.stat().st_size} bytes in {time.time() - t:.1f} s")
-    return 0
+    return make_each(argv[1:] or list(RECIPES), lambda name: make(name, outdir))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -16,18 +18,7 @@ class Qmp:
     """A minimal QMP client over a unix socket."""
 
     def __init__(self, path: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
+        self.sock = connect_unix(path, timeout)
         self.f = self.sock.makefile("rw")
         json.loads(self.f.readline())  # greeting
         self.cmd("qmp_capabilities")
@@ -102,6 +93,59 @@ class Qemu:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def connect_unix(path: str | os.PathLike[str], timeout: float = 30) -> socket.socket:
+    """A connection to the unix socket QEMU is about to listen on (QMP, gdbstub), waiting
+    up to ``timeout`` seconds for it to appear; the socket times out after as long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(os.fspath(path))
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        sock.settimeout(timeout)
+        return sock
+
+
+def qemu_binary(binary: str) -> str:
+    """The QEMU to run for ``binary``: ``$QEVM_QEMU_<ARCH>`` (e.g. QEVM_QEMU_LOONGARCH64) or
+    PATH's."""
+    return os.environ.get("QEVM_QEMU_" + binary.rsplit("-", 1)[-1].upper(), binary)
+
+
+def save_capture(
+    outdir: pathlib.Path, name: str, mig: pathlib.Path, recipe: dict[str, Any]
+) -> pathlib.Path:
+    """A generated stream as it is committed: ``NAME.mig.xz`` and its recipe ``NAME.json``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / f"{name}.mig.xz"
+    xz_file(mig, out)
+    (outdir / f"{name}.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    return out
+
+
+def make_each(
+    names: list[str],
+    make: Callable[[str], pathlib.Path],
+    skip: Callable[[str], str | None] = lambda name: None,
+) -> int:
+    """A generator's command line: ``make`` each recipe (unless ``skip`` says why not), saying
+    how large each stream came out and how long it took."""
+    for name in names:
+        why = skip(name)
+        if why:
+            print(f"{name}: {why}, skipped")
+            continue
+        t = time.time()
+        out = make(name)
+        print(f"{name}: {out.stat().st_size} bytes in {time.time() - t:.1f} s")
+    return 0
 
 
 def xz_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
