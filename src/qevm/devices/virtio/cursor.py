@@ -10,9 +10,10 @@ and of the subsections (:mod:`.subsections`) all share them.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+from .wire import FieldReader
 
 
 @dataclass
@@ -65,53 +66,34 @@ class Stop(Exception):
         self.refusal = refusal
 
 
-class Cursor:
-    """Bounded big-endian reads over the source's bytes, as ``qemu_get_*`` makes them."""
+class Cursor(FieldReader):
+    """The source's bytes read as the destination's load reads them: every read is recorded
+    (to find where two readings part), a read past the end is a :class:`Stop`."""
 
     def __init__(self, data: bytes, base: int, section: str, vmsd: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.base = base
-        self.section = section
+        super().__init__(data, base, section)
         self.vmsd = vmsd
         #: (what, position) of every read, to find where two readings part
         self.steps: list[tuple[str, int]] = []
 
-    @property
-    def offset(self) -> int:
-        return self.base + self.pos
+    def short(self, n: int, what: str) -> Stop:
+        return Stop(
+            Refusal(
+                self.offset,
+                f"the destination's virtio_load reads {what} past the end of the section "
+                f"({self.pos + n - len(self.data)} bytes more than the source wrote)",
+                f"Missing section footer for {self.section}",
+                where=what,
+                overrun=True,
+            )
+        )
 
     def take(self, n: int, what: str) -> bytes:
         self.steps.append((what, self.pos))
-        if n < 0 or self.pos + n > len(self.data):
-            raise Stop(
-                Refusal(
-                    self.offset,
-                    f"the destination's virtio_load reads {what} past the end of the section "
-                    f"({self.pos + n - len(self.data)} bytes more than the source wrote)",
-                    f"Missing section footer for {self.section}",
-                    where=what,
-                    overrun=True,
-                )
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
+        return super().take(n, what)
 
     def peek(self, n: int) -> bytes:
         return self.data[self.pos : self.pos + n]
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def be16(self, what: str) -> int:
-        return struct.unpack(">H", self.take(2, what))[0]
-
-    def be32(self, what: str) -> int:
-        return struct.unpack(">I", self.take(4, what))[0]
-
-    def be64(self, what: str) -> int:
-        return struct.unpack(">Q", self.take(8, what))[0]
 
     def failed(self, msg: str, where: str, qemu: str | None = None, **kw: Any) -> Stop:
         """A load failure QEMU reports only as ``Failed to load <vmsd>:virtio`` (or ``qemu``)."""

@@ -101,22 +101,33 @@ class VirtioBlob:
         return None
 
 
-class _Reader:
+class FieldReader:
+    """Bounded big-endian reads over a ``virtio`` field's bytes, as ``qemu_get_*`` makes
+    them; a read past the field's end is :meth:`short`."""
+
     def __init__(self, data: bytes, base: int, section: str) -> None:
         self.data = data
         self.pos = 0
         self.base = base
         self.section = section
 
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    def short(self, n: int, what: str) -> Exception:
+        """The error of a read of ``n`` bytes for ``what`` past the end."""
+        return FormatError(
+            f"the virtio state ends inside {what}",
+            offset=self.offset,
+            section=self.section,
+            field=f"virtio.{what}",
+            expected=f"{n} more bytes, {len(self.data) - self.pos} left",
+        )
+
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise FormatError(
-                f"the virtio state ends inside {what}",
-                offset=self.base + self.pos,
-                section=self.section,
-                field=f"virtio.{what}",
-                expected=f"{n} more bytes, {len(self.data) - self.pos} left",
-            )
+            raise self.short(n, what)
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -141,7 +152,7 @@ def parse(data: bytes, base: int, section: str, transport: str) -> VirtioBlob:
     Raises :class:`~qevm.errors.FormatError` when the bytes do not follow the layout.
     """
     blob = VirtioBlob(transport, len(data))
-    r = _Reader(data, base, section)
+    r = FieldReader(data, base, section)
     if transport == "pci":
         _pci_config(r, blob)
         _header(r, blob, has_align=False, has_vector=blob.msix_table is not None)
@@ -168,7 +179,7 @@ def parse(data: bytes, base: int, section: str, transport: str) -> VirtioBlob:
     return blob
 
 
-def _pci_config(r: _Reader, blob: VirtioBlob) -> None:
+def _pci_config(r: FieldReader, blob: VirtioBlob) -> None:
     # pci_device_save(): vmstate_pci_device (version_id, config, irq_state)
     blob.pci_version = struct.unpack(">i", r.take(4, "PCIDevice.version_id"))[0]
     start = r.pos
@@ -200,7 +211,7 @@ def _pci_config(r: _Reader, blob: VirtioBlob) -> None:
         blob.config_vector = r.be16("config_vector")
 
 
-def _header(r: _Reader, blob: VirtioBlob, *, has_align: bool, has_vector: bool) -> None:
+def _header(r: FieldReader, blob: VirtioBlob, *, has_align: bool, has_vector: bool) -> None:
     blob.status = r.u8("status")
     blob.isr = r.u8("isr")
     blob.queue_sel = r.be16("queue_sel")
