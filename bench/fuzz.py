@@ -9,11 +9,13 @@ case ``i`` of seed ``S`` picks a seed, a mutation kind and its parameters from
 and however the run was split.  Each case runs ``info``, ``state --json``,
 ``ram``, ``extract`` and ``memory`` on the mutated input, in a child forked
 from this process (qevm's ``main()`` in-process: no interpreter start per
-case) with an address-space limit (``RLIMIT_AS``), a file-size limit and an
-alarm.  Outcomes per command: ok (exit 0), or a clean error (exit 1 or 2,
+case) with an address-space limit (``RLIMIT_AS``), a file-size limit, a limit
+on CPU time (a loop) and a much longer one on wall-clock time (a wait that
+never ends; a child at low priority on a busy machine may wait long for the
+CPU without being stuck).  Outcomes per command: ok (exit 0), or a clean error (exit 1 or 2,
 every error a ``qevm: error:`` line, at most one more line besides warnings).
 Anything else is a finding: another exit status (3: an exception qevm did not
-expect), a traceback or a messy message, a signal, the alarm, or a file
+expect), a traceback or a messy message, a signal, either time limit, or a file
 written outside the output directory.  A finding's inputs, stderr and recipe
 go to ``OUT/findings/CASE-KIND/``.
 
@@ -99,10 +101,12 @@ def judge(rc: int, err: str) -> str | None:
     return None
 
 
-def run_child(argvs: dict[str, list[str]], work: Path, timeout: int, mem: int) -> None:
+def run_child(argvs: dict[str, list[str]], work: Path, cpu: int, wall: int, mem: int) -> None:
     """In the forked child: run every command, write result.json, exit."""
     try:
-        signal.alarm(timeout)
+        # SIGPROF (CPU time, a loop) and SIGALRM (wall-clock time, a wait) end the child
+        signal.setitimer(signal.ITIMER_PROF, cpu)
+        signal.alarm(wall)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
@@ -266,7 +270,8 @@ class Campaign:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            run_child(argvs, work, self.args.timeout, self.args.mem << 20)
+            args = self.args
+            run_child(argvs, work, args.timeout, args.wall_timeout, args.mem << 20)
         return {pid: (case, kind, work, seed, files, what, time.monotonic())}
 
     def finish(self, item: tuple, status: int) -> None:
@@ -275,7 +280,8 @@ class Campaign:
         problems: list[tuple[str, str]] = []  # (outcome, what)
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            outcome = "alarm" if sig == signal.SIGALRM else "signal"
+            limits = {signal.SIGPROF: "cpu limit", signal.SIGALRM: "wall limit"}
+            outcome = limits.get(sig, "signal")
             problems.append((outcome, f"killed by signal {sig}"))
         result = {}
         if (work / "result.json").exists():
@@ -344,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="cases run at once")
     p.add_argument("--out", default=str(Path(__file__).parent / "work" / "fuzz"))
     p.add_argument("--resume", action="store_true", help="go on from OUT/state.json")
-    p.add_argument("--timeout", type=int, default=30, help="seconds per case")
+    p.add_argument("--timeout", type=int, default=30, help="CPU seconds per case")
+    p.add_argument("--wall-timeout", type=int, default=600, help="wall-clock seconds per case")
     p.add_argument("--mem", type=int, default=1024, help="MiB of address space per case")
     p.add_argument("--report", type=int, default=200, help="progress every N cases")
     args = p.parse_args(argv)
