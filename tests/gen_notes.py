@@ -144,6 +144,11 @@ class Reg:
     feature: str
 
 
+def gdbstub_args(sock: pathlib.Path) -> list[str]:
+    """QEMU's gdbstub listening on the unix socket ``sock`` (what :class:`Gdb` connects to)."""
+    return ["-chardev", f"socket,path={sock},server=on,wait=off,id=gdb0", "-gdb", "chardev:gdb0"]
+
+
 class Gdb:
     """A minimal GDB remote-protocol client for QEMU's gdbstub (over a unix socket)."""
 
@@ -307,12 +312,7 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
             (tmp / fname).write_bytes(data)
             argv += ["-device", f"loader,file={tmp / fname},addr={addr:#x}"]
         gsock = tmp / "gdb.sock"
-        argv += [
-            "-chardev",
-            f"socket,path={gsock},server=on,wait=off,id=gdb0",
-            "-gdb",
-            "chardev:gdb0",
-        ]
+        argv += gdbstub_args(gsock)
         big = rec.binary in ("qemu-system-ppc64", "qemu-system-s390x")
         with Qemu(argv) as vm:
             gdb = Gdb(str(gsock), big)

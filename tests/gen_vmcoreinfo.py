@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from gen_notes import Gdb, summarise_elf
+from gen_notes import Gdb, gdbstub_args, summarise_elf
 from qemu_util import Qemu, make_each, qemu_version, save_capture
 
 RELEASE = "6.1.0-qevm-test"
@@ -200,12 +200,7 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
             (tmp / "code.bin").write_bytes(ARM_SET_TTBR1)
             argv += ["-device", f"loader,file={tmp / 'code.bin'},addr={ARM_CODE:#x}"]
         gsock = tmp / "gdb.sock"
-        argv += [
-            "-chardev",
-            f"socket,path={gsock},server=on,wait=off,id=gdb0",
-            "-gdb",
-            "chardev:gdb0",
-        ]
+        argv += gdbstub_args(gsock)
         mig = tmp / f"{name}.mig"
         with Qemu(argv) as vm:
             gdb = Gdb(str(gsock), False)
