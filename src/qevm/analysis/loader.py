@@ -51,7 +51,7 @@ from .pairing import (
     schema_versions,
     sized_by_data,
 )
-from .steps import Doubt, Frame, Step, Stop, base_name, join
+from .steps import Doubt, Frame, Step, Stop, base_name, join, version_refusal
 
 if TYPE_CHECKING:
     from .schema import SchemaVmsd
@@ -136,27 +136,11 @@ class Loader(Decoder):
         name = desc.vmsd_name or self.section
         r = self.r
         if version is not None:
-            if frame.version is not None and version > frame.version:
-                raise Stop(
-                    "version",
-                    f"{name}: incoming version_id {version} is too new for local version_id "
-                    f"{frame.version}",
-                    r.offset,
-                    frame.path,
-                    source=version,
-                    destination=frame.version,
-                )
-            sch = frame.schema
-            if sch is not None and version < sch.minimum_version:
-                raise Stop(
-                    "version",
-                    f"{name}: incoming version_id {version} is too old for local minimum "
-                    f"version_id {sch.minimum_version}",
-                    r.offset,
-                    frame.path,
-                    source=version,
-                    destination=sch.minimum_version,
-                )
+            minimum = frame.schema.minimum_version if frame.schema is not None else None
+            refused = version_refusal(name, version, frame.version, minimum)
+            if refused is not None:
+                msg, dest = refused
+                raise Stop("version", msg, r.offset, frame.path, source=version, destination=dest)
         start = r.offset
         if len(self._stack) > 64:
             raise Stop("overrun", "VMSDs nested too deeply", start, frame.path)

@@ -15,6 +15,7 @@ from ..vmstate.desc import VmsdDesc
 from ..vmstate.types import IntType, field_type
 from .problems import Problem
 from .schema import SchemaVmsd, schema_index
+from .steps import version_refusal
 
 
 def check_against_schema(
@@ -47,39 +48,11 @@ def _vmsd(
 ) -> None:
     name = sch.name
     if version is not None:
-        if version > sch.version:
-            out.append(
-                _problem(
-                    idstr,
-                    inst,
-                    "version",
-                    path,
-                    f"{name}: incoming version_id {version} is too new for local "
-                    f"version_id {sch.version}",
-                    off,
-                    source=version,
-                    destination=sch.version,
-                    qemu=f"{name}: incoming version_id {version} is too new for "
-                    f"local version_id {sch.version}",
-                )
-            )
-            return
-        if version < sch.minimum_version:
-            out.append(
-                _problem(
-                    idstr,
-                    inst,
-                    "version",
-                    path,
-                    f"{name}: incoming version_id {version} is too old for local "
-                    f"minimum version_id {sch.minimum_version}",
-                    off,
-                    source=version,
-                    destination=sch.minimum_version,
-                    qemu=f"{name}: incoming version_id {version} is too old for "
-                    f"local minimum version_id {sch.minimum_version}",
-                )
-            )
+        refused = version_refusal(name, version, sch.version, sch.minimum_version)
+        if refused is not None:
+            msg, dest = refused
+            kw = {"source": version, "destination": dest, "qemu": msg}
+            out.append(_problem(idstr, inst, "version", path, msg, off, **kw))
             return
     gate = version if version is not None else sch.version
     sfields = sch.fields

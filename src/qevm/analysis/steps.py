@@ -87,3 +87,22 @@ def base_name(name: str) -> str:
 
 def join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
+
+
+def version_refusal(
+    name: str, version: int, local: int | None, minimum: int | None
+) -> tuple[str, int] | None:
+    """Why ``vmstate_load_state`` refuses VMSD ``name`` at incoming ``version`` (in QEMU's
+    words) and the destination's version it was held against; None when it loads."""
+    if local is not None and version > local:
+        return (
+            f"{name}: incoming version_id {version} is too new for local version_id {local}",
+            local,
+        )
+    if minimum is not None and version < minimum:
+        return (
+            f"{name}: incoming version_id {version} is too old for local minimum version_id "
+            f"{minimum}",
+            minimum,
+        )
+    return None
