@@ -184,6 +184,12 @@ class Migration:
             raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         return ram.consumer
 
+    def page_consumer(self) -> Any:
+        """What RAM pages were handed to (the page index, or the ``ram_consumer`` asked for,
+        made now if no page record of the main stream made it); None without RAM."""
+        ram = self._ram_consumed()
+        return ram.consumer if ram is not None else None
+
     def _ram_consumed(self) -> RamState | None:
         """The RAM state, with the page consumer asked for made if no page record made it
         (all pages went on extra channels, or the RAM section could not be read)."""

@@ -106,9 +106,11 @@ class BlockFiles:
         """After ``mig`` was read: the blocks complete in their files (copied from its page
         index unless they were written as it was read), then ``desc.json`` and
         ``state.json``.  ``progress(done, total)`` follows a copy from the index."""
+        # Our consumer is made even when no page reached the main stream (all on channels).
+        consumer = mig.page_consumer()
         if self._sink is not None:
             self._sink.close()
-        else:
+        elif consumer is not None:
             self._copy_from_index(mig, progress)
         for b in mig.ram_blocks:
             self.place(b)  # a block no page of the main stream reached: zeros
