@@ -37,6 +37,15 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run ``qevm ARGV...`` in this process: its exit status, stdout and stderr."""
+    from qevm.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def unpack(path: pathlib.Path) -> pathlib.Path:
     """The decompressed file for ``path`` (``.xz`` files), cached for the session."""
     path = pathlib.Path(path)

@@ -15,22 +15,15 @@ import json
 import struct
 
 import pytest
-from conftest import DATA, GENERATED, meta, pattern1m, unpack
+from conftest import DATA, GENERATED, cli, meta, pattern1m, unpack
 from mtree import system_ranges
 from test_memory import LAYOUTS, Elf, _norm, _region
 
 import qevm
-from qevm.cli import main
 from qevm.export.notes import EM_LOONGARCH, target_for
 from qevm.stream import DescriptionRecord
 from qevm.views.cpu import cpus
 from qevm.views.memmap import layout
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _matches_mtree(mm, mtree: str) -> None:
@@ -53,7 +46,7 @@ def test_pc_without_configuration_is_inferred(name, tmp_path, capsys):
     (guess,) = mm.guesses
     assert "no machine type" in guess and "'pc.ram'" in guess and "I440FX" in guess
     args = ["--desc", desc] if desc else []
-    rc, _, err = _cli(capsys, "memory", path, *args, "-o", tmp_path / "c.elf")
+    rc, _, err = cli(capsys, "memory", path, *args, "-o", tmp_path / "c.elf")
     assert rc == 0 and "warning: layout guessed: no machine type" in err
     want = pattern1m()[: meta(GENERATED[name])["pattern_bytes"]]
     elf = Elf(tmp_path / "c.elf")
@@ -98,7 +91,7 @@ def test_loongarch_virt_layout_guessed_between_qemu_8_2_and_9_0(tmp_path, capsys
     assert struct.unpack_from(">I", data, at) == (3,)
     struct.pack_into(">I", data, at, 2)
     (tmp_path / "v2.mig").write_bytes(data)
-    rc, out, err = _cli(capsys, "memmap", tmp_path / "v2.mig")
+    rc, out, err = cli(capsys, "memmap", tmp_path / "v2.mig")
     assert rc == 0 and "0000000080000000-000000008fffffff" in out
     assert "warning: layout guessed: loongarch virt without ACPI tables" in err
 
@@ -168,5 +161,5 @@ def test_loongarch_16k_pages_found_from_a_pipe(capsys):
         staged.finish(mig)
         mm = layout(mig, read=staged.read)
     _matches_mtree(mm, meta(LAYOUTS["loongarch64-virt-7.2"])["mtree"])
-    rc, out, _ = _cli(capsys, "info", LAYOUTS["loongarch64-virt-7.2"])
+    rc, out, _ = cli(capsys, "info", LAYOUTS["loongarch64-virt-7.2"])
     assert rc == 0 and "page size     16384" in out

@@ -14,10 +14,9 @@ import xml.etree.ElementTree as ET
 import zlib
 
 import pytest
-from conftest import CORPUS, DATA, HAVE_CORPUS, pattern1m, unpack
+from conftest import CORPUS, DATA, HAVE_CORPUS, cli, pattern1m, unpack
 
 import qevm
-from qevm.cli import main
 from qevm.errors import ContainerError, QevmError, TruncatedError, UsageError
 from qevm.sections.ram.consumer import PageConsumer
 from qevm.source import open_source
@@ -90,12 +89,6 @@ def decode_with_pattern(path, **kw) -> tuple[qevm.Migration, bytes]:
     assert all(d.state is not None for d in devices), "a device was left undecoded"
     assert not mig.warnings
     return mig, ram
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def image(path: pathlib.Path) -> FileSource:

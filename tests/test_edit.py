@@ -7,7 +7,7 @@ import re
 import struct
 
 import pytest
-from conftest import LIVE, STREAMS, all_stream_paths, unpack
+from conftest import LIVE, STREAMS, all_stream_paths, cli, unpack
 
 import qevm
 from qevm.cli import main
@@ -17,12 +17,6 @@ from qevm.writer import write_stream
 
 PATHS = all_stream_paths()
 PS = 4096
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def edited(tmp_path, name: str, *sets: str, ram: tuple[str, ...] = ()) -> tuple[bytes, bytes]:

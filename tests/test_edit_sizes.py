@@ -14,20 +14,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import STREAMS, unpack
+from conftest import STREAMS, cli, unpack
 from qemuvm import Vm
 
 import qevm
-from qevm.cli import main
 from qevm.edit import set_field
 from qevm.writer import StreamWriter, write_stream
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
 
 # (stream, buffer path, its size field (path), new length)
 VARIABLE = [
@@ -49,11 +41,11 @@ def test_variable_buffer_changes_length_with_its_size_field(
     size_path = f"{dev}:{size_field}" if size_field else f"{dev}:mcast_list_buff_size"
     out = tmp_path / "out.mig"
     # the buffer alone: refused, naming the field that holds its length
-    rc, _, err = _cli(capsys, "edit", src, "-o", out, "--set", f"{path}={data.hex()}")
+    rc, _, err = cli(capsys, "edit", src, "-o", out, "--set", f"{path}={data.hex()}")
     assert rc == 2 and not out.exists()
     assert f"set it to {length} too" in err and repr(size_path.rsplit(":", 1)[1]) in err
     # with the field (in either order): written, and read back at the new length
-    rc, _, err = _cli(
+    rc, _, err = cli(
         capsys, "edit", src, "-o", out, "--set", f"{size_path}={length}",
         "--set", f"{path}={data.hex()}",
     )  # fmt: skip
@@ -74,9 +66,9 @@ def test_fixed_buffer_keeps_its_length(name, path, size, tmp_path, capsys):
     src = unpack(STREAMS[name])
     out = tmp_path / "out.mig"
     for n in (size - 1, size + 44):
-        rc, _, err = _cli(capsys, "edit", src, "-o", out, "--set", f"{path}={'ab' * n}")
+        rc, _, err = cli(capsys, "edit", src, "-o", out, "--set", f"{path}={'ab' * n}")
         assert rc == 2 and f"give {size} bytes" in err and not out.exists()
-    rc, _, err = _cli(capsys, "edit", src, "-o", out, "--set", f"{path}={'ab' * size}")
+    rc, _, err = cli(capsys, "edit", src, "-o", out, "--set", f"{path}={'ab' * size}")
     assert rc == 0
 
 
@@ -99,7 +91,7 @@ def test_qemu_loads_a_resized_vbuffer_and_not_a_resized_buffer(tmp_path, capsys)
         dev = next(d.name for d in mig.devices("*vmxnet3"))
     macs = "01005e0000fb" + "3333000000fb"
     ok = tmp_path / "ok.mig"
-    rc, _, err = _cli(
+    rc, _, err = cli(
         capsys, "edit", saved, "-o", ok,
         "--set", f"{dev}:vmxnet3/mcast_list/mcast_list={macs}",
         "--set", f"{dev}:mcast_list_buff_size=12", "--set", f"{dev}:mcast_list_len=2",

@@ -13,18 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, unpack
+from conftest import DATA, cli, unpack
 
-from qevm.cli import main
 from qevm.stream import DescriptionRecord
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _clean(rc: int, err: str) -> None:
@@ -73,10 +66,10 @@ def test_cpu_fields_of_other_types(instance, field, key, value, tmp_path, capsys
         _cpu_field(doc, instance, 1, field)[key] = value
 
     path = with_description(unpack(S390), tmp_path / "m.mig", edit)
-    rc, _, err = _cli(capsys, "memory", path, "-o", tmp_path / "c.elf")
+    rc, _, err = cli(capsys, "memory", path, "-o", tmp_path / "c.elf")
     _clean(rc, err)
     assert rc == 0 and "no CPU notes" in err and "does not have the fields of a s390x CPU" in err
-    rc, _, err = _cli(capsys, "cpu", path)
+    rc, _, err = cli(capsys, "cpu", path)
     assert rc == 2 and "does not have the fields of a s390x CPU" in err
 
 
@@ -88,7 +81,7 @@ def test_corrupt_gzip_inside_a_libvirt_image(tmp_path, capsys):
     img[92 + data_len + 100] ^= 0xFF  # inside the first deflate block's code lengths
     (tmp_path / "bad.img").write_bytes(img)
     for cmd in ("info", "state", "ram"):
-        rc, _, err = _cli(capsys, cmd, tmp_path / "bad.img")
+        rc, _, err = cli(capsys, cmd, tmp_path / "bad.img")
         assert rc == 2 and "gzip data is corrupt or truncated: Error -3" in err, err
 
 
@@ -98,7 +91,7 @@ def test_ram_block_with_an_empty_name(tmp_path, capsys):
     page record made one)."""
     data = unpack(S390).read_bytes().replace(b"\x08s390.ram", b"\x00")
     (tmp_path / "e.mig").write_bytes(data)
-    rc, _, err = _cli(capsys, "ram", tmp_path / "e.mig")
+    rc, _, err = cli(capsys, "ram", tmp_path / "e.mig")
     assert rc == 1 and "empty RAM block name" in err and "not indexed" not in err
 
 

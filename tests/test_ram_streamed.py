@@ -12,11 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA, LIVE, STREAMS, unpack
+from conftest import DATA, LIVE, STREAMS, cli, unpack
 from test_live_capture import _wrong_mib
 
 import qevm
-from qevm.cli import main
 from qevm.ramspool import SpoolingIndex
 
 #: streams with page kinds a one-pass reader must rebuild: mapped-ram (+ multifd),
@@ -28,12 +27,6 @@ CASES = {
 }
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize(
     "opts",
@@ -41,8 +34,8 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 )
 def test_compressed_file_answers_as_the_file(name, opts, capsys):
     xz = CASES[name]
-    rc_xz, out_xz, err_xz = _cli(capsys, "ram", xz, *opts)
-    rc, out, err = _cli(capsys, "ram", unpack(xz), *opts)
+    rc_xz, out_xz, err_xz = cli(capsys, "ram", xz, *opts)
+    rc, out, err = cli(capsys, "ram", unpack(xz), *opts)
     assert (rc_xz, out_xz, err_xz) == (rc, out, err) and rc == 0
     assert out
 
@@ -65,11 +58,11 @@ def test_standard_input(capsys):
     args = ["ram", "-", "--offset", "0x7000", "--length", "64", "--json"]
     with open(path, "rb") as f:
         r = subprocess.run([sys.executable, "-m", "qevm", *args], stdin=f, capture_output=True)
-    rc, out, _ = _cli(capsys, "ram", path, *args[2:])
+    rc, out, _ = cli(capsys, "ram", path, *args[2:])
     assert r.returncode == rc == 0 and r.stdout.decode() == out
 
 
 def test_channels_need_the_main_stream_in_a_file(capsys):
     ch = unpack(DATA / "live" / "multifd-72.ch1.bin.xz")
-    rc, _, err = _cli(capsys, "ram", LIVE["multifd-72"], "--channel", ch)
+    rc, _, err = cli(capsys, "ram", LIVE["multifd-72"], "--channel", ch)
     assert rc == 2 and "decompress it to a file first" in err
