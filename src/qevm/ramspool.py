@@ -44,6 +44,9 @@ class SpoolFile:
     def read_at(self, offset: int, n: int) -> bytes:
         return os.pread(self._f.fileno(), n, offset)
 
+    def release(self, start: int, end: int) -> None:
+        """Nothing to let go of: nothing of the spool is mapped (as a source's ``release``)."""
+
     def close(self) -> None:
         self._f.close()
 
