@@ -196,6 +196,10 @@ class ParseOptions:
     progress: Callable[[int], None] | None = None
     #: Decode device sections (off for RAM-only work).
     decode_devices: bool = True
+    #: Called with every record as soon as it has been read (nested ones of a
+    #: PACKAGED blob before the blob's own record), for readers that follow a
+    #: stream while it is being written.
+    on_record: Callable[[Record], None] | None = None
 
 
 @dataclass(eq=False)
@@ -235,10 +239,12 @@ class StreamParser:
     # -- top level --------------------------------------------------------
     def parse(self) -> ParsedStream:
         header = self._header()
+        self._announce(header)
         records: list[Record] = [header]
         records.extend(self._records(top=True))
         if not self.r.at_end():
             records.append(self._description_or_trailing())
+            self._announce(records[-1])
         if self.stream_desc is not None and self.desc is None:
             self.desc = self.stream_desc
         self._decode_pending()
@@ -298,6 +304,7 @@ class StreamParser:
                 ) from None
             if t == EOF:
                 out.append(EofRecord(off, r.offset))
+                self._announce(out[-1])
                 if not top:
                     self.ctx.warn(f"EOF marker inside a PACKAGED blob at {off:#x}")
                 return out
@@ -323,8 +330,13 @@ class StreamParser:
                     expected="a section (0x01-0x04), command (0x08), configuration "
                     "(0x07) or EOF (0x00)",
                 )
+            self._announce(out[-1])
             if self.ctx.progress is not None:
                 self.ctx.progress(r.offset)
+
+    def _announce(self, rec: Record) -> None:
+        if self.options.on_record is not None:
+            self.options.on_record(rec)
 
     # -- configuration and commands -----------------------------------------
     def _configuration(self, off: int) -> ConfigurationRecord:

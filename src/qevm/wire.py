@@ -121,7 +121,8 @@ class Reader:
         keep = self.buf[drop:]
         self.base += drop
         self.pos -= drop
-        want = max(n - (len(keep) - self.pos), CHUNK)
+        need = n - (len(keep) - self.pos)
+        want = max(need, CHUNK)
         src = self.source
         if src.seekable:
             end = self.base + len(keep)
@@ -131,18 +132,21 @@ class Reader:
             self.buf = bytes(keep) + more if keep else more
             return
         # A new buffer each time: views of the old one (pages waiting to be
-        # written) stay valid.
+        # written) stay valid.  A source may fill less than asked (a file that
+        # is still being written returns what is there); only what is needed
+        # is waited for, and a read of nothing is the end.
         buf = bytearray(len(keep) + want)
         buf[: len(keep)] = keep
         got = 0
         if not self._eof:
             with memoryview(buf) as view:
-                got = src.readinto(view[len(keep) :])
-            if got < want:
-                self._eof = True
-                del buf[len(keep) + got :]
-        else:
-            del buf[len(keep) :]
+                while got < need:
+                    more = src.readinto(view[len(keep) + got :])
+                    if not more:
+                        self._eof = True
+                        break
+                    got += more
+        del buf[len(keep) + got :]
         self.buf = buf
 
     def release_behind(self) -> None:
