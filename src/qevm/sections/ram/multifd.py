@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,9 +117,15 @@ def channel_kind(source: Source) -> str:
     )
 
 
-def apply_channel(state: RamState, source: Source, src_no: int) -> ChannelSummary:
-    """Read an extra connection's pages into the RAM state's consumer."""
-    kind = channel_kind(source)
+def apply_channel(
+    state: RamState, source: Source, src_no: int, kind: str | None = None
+) -> ChannelSummary:
+    """Read an extra connection's pages into the RAM state's consumer.
+
+    ``kind`` (``multifd`` or ``postcopy-preempt``) is found from the first
+    bytes when not given (which needs a seekable source).
+    """
+    kind = kind or channel_kind(source)
     if kind == "postcopy-preempt":
         return _apply_preempt(state, source, src_no)
     return _apply_multifd(state, source, src_no)
@@ -143,99 +150,161 @@ def _apply_preempt(state: RamState, source: Source, src_no: int) -> ChannelSumma
 
 
 def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
-    ps = state.page_size
-    if ps is None:
-        raise FormatError("multifd channel given but the page size is unknown", offset=0)
-    page_count = PACKET_SIZE // ps
-    header_size = RAM_HEADER.size + 8 * page_count
-    r = Reader(source, 0)
-    magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
-    if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
-        raise FormatError(
-            f"multifd handshake magic {magic:#x} version {version}",
-            offset=0,
-            expected="0x11223344 version 1",
-        )
-    summary = ChannelSummary(source.name, "multifd", chan_id, uuid.hex())
-    consumer = state.consumer
-    inflater: _Inflater | None = None
-    epoch = 0
-    while not r.at_end():
+    reader = MultifdReader(state, source, src_no)
+    for _packet in reader.packets():
+        pass
+    return reader.summary
+
+
+@dataclass(eq=False)
+class MultifdPacket:
+    """One packet of a multifd channel, as :meth:`MultifdReader.packets` reads it."""
+
+    #: Where the packet starts in the channel, and its size with the payload.
+    offset: int
+    size: int
+    flags: int
+    #: The sender's packet counter (shared by all channels: it orders them).
+    packet_num: int | None = None
+    #: Rounds of RAM (SYNC packets) before this packet on its channel.
+    epoch: int = 0
+    block: str | None = None
+    #: Page offsets in ``block``: the ``normal`` data pages, then the zero pages.
+    pages: tuple[int, ...] = ()
+    normal: int = 0
+    zero: int = 0
+    compression: str = "none"
+    #: A device-state packet (10.0+): what the summary records of it.
+    device_state: dict[str, Any] | None = None
+
+    @property
+    def sync(self) -> bool:
+        return bool(self.flags & FLAG_SYNC)
+
+
+class MultifdReader:
+    """Reads one multifd channel: its handshake, then packet after packet.
+
+    Pages go to the RAM state's consumer as with :func:`apply_channel`;
+    :meth:`packets` also yields each packet as soon as it has been read, so a
+    channel that is still being recorded can be followed.
+    """
+
+    def __init__(self, state: RamState, source: Source, src_no: int) -> None:
+        self.state = state
+        self.src_no = src_no
+        self.r = Reader(source)
+        self.summary = ChannelSummary(source.name, "multifd")
+
+    def _handshake(self) -> None:
+        r = self.r
         off = r.offset
-        r.ensure(12)
-        magic, version, flags = struct.unpack_from(">III", r.buf, r.pos)
+        magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
         if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
             raise FormatError(
-                f"multifd packet magic {magic:#x} version {version}",
+                f"multifd handshake magic {magic:#x} version {version}",
                 offset=off,
                 expected="0x11223344 version 1",
             )
-        summary.packets += 1
-        if flags & FLAG_DEVICE_STATE:
-            _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
-            r.skip(size)
-            summary.device_state.append(
-                {
+        self.summary.channel_id = chan_id
+        self.summary.uuid = uuid.hex()
+
+    def packets(self) -> Iterator[MultifdPacket]:
+        """Read the channel to its end, one packet at a time."""
+        state = self.state
+        ps = state.page_size
+        if ps is None:
+            raise FormatError("multifd channel given but the page size is unknown", offset=0)
+        self._handshake()
+        page_count = PACKET_SIZE // ps
+        header_size = RAM_HEADER.size + 8 * page_count
+        r = self.r
+        summary = self.summary
+        consumer = state.consumer
+        inflater: _Inflater | None = None
+        epoch = 0
+        while not r.at_end():
+            off = r.offset
+            r.ensure(12)
+            magic, version, flags = struct.unpack_from(">III", r.buf, r.pos)
+            if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
+                raise FormatError(
+                    f"multifd packet magic {magic:#x} version {version}",
+                    offset=off,
+                    expected="0x11223344 version 1",
+                )
+            summary.packets += 1
+            if flags & FLAG_DEVICE_STATE:
+                _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
+                r.skip(size)
+                dev = {
                     "idstr": idstr.split(b"\0")[0].decode("latin-1"),
                     "instance_id": instance,
                     "bytes": size,
                 }
+                summary.device_state.append(dev)
+                yield MultifdPacket(off, r.offset - off, flags, epoch=epoch, device_state=dev)
+                continue
+            head = r.bytes(header_size)
+            (_, _, _, alloc, normal, next_size, num, zero, _, _, name) = RAM_HEADER.unpack_from(
+                head
             )
-            continue
-        head = r.bytes(header_size)
-        (_, _, _, alloc, normal, next_size, _num, zero, _, _, name) = RAM_HEADER.unpack_from(head)
-        if alloc > page_count or normal > alloc or zero > alloc - normal:
-            raise FormatError(
-                f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
-                offset=off,
-                expected=f"at most {page_count} pages",
-            )
-        comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
-        if comp is None:
-            raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
-        payload_off = r.offset
-        # Only packets with pages carry a payload, whatever next_packet_size
-        # says: QEMU reads one only for them, and 7.2 leaves the previous
-        # packet's size in its empty SYNC packets (and sets the compression
-        # flag only on packets with pages).
-        if normal or zero:
-            summary.compression = comp
-            bname = name.split(b"\0")[0].decode("latin-1")
-            block = state.blocks.get(bname)
-            if block is None:
-                raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=off)
-            offs = struct.unpack_from(f">{normal + zero}Q", head, RAM_HEADER.size)
-            for a in offs:
-                if a > block.used_length - ps or a % ps:
-                    raise FormatError(
-                        f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
-                    )
-            if normal and comp == "none":
-                if next_size != normal * ps:
-                    raise FormatError(
-                        f"multifd payload of {next_size} bytes for {normal} pages",
-                        offset=off,
-                        expected=f"{normal * ps}",
-                    )
-                r.ensure(next_size)
-                for i, a in enumerate(offs[:normal]):
-                    consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
-                r.skip(next_size)
-            elif normal:
-                if inflater is None:
-                    inflater = _Inflater(comp, off)
-                data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
-                for i, a in enumerate(offs[:normal]):
-                    consumer.channel_computed(block, a, data[i * ps : (i + 1) * ps], epoch)
-            for a in offs[normal:]:
-                consumer.channel_zero(block, a, epoch)
-            if normal:
-                block.records["page"] += normal
-            if zero:
-                block.records["zero"] += zero
-            summary.pages += normal
-            summary.zero_pages += zero
-        if flags & FLAG_SYNC:
-            epoch += 1
-            summary.syncs += 1
-    return summary
+            if alloc > page_count or normal > alloc or zero > alloc - normal:
+                raise FormatError(
+                    f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
+                    offset=off,
+                    expected=f"at most {page_count} pages",
+                )
+            comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
+            if comp is None:
+                raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
+            packet = MultifdPacket(off, 0, flags, num, epoch, compression=comp)
+            payload_off = r.offset
+            # Only packets with pages carry a payload, whatever next_packet_size
+            # says: QEMU reads one only for them, and 7.2 leaves the previous
+            # packet's size in its empty SYNC packets (and sets the compression
+            # flag only on packets with pages).
+            if normal or zero:
+                summary.compression = comp
+                bname = name.split(b"\0")[0].decode("latin-1")
+                block = state.blocks.get(bname)
+                if block is None:
+                    raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=off)
+                offs = struct.unpack_from(f">{normal + zero}Q", head, RAM_HEADER.size)
+                for a in offs:
+                    if a > block.used_length - ps or a % ps:
+                        raise FormatError(
+                            f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
+                        )
+                if normal and comp == "none":
+                    if next_size != normal * ps:
+                        raise FormatError(
+                            f"multifd payload of {next_size} bytes for {normal} pages",
+                            offset=off,
+                            expected=f"{normal * ps}",
+                        )
+                    r.ensure(next_size)
+                    for i, a in enumerate(offs[:normal]):
+                        consumer.channel_page(block, a, self.src_no, payload_off + i * ps, epoch)
+                    r.skip(next_size)
+                elif normal:
+                    if inflater is None:
+                        inflater = _Inflater(comp, off)
+                    data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
+                    for i, a in enumerate(offs[:normal]):
+                        consumer.channel_computed(block, a, data[i * ps : (i + 1) * ps], epoch)
+                for a in offs[normal:]:
+                    consumer.channel_zero(block, a, epoch)
+                if normal:
+                    block.records["page"] += normal
+                if zero:
+                    block.records["zero"] += zero
+                summary.pages += normal
+                summary.zero_pages += zero
+                packet.block, packet.pages = bname, offs
+                packet.normal, packet.zero = normal, zero
+            packet.size = r.offset - off
+            if flags & FLAG_SYNC:
+                epoch += 1
+                summary.syncs += 1
+            yield packet
