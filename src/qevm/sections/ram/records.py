@@ -165,6 +165,8 @@ class RamState:
         self._np: Any = None
         self._records_seen = 0
         self._seen_flush = False
+        #: Multifd sync points read so far (also before the consumer exists).
+        self.syncs = 0
         #: The input the records being read are in (0: the main stream; an
         #: extra channel's number while its bare RAM records are read).
         self.src = 0
@@ -185,6 +187,8 @@ class RamState:
                 self._np = numpy
             for b in self.blocks.values():
                 self.consumer.add_block(b)
+            if self.syncs:
+                self.consumer.epoch = self.syncs
 
     def _probe_page_size(self, r: Reader, record_off: int) -> int:
         """Find the target page size from the framing of the first PAGE record."""
@@ -256,8 +260,8 @@ class RamState:
                 n += nz + npg
             elif kind == FLAG_EOS:
                 counts["eos"] += 1
-                if not self._seen_flush and self.consumer is not None:
-                    self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
+                if not self._seen_flush:
+                    self._sync_point()  # legacy multifd: each EOS is a sync point
                 self._records_seen += n
                 self._housekeeping(r)
                 if self.consumer is not None:
@@ -269,8 +273,7 @@ class RamState:
             elif kind == FLAG_MULTIFD_FLUSH:
                 counts["multifd_flush"] += 1
                 self._seen_flush = True
-                if self.consumer is not None:
-                    self.consumer.epoch += 1
+                self._sync_point()
             elif kind == FLAG_XBZRLE or kind == FLAG_COMPRESS_PAGE:
                 block = self._block(r, flags, off)
                 if ps is None:
@@ -292,6 +295,12 @@ class RamState:
             if n >= next_check:
                 next_check = n + 0x4000
                 self._housekeeping(r, n)
+
+    def _sync_point(self) -> None:
+        """A multifd sync point: channel pages after it belong to the next round."""
+        self.syncs += 1
+        if self.consumer is not None:
+            self.consumer.epoch = self.syncs
 
     def _housekeeping(self, r: Reader, pending: int = 0) -> None:
         """Now and then: report progress, drop what was read, switch to numpy."""
@@ -350,8 +359,7 @@ class RamState:
                 rec.blocks = [self.blocks[n] for n in self._mem_size(r, addr, off)]
             elif kind == FLAG_MULTIFD_FLUSH:
                 self._seen_flush = True
-                if self.consumer is not None:
-                    self.consumer.epoch += 1
+                self._sync_point()
             elif kind != FLAG_EOS:
                 _bad_record(kind, flags, off)
             rec.end = r.offset
