@@ -209,16 +209,55 @@ class MultifdReader:
         self.summary.channel_id = chan_id
         self.summary.uuid = uuid.hex()
 
+    def _page_size(self) -> int:
+        """The target page size, when the main stream did not state it.
+
+        A packet's header holds an offset slot per page of 512 KiB; its
+        ``pages_alloc`` says how many (SYNC packets since 9.0 leave it 0:
+        then the size that puts the next packet, or the end of the channel,
+        right after the header is the one).
+        """
+        r = self.r
+        off = r.offset
+        head = r.peek(16)
+        alloc = struct.unpack_from(">I", head, 12)[0] if len(head) == 16 else 0
+        if alloc:
+            ps = PACKET_SIZE // alloc
+            if PACKET_SIZE % alloc or ps & (ps - 1) or ps < 1024:
+                raise FormatError(
+                    f"multifd packet with {alloc} page slots",
+                    offset=off + 12,
+                    field="pages_alloc",
+                    expected="512 KiB divided by a page size",
+                )
+        else:
+            ps = self._probe_page_size(off)
+        self.state.page_size = ps
+        return ps
+
+    def _probe_page_size(self, off: int) -> int:
+        nxt = struct.pack(">II", MULTIFD_MAGIC, MULTIFD_VERSION)
+        for ps in (65536, 32768, 16384, 8192, 4096, 2048, 1024):  # shortest header first
+            end = off + RAM_HEADER.size + 8 * (PACKET_SIZE // ps)
+            head = self.r.peek_at(end - 1, 9)
+            if head[1:] == nxt or len(head) == 1:
+                return ps
+        raise FormatError(
+            "cannot tell the target page size from the multifd packets",
+            offset=off,
+            expected="a packet header of 320 + 8 * (512 KiB / page size) bytes",
+        )
+
     def packets(self) -> Iterator[MultifdPacket]:
         """Read the channel to its end, one packet at a time."""
         state = self.state
-        ps = state.page_size
-        if ps is None:
-            raise FormatError("multifd channel given but the page size is unknown", offset=0)
         self._handshake()
+        r = self.r
+        if r.at_end():
+            return
+        ps = state.page_size or self._page_size()
         page_count = PACKET_SIZE // ps
         header_size = RAM_HEADER.size + 8 * page_count
-        r = self.r
         summary = self.summary
         consumer = state.consumer
         inflater: _Inflater | None = None
