@@ -23,6 +23,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 #: Most bytes moved per system call.
 CHUNK = 1 << 20
@@ -88,7 +89,12 @@ class Pump:
     """
 
     def __init__(
-        self, src: socket.socket, dst: socket.socket, record: int, on_first_byte=None
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        record: int,
+        on_first_byte: Callable[[], None] | None = None,
+        on_chunk: Callable[[int], None] | None = None,
     ) -> None:
         self.src = src
         self.dst = dst
@@ -103,6 +109,7 @@ class Pump:
         self.write_error: OSError | None = None
         self.record_error: OSError | None = None
         self._on_first_byte = on_first_byte
+        self._on_chunk = on_chunk
         self.zero_copy = zero_copy_available()
 
     @property
@@ -133,6 +140,8 @@ class Pump:
             if self._on_first_byte is not None:
                 self._on_first_byte()
         self.bytes += n
+        if self._on_chunk is not None:
+            self._on_chunk(self.bytes)
 
     # -- zero copy ---------------------------------------------------------------
     def _splice(self) -> None:
