@@ -27,17 +27,25 @@ class QevmError(Exception):
         self.section = section
         self.field = field
         self.expected = expected
+        #: The file the offset is in, when it is not the main input (a channel).
+        self.file: str | None = None
 
-    def located(self, *, section: str | None = None, field: str | None = None) -> QevmError:
-        """Fill in the section or field if the raiser did not know them."""
+    def located(
+        self, *, section: str | None = None, field: str | None = None, file: str | None = None
+    ) -> QevmError:
+        """Fill in the section, field or file if the raiser did not know them."""
         if self.section is None and section is not None:
             self.section = section
+        if self.file is None and file is not None:
+            self.file = file
         if field is not None:
             self.field = field if self.field is None else f"{field}.{self.field}"
         return self
 
     def __str__(self) -> str:
         parts = []
+        if self.file:
+            parts.append(f"in {self.file}")
         if self.offset is not None:
             parts.append(f"at offset {self.offset:#x}")
         if self.section:

@@ -8,11 +8,12 @@ scripts ask: which devices, which RAM blocks, what state.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import DescriptionError, UsageError
+from .errors import DescriptionError, QevmError, UsageError
 from .stream import (
     SECTION_FULL,
     CommandRecord,
@@ -173,7 +174,8 @@ class Migration:
         ram = self.ram
         if ram is None or ram.consumer is None:
             raise UsageError("the stream has no RAM section to add channel pages to")
-        src = open_source(path, format="stream")
+        name = os.fspath(path)
+        src = open_source(path, format="stream")  # its errors name the path
         self._channel_sources.append(src)
         inputs = getattr(ram.consumer, "inputs", None)
         if inputs is not None:
@@ -181,7 +183,10 @@ class Migration:
             src_no = len(inputs) - 1
         else:
             src_no = 0
-        summary = apply_channel(ram, src, src_no)
+        try:
+            summary = apply_channel(ram, src, src_no)
+        except QevmError as e:
+            raise e.located(file=f"channel {name}") from None
         self.channels.append(summary)
         return summary
 

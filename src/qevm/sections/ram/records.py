@@ -214,8 +214,9 @@ class RamState:
             raise FormatError(f"page size changed to {ps} after pages were indexed")
 
     # -- records --------------------------------------------------------------
-    def read_section(self, r: Reader) -> RamRecordStats:
-        """Read records up to and including EOS."""
+    def read_section(self, r: Reader, eof_ok: bool = False) -> RamRecordStats:
+        """Read records up to and including EOS (or, with ``eof_ok``, to the input's
+        end where it falls between records: a postcopy-preempt channel)."""
         stats = RamRecordStats()
         ctx = self.ctx
         if self.page_size is None and ctx.page_size is not None:
@@ -225,6 +226,11 @@ class RamState:
         next_check = 0x4000
         while True:
             off = r.offset
+            if eof_ok and r.at_end():
+                self._records_seen += n
+                if self.consumer is not None:
+                    self.consumer.flush()
+                return stats
             r.ensure(8)
             (v,) = _U64.unpack_from(r.buf, r.pos)
             r.pos += 8
