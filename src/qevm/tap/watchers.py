@@ -19,9 +19,18 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .. import commands as C
-from ..errors import QevmError, TruncatedError
+from ..errors import FormatError, QevmError
 from ..sections.ram.consumer import PageConsumer
-from ..sections.ram.multifd import MultifdReader, apply_channel
+from ..sections.ram.multifd import (
+    COMPRESSION,
+    FLAG_COMPRESSION_MASK,
+    FLAG_SYNC,
+    DeviceStateHeader,
+    apply_channel,
+    packet_page_size,
+    read_handshake,
+    read_packets,
+)
 from ..sections.ram.records import RamBlock, RamState
 from ..stream import (
     SECTION_END,
@@ -38,6 +47,7 @@ from ..stream import (
     TrailingRecord,
     parse_stream,
 )
+from ..wire import Reader
 from .counting import MainCounter, PlainCounter
 from .follow import FollowSource
 from .passes import BLOCK_SHIFT, Item
@@ -267,52 +277,62 @@ class ChannelWatcher(Watcher):
             return
         self.counts = PlainCounter(main.ram.page_size)
         st = channel_state(main, self.counts)
-        try:
-            apply_channel(st, self.source, 1, kind="postcopy-preempt")
-        except TruncatedError as e:
-            # The channel may close after the last requested page, between records.
-            if e.offset is None or e.offset != self.source.position or not self.source.complete:
-                raise
+        apply_channel(st, self.source, 1, kind="postcopy-preempt")
         self.bytes = self.source.position
 
     def _multifd(self, main: MainWatcher) -> None:
-        st = channel_state(main, PageConsumer(main.ram.page_size or 0))  # type: ignore[union-attr]
-        reader = MultifdReader(st, self.source, 1)
+        """Packets as they come: pages counted (once per round), payloads skipped."""
+        assert main.ram is not None
+        blocks = main.ram.blocks
+        r = Reader(self.source)
+        init = read_handshake(r)
+        self.info.update(channel_id=init.id, uuid=init.uuid.hex())
+        self.emit("channel", kind="multifd", channel_id=init.id)
+        if r.at_end():
+            return
         d = self.decoder
         n = self.counts.counts.n
-        announced = False
-        for p in reader.packets():
-            if not announced:
-                s = reader.summary
-                self.info.update(channel_id=s.channel_id, uuid=s.uuid)
-                self.emit("channel", kind="multifd", channel_id=s.channel_id)
-                announced = True
+        epoch = 0
+        for pkt in read_packets(r, main.ram.page_size or packet_page_size(r)):
+            r.skip(pkt.payload_length)
+            self.bytes = r.offset
             self.info["packets"] += 1
-            self.bytes = p.offset + p.size
-            if p.sync:
+            hdr = pkt.header
+            if isinstance(hdr, DeviceStateHeader):
+                self.info.setdefault("device_state", []).append(
+                    {"idstr": hdr.device_name, "instance_id": hdr.instance_id}
+                )
+                continue
+            if hdr.normal_pages or hdr.zero_pages:
+                self._pages(d, pkt, hdr, blocks, epoch, n)
+            if hdr.flags & FLAG_SYNC:
                 self.info["syncs"] += 1
-            if p.normal or p.zero:
-                assert p.block is not None
-                self.info["compression"] = p.compression
-                size = main.ram.blocks[p.block].used_length  # type: ignore[union-attr]
-                fresh = d.fresh(p.epoch, p.block, size, p.pages)
-                normal = sum(fresh[: p.normal])
-                zero = sum(fresh[p.normal :])
-                if normal + zero < p.normal + p.zero:
-                    self.info["resent"] = self.info.get("resent", 0) + p.normal + p.zero
-                    self.info["resent"] -= normal + zero
-                n[0] += normal
-                n[1] += zero
-                base = self._order[p.block] << BLOCK_SHIFT
-                keys = [base | a for a, new in zip(p.pages, fresh) if new]
-                pages = Counter({"normal": normal, "zero": zero})
-                first, last = (min(keys), max(keys)) if keys else (None, None)
-                item = Item(first, last, +pages, p.size, self.name, p.packet_num or 0)
-                d.channel_item(self.name, p.epoch, item)
-            if p.device_state is not None:
-                self.info.setdefault("device_state", []).append(p.device_state)
-            if p.sync:
-                d.channel_epoch(self.name, p.epoch + 1)
+                epoch += 1
+                d.channel_epoch(self.name, epoch)
+
+    def _pages(self, d: Decoder, pkt: Any, hdr: Any, blocks: Any, epoch: int, n: list) -> None:
+        comp = COMPRESSION.get(hdr.flags & FLAG_COMPRESSION_MASK, hex(hdr.flags))
+        self.info["compression"] = comp
+        block = blocks.get(hdr.block_name)
+        if block is None:
+            raise FormatError(
+                f"multifd packet for unknown RAM block {hdr.block_name!r}", offset=hdr.at
+            )
+        normal, zero = hdr.normal_pages, hdr.zero_pages
+        addrs = pkt.offsets[: normal + zero]
+        fresh = d.fresh(epoch, block.name, block.used_length, addrs)
+        new_normal = sum(fresh[:normal])
+        new_zero = sum(fresh[normal:])
+        if new_normal + new_zero < normal + zero:
+            self.info["resent"] = self.info.get("resent", 0) + normal + zero - new_normal - new_zero
+        n[0] += new_normal
+        n[1] += new_zero
+        base = self._order[block.name] << BLOCK_SHIFT
+        keys = [base | a for a, new in zip(addrs, fresh) if new]
+        pages = +Counter({"normal": new_normal, "zero": new_zero})
+        first, last = (min(keys), max(keys)) if keys else (None, None)
+        size = pkt.payload_offset + pkt.payload_length - hdr.at
+        d.channel_item(self.name, epoch, Item(first, last, pages, size, self.name))
 
 
 class ReturnPathWatcher(Watcher):

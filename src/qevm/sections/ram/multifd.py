@@ -150,201 +150,222 @@ def _apply_preempt(state: RamState, source: Source, src_no: int) -> ChannelSumma
     return summary
 
 
-def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
-    reader = MultifdReader(state, source, src_no)
-    for _packet in reader.packets():
-        pass
-    return reader.summary
+@dataclass
+class Handshake:
+    """MultiFDInit_t, the 64 bytes a multifd channel starts with."""
+
+    at: int
+    magic: int
+    version: int
+    uuid: bytes
+    #: The channel number.
+    id: int
 
 
-@dataclass(eq=False)
-class MultifdPacket:
-    """One packet of a multifd channel, as :meth:`MultifdReader.packets` reads it."""
+@dataclass
+class PacketHeader:
+    """A multifd RAM packet's header (MultiFDPacket_t) up to its page offsets."""
 
-    #: Where the packet starts in the channel, and its size with the payload.
-    offset: int
-    size: int
+    at: int
     flags: int
-    #: The sender's packet counter (shared by all channels: it orders them).
-    packet_num: int | None = None
-    #: Rounds of RAM (SYNC packets) before this packet on its channel.
-    epoch: int = 0
-    block: str | None = None
-    #: Page offsets in ``block``: the ``normal`` data pages, then the zero pages.
-    pages: tuple[int, ...] = ()
-    normal: int = 0
-    zero: int = 0
-    compression: str = "none"
-    #: A device-state packet (10.0+): what the summary records of it.
-    device_state: dict[str, Any] | None = None
+    pages_alloc: int
+    normal_pages: int
+    next_packet_size: int
+    packet_num: int
+    zero_pages: int
+    ramblock: bytes
 
     @property
-    def sync(self) -> bool:
-        return bool(self.flags & FLAG_SYNC)
+    def block_name(self) -> str:
+        return self.ramblock.split(b"\0")[0].decode("latin-1")
 
 
-class MultifdReader:
-    """Reads one multifd channel: its handshake, then packet after packet.
+@dataclass
+class DeviceStateHeader:
+    """A multifd device state packet's header (MultiFDPacketDeviceState_t, 10.0+)."""
 
-    Pages go to the RAM state's consumer as with :func:`apply_channel`;
-    :meth:`packets` also yields each packet as soon as it has been read, so a
-    channel that is still being recorded can be followed.
+    at: int
+    flags: int
+    idstr: bytes
+    instance_id: int
+    next_packet_size: int
+
+    @property
+    def device_name(self) -> str:
+        return self.idstr.split(b"\0")[0].decode("latin-1")
+
+
+@dataclass
+class Packet:
+    """One packet of a multifd channel: its header, page offsets and payload's extent."""
+
+    header: PacketHeader | DeviceStateHeader
+    #: The whole offset[] array as sent (normal pages, then zero pages, then
+    #: entries QEMU left from earlier packets); empty for device state.
+    offsets: tuple[int, ...]
+    payload_offset: int
+    payload_length: int
+
+    @property
+    def is_device_state(self) -> bool:
+        return isinstance(self.header, DeviceStateHeader)
+
+
+def read_handshake(r: Reader) -> Handshake:
+    """The MultiFDInit_t a channel starts with, checked."""
+    at = r.offset
+    magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
+    if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
+        raise FormatError(
+            f"multifd handshake magic {magic:#x} version {version}",
+            offset=at,
+            expected="0x11223344 version 1",
+        )
+    return Handshake(at, magic, version, uuid, chan_id)
+
+
+def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
+    """The packets after the handshake, to the end of the channel.
+
+    A RAM packet's offset array has room for a full packet's pages
+    (512 KiB / page size), whatever it carries.  The payload is left for the
+    caller to read (or skip) before the next packet is read.
     """
-
-    def __init__(self, state: RamState, source: Source, src_no: int) -> None:
-        self.state = state
-        self.src_no = src_no
-        self.r = Reader(source)
-        self.summary = ChannelSummary(source.name, "multifd")
-
-    def _handshake(self) -> None:
-        r = self.r
+    page_count = PACKET_SIZE // page_size
+    while not r.at_end():
         off = r.offset
-        magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
+        r.ensure(12)
+        magic, version, flags = struct.unpack_from(">III", r.buf, r.pos)
         if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
             raise FormatError(
-                f"multifd handshake magic {magic:#x} version {version}",
+                f"multifd packet magic {magic:#x} version {version}",
                 offset=off,
                 expected="0x11223344 version 1",
             )
-        self.summary.channel_id = chan_id
-        self.summary.uuid = uuid.hex()
-
-    def _page_size(self) -> int:
-        """The target page size, when the main stream did not state it.
-
-        A packet's header holds an offset slot per page of 512 KiB; its
-        ``pages_alloc`` says how many (SYNC packets since 9.0 leave it 0:
-        then the size that puts the next packet, or the end of the channel,
-        right after the header is the one).
-        """
-        r = self.r
-        off = r.offset
-        head = r.peek(16)
-        alloc = struct.unpack_from(">I", head, 12)[0] if len(head) == 16 else 0
-        if alloc:
-            ps = PACKET_SIZE // alloc
-            if PACKET_SIZE % alloc or ps & (ps - 1) or ps < 1024:
-                raise FormatError(
-                    f"multifd packet with {alloc} page slots",
-                    offset=off + 12,
-                    field="pages_alloc",
-                    expected="512 KiB divided by a page size",
-                )
-        else:
-            ps = self._probe_page_size(off)
-        self.state.page_size = ps
-        return ps
-
-    def _probe_page_size(self, off: int) -> int:
-        nxt = struct.pack(">II", MULTIFD_MAGIC, MULTIFD_VERSION)
-        for ps in (65536, 32768, 16384, 8192, 4096, 2048, 1024):  # shortest header first
-            end = off + RAM_HEADER.size + 8 * (PACKET_SIZE // ps)
-            head = self.r.peek_at(end - 1, 9)
-            if head[1:] == nxt or len(head) == 1:
-                return ps
-        raise FormatError(
-            "cannot tell the target page size from the multifd packets",
-            offset=off,
-            expected="a packet header of 320 + 8 * (512 KiB / page size) bytes",
-        )
-
-    def packets(self) -> Iterator[MultifdPacket]:
-        """Read the channel to its end, one packet at a time."""
-        state = self.state
-        self._handshake()
-        r = self.r
-        if r.at_end():
-            return
-        ps = state.page_size or self._page_size()
-        page_count = PACKET_SIZE // ps
-        header_size = RAM_HEADER.size + 8 * page_count
-        summary = self.summary
-        consumer = state.consumer
-        inflater: _Inflater | None = None
-        epoch = 0
-        while not r.at_end():
-            off = r.offset
-            r.ensure(12)
-            magic, version, flags = struct.unpack_from(">III", r.buf, r.pos)
-            if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
-                raise FormatError(
-                    f"multifd packet magic {magic:#x} version {version}",
-                    offset=off,
-                    expected="0x11223344 version 1",
-                )
-            summary.packets += 1
-            if flags & FLAG_DEVICE_STATE:
-                _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
-                r.skip(size)
-                dev = {
-                    "idstr": idstr.split(b"\0")[0].decode("latin-1"),
-                    "instance_id": instance,
-                    "bytes": size,
-                }
-                summary.device_state.append(dev)
-                yield MultifdPacket(off, r.offset - off, flags, epoch=epoch, device_state=dev)
-                continue
-            head = r.bytes(header_size)
-            (_, _, _, alloc, normal, next_size, num, zero, _, _, name) = RAM_HEADER.unpack_from(
-                head
+        if flags & FLAG_DEVICE_STATE:
+            _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
+            dev = DeviceStateHeader(off, flags, idstr, instance, size)
+            yield Packet(dev, (), r.offset, size)
+            continue
+        head = r.bytes(RAM_HEADER.size + 8 * page_count)
+        _, _, _, alloc, normal, next_size, num, zero, _, _, name = RAM_HEADER.unpack_from(head)
+        hdr = PacketHeader(off, flags, alloc, normal, next_size, num, zero, name)
+        if alloc > page_count or normal > alloc or zero > alloc - normal:
+            raise FormatError(
+                f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
+                offset=off,
+                expected=f"at most {page_count} pages",
             )
-            if alloc > page_count or normal > alloc or zero > alloc - normal:
-                raise FormatError(
-                    f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
-                    offset=off,
-                    expected=f"at most {page_count} pages",
-                )
-            comp = COMPRESSION.get(flags & FLAG_COMPRESSION_MASK)
-            if comp is None:
-                raise FormatError(f"multifd flags {flags:#x}", offset=off + 8)
-            packet = MultifdPacket(off, 0, flags, num, epoch, compression=comp)
-            payload_off = r.offset
-            # Only packets with pages carry a payload, whatever next_packet_size
-            # says: QEMU reads one only for them, and 7.2 leaves the previous
-            # packet's size in its empty SYNC packets (and sets the compression
-            # flag only on packets with pages).
-            if normal or zero:
-                summary.compression = comp
-                bname = name.split(b"\0")[0].decode("latin-1")
-                block = state.blocks.get(bname)
-                if block is None:
-                    raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=off)
-                offs = struct.unpack_from(f">{normal + zero}Q", head, RAM_HEADER.size)
-                for a in offs:
-                    if a > block.used_length - ps or a % ps:
-                        raise FormatError(
-                            f"multifd page offset {a:#x} is outside block {bname!r}", offset=off
-                        )
-                if normal and comp == "none":
-                    if next_size != normal * ps:
-                        raise FormatError(
-                            f"multifd payload of {next_size} bytes for {normal} pages",
-                            offset=off,
-                            expected=f"{normal * ps}",
-                        )
-                    r.ensure(next_size)
-                    for i, a in enumerate(offs[:normal]):
-                        consumer.channel_page(block, a, self.src_no, payload_off + i * ps, epoch)
-                    r.skip(next_size)
-                elif normal:
-                    if inflater is None:
-                        inflater = _Inflater(comp, off)
-                    data = inflater.feed(r.bytes(next_size), normal * ps, payload_off)
-                    for i, a in enumerate(offs[:normal]):
-                        consumer.channel_computed(block, a, data[i * ps : (i + 1) * ps], epoch)
-                for a in offs[normal:]:
-                    consumer.channel_zero(block, a, epoch)
-                if normal:
-                    block.records["page"] += normal
-                if zero:
-                    block.records["zero"] += zero
-                summary.pages += normal
-                summary.zero_pages += zero
-                packet.block, packet.pages = bname, offs
-                packet.normal, packet.zero = normal, zero
-            packet.size = r.offset - off
-            if flags & FLAG_SYNC:
-                epoch += 1
-                summary.syncs += 1
-            yield packet
+        offsets = struct.unpack_from(f">{page_count}Q", head, RAM_HEADER.size)
+        # Only packets with pages carry a payload, whatever next_packet_size
+        # says: QEMU reads one only for them, and 7.2 leaves the previous
+        # packet's size in its empty SYNC packets.
+        has_pages = normal or zero
+        yield Packet(hdr, offsets, r.offset, next_size if has_pages else 0)
+
+
+def packet_page_size(r: Reader) -> int:
+    """The target page size, from the first packet after the handshake.
+
+    For a channel read when nothing else stated the page size (a main
+    stream without page records or description yet).  A packet's header
+    holds an offset slot per page of 512 KiB: ``pages_alloc`` says how many
+    (SYNC packets since 9.0 leave it 0: then the size that puts the next
+    packet, or the end of the channel, right after the header is the one).
+    """
+    off = r.offset
+    head = r.peek(16)
+    alloc = struct.unpack_from(">I", head, 12)[0] if len(head) == 16 else 0
+    if alloc:
+        ps = PACKET_SIZE // alloc
+        if PACKET_SIZE % alloc or ps & (ps - 1) or ps < 1024:
+            raise FormatError(
+                f"multifd packet with {alloc} page slots",
+                offset=off + 12,
+                field="pages_alloc",
+                expected="512 KiB divided by a page size",
+            )
+        return ps
+    nxt = struct.pack(">II", MULTIFD_MAGIC, MULTIFD_VERSION)
+    for ps in (65536, 32768, 16384, 8192, 4096, 2048, 1024):  # shortest header first
+        end = off + RAM_HEADER.size + 8 * (PACKET_SIZE // ps)
+        head = r.peek_at(end - 1, 9)
+        if head[1:] == nxt or len(head) == 1:
+            return ps
+    raise FormatError(
+        "cannot tell the target page size from the multifd packets",
+        offset=off,
+        expected="a packet header of 320 + 8 * (512 KiB / page size) bytes",
+    )
+
+
+def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
+    r = Reader(source, 0)
+    init = read_handshake(r)
+    summary = ChannelSummary(source.name, "multifd", init.id, init.uuid.hex())
+    if r.at_end():
+        return summary
+    ps = state.page_size or packet_page_size(r)
+    consumer = state.consumer
+    inflater: _Inflater | None = None
+    epoch = 0
+    for pkt in read_packets(r, ps):
+        summary.packets += 1
+        hdr = pkt.header
+        if isinstance(hdr, DeviceStateHeader):
+            r.skip(pkt.payload_length)
+            summary.device_state.append(
+                {
+                    "idstr": hdr.device_name,
+                    "instance_id": hdr.instance_id,
+                    "bytes": pkt.payload_length,
+                }
+            )
+            continue
+        comp = COMPRESSION.get(hdr.flags & FLAG_COMPRESSION_MASK)
+        if comp is None:
+            raise FormatError(f"multifd flags {hdr.flags:#x}", offset=hdr.at + 8)
+        normal, zero = hdr.normal_pages, hdr.zero_pages
+        # 7.2 sets the compression flag only on packets with pages.
+        if normal or zero:
+            summary.compression = comp
+            bname = hdr.block_name
+            block = state.blocks.get(bname)
+            if block is None:
+                raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=hdr.at)
+            offs = pkt.offsets[: normal + zero]
+            for a in offs:
+                if a > block.used_length - ps or a % ps:
+                    raise FormatError(
+                        f"multifd page offset {a:#x} is outside block {bname!r}", offset=hdr.at
+                    )
+            payload_off = pkt.payload_offset
+            if normal and comp == "none":
+                if pkt.payload_length != normal * ps:
+                    raise FormatError(
+                        f"multifd payload of {pkt.payload_length} bytes for {normal} pages",
+                        offset=hdr.at,
+                        expected=f"{normal * ps}",
+                    )
+                r.ensure(pkt.payload_length)
+                for i, a in enumerate(offs[:normal]):
+                    consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
+                r.skip(pkt.payload_length)
+            elif normal:
+                if inflater is None:
+                    inflater = _Inflater(comp, hdr.at)
+                data = inflater.feed(r.bytes(pkt.payload_length), normal * ps, payload_off)
+                for i, a in enumerate(offs[:normal]):
+                    consumer.channel_computed(block, a, data[i * ps : (i + 1) * ps], epoch)
+            for a in offs[normal:]:
+                consumer.channel_zero(block, a, epoch)
+            if normal:
+                block.records["page"] += normal
+            if zero:
+                block.records["zero"] += zero
+            summary.pages += normal
+            summary.zero_pages += zero
+        if hdr.flags & FLAG_SYNC:
+            epoch += 1
+            summary.syncs += 1
+    return summary
