@@ -63,6 +63,8 @@ class Connection:
         #: (reply bytes, request bytes delivered, time) at each reply chunk.
         self.reply_marks: list[tuple[int, int, float]] = []
         self.done = threading.Event()
+        #: Forwarded, refused or closed: later connections may go on.
+        self.settled = False
         self._lock = threading.Lock()
         _nodelay(sock)
 

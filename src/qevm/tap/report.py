@@ -157,8 +157,8 @@ def summarize(session: Session) -> dict[str, Any]:
         off = dmain.get(key)
         if off is not None and session.main is not None:
             t = session.timeline.time_of(session.main.files["s2d"], off)
-            name = key.removesuffix("_offset")
-            out[name] = {"offset": off, "t": round(t - session.started, 3) if t else None}
+            at = {"offset": off, "t": round(t - session.started, 3) if t else None}
+            out.setdefault(key.removesuffix("_offset"), {}).update(at)
     if not ok:
         out["failure"] = {"reasons": why}
         dest = session.main is not None and (

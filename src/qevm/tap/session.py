@@ -146,6 +146,7 @@ class Session:
         self.events: list[dict[str, Any]] = []
         self.finished = threading.Event()
         self._lock = threading.RLock()
+        self._turn = threading.Condition()
         self._ending = False
         self._attempted = False
         self.decoder = DecoderProcess(directory, self._decoder_event)
@@ -227,6 +228,7 @@ class Session:
                     head = b""
                 if not head:
                     conn.close_unforwarded("closed-empty")
+                    self._settled(conn)
                     self.emit("connection", index=conn.index, outcome="closed without data")
                     return None
                 first_seen = first_seen or now
@@ -240,6 +242,7 @@ class Session:
                     return PREEMPT  # silent after the main stream: QEMU's own rule
                 if main.done.is_set() and first_seen is None:
                     conn.close_unforwarded("closed-empty")
+                    self._settled(conn)
                     self.emit("connection", index=conn.index, outcome="unused, not forwarded")
                     return None
 
@@ -260,7 +263,7 @@ class Session:
             }
         conn.times["classified"] = time.time()
         if role != MAIN:
-            self.main_forwarded.wait()  # QEMU < 8.0 takes the first connection as main
+            self._wait_turn(conn)
         self._attempted = True
         try:
             conn.connect(self.to)
@@ -270,8 +273,10 @@ class Session:
             self.emit("connection", index=conn.index, role=role, error=conn.error)
             if role == MAIN:
                 self.main_forwarded.set()
+            self._settled(conn)
             return
         conn.forward(str(self.dir), self._conn_event)
+        self._settled(conn)
         self.decoder.send(op="open", file=conn.files["s2d"], role=role)
         self.emit(
             "connection",
@@ -282,6 +287,21 @@ class Session:
         )
         if role == MAIN:
             self.main_forwarded.set()
+
+    def _wait_turn(self, conn: Connection) -> None:
+        """Until the main stream and every connection opened before this one went on.
+
+        QEMU before 8.0 takes the first connection as the main stream; the
+        others reach the destination in the order the source opened them.
+        """
+        self.main_forwarded.wait()
+        with self._turn:
+            self._turn.wait_for(lambda: all(c.settled for c in self.conns[: conn.index]))
+
+    def _settled(self, conn: Connection) -> None:
+        with self._turn:
+            conn.settled = True
+            self._turn.notify_all()
 
     def _conn_event(self, kind: str, conn: Connection) -> None:
         if kind == "reply":
