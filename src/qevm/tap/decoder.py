@@ -174,7 +174,9 @@ class Decoder:
                 del self._sent[key]
             for n in started:
                 pos = self.main.position() if self.main is not None else 0
-                self.event("pass", number=n, file=self.main.name if self.main else None, offset=pos)
+                name = self.main.name if self.main else None
+                done = self.passes.passes[n - 2].to_json() if n > 1 else None
+                self.event("pass", number=n, file=name, offset=pos, previous=done)
 
     # -- reports -----------------------------------------------------------------
     def totals(self) -> dict[str, Any]:
@@ -277,7 +279,7 @@ def serve(directory: str, control: TextIO, out: TextIO) -> None:
 
 def main() -> None:
     try:
-        os.nice(10)  # decoding yields the CPU to the migration
+        os.nice(19)  # decoding takes only the CPU time the migration leaves
     except OSError:
         pass
     serve(sys.argv[1], sys.stdin, sys.stdout)

@@ -45,23 +45,30 @@ class Timeline:
         self._n: dict[str, list[int]] = {}
 
     def sample(self, name: str, t: float, n: int) -> None:
-        ns = self._n.setdefault(name, [0])
-        ts = self._t.setdefault(name, [t])
-        if n > ns[-1]:
+        """``n`` bytes of ``name`` had arrived at ``t`` (the first sample: its first byte)."""
+        ns = self._n.setdefault(name, [])
+        ts = self._t.setdefault(name, [])
+        if not ns or n > ns[-1]:
             ns.append(n)
             ts.append(t)
 
     def time_of(self, name: str, offset: int) -> float | None:
-        ns = self._n.get(name)
-        if not ns:
+        """When byte ``offset`` arrived (interpolated between samples)."""
+        ns, ts = self._n.get(name), self._t.get(name)
+        if not ns or not ts:
             return None
-        i = bisect.bisect_left(ns, offset + 1)
-        return self._t[name][min(i, len(ns) - 1)]
+        i = bisect.bisect_right(ns, offset)
+        if i >= len(ns):
+            return ts[-1]
+        if i == 0:
+            return ts[0]
+        n0, n1, t0, t1 = ns[i - 1], ns[i], ts[i - 1], ts[i]
+        return t0 + (t1 - t0) * (offset - n0) / (n1 - n0)
 
     def rate(self, name: str, now: float, window: float = 1.0) -> float:
         """Bytes per second over the last ``window`` seconds."""
         ns, ts = self._n.get(name), self._t.get(name)
-        if not ns or len(ns) < 2:
+        if not ns or not ts or len(ns) < 2:
             return 0.0
         i = bisect.bisect_left(ts, now - window)
         i = min(i, len(ts) - 2)
@@ -193,7 +200,8 @@ class Session:
             now = time.time()
             for c in list(self.conns):
                 for d, pump in (("s2d", c.s2d), ("d2s", c.d2s)):
-                    if pump is not None:
+                    if pump is not None and pump.first_byte is not None:
+                        self.timeline.sample(c.files[d], pump.first_byte, 0)
                         self.timeline.sample(c.files[d], now, pump.bytes)
 
     # -- admission -------------------------------------------------------------------
@@ -311,7 +319,9 @@ class Session:
             for d, pump in (("s2d", conn.s2d), ("d2s", conn.d2s)):
                 if pump is None:
                     continue
-                self.timeline.sample(conn.files[d], time.time(), pump.bytes)
+                if pump.first_byte is not None:
+                    self.timeline.sample(conn.files[d], pump.first_byte, 0)
+                    self.timeline.sample(conn.files[d], pump.ended or time.time(), pump.bytes)
                 self.decoder.send(op="close", file=conn.files[d], size=pump.recorded)
                 if not pump.bytes:
                     try:

@@ -48,7 +48,11 @@ def describe(ev: dict[str, Any]) -> str | None:
     if k == "channel":
         return f"{ev['file']}: multifd channel {ev['channel_id']}"
     if k == "pass":
-        return f"pass {ev['number']} begins"
+        prev = ev.get("previous")
+        if not prev:
+            return f"pass {ev['number']} begins"
+        pp = ", ".join(f"{a} {prev['pages'][a]}" for a in KINDS if prev["pages"].get(a))
+        return f"pass {ev['number']} begins (pass {ev['number'] - 1}: {pp}; {size(prev['bytes'])})"
     if k == "switchover":
         return f"switchover{where}: {ev['how']}"
     if k == "postcopy":

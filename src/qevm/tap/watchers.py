@@ -287,7 +287,7 @@ class ChannelWatcher(Watcher):
         r = Reader(self.source)
         init = read_handshake(r)
         self.info.update(channel_id=init.id, uuid=init.uuid.hex())
-        self.emit("channel", kind="multifd", channel_id=init.id)
+        self.emit("channel", offset=init.at, kind="multifd", channel_id=init.id)
         if r.at_end():
             return
         d = self.decoder
