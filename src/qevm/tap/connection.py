@@ -62,6 +62,7 @@ class Connection:
         self.outcome: str | None = None
         #: (reply bytes, request bytes delivered, time) at each reply chunk.
         self.reply_marks: list[tuple[int, int, float]] = []
+        #: Set once the connection has ended and everything about it was passed on.
         self.done = threading.Event()
         #: Forwarded, refused or closed: later connections may go on.
         self.settled = False
@@ -130,8 +131,7 @@ class Connection:
         for sock in (self.down, self.up):
             if sock is not None:
                 sock.close()
-        self.done.set()
-        on_event("closed", self)
+        on_event("closed", self)  # which sets ``done`` once it has told the decoder
 
     def _describe_error(self) -> str | None:
         s, d = self.s2d, self.d2s

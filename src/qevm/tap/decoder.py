@@ -98,6 +98,12 @@ class Decoder:
         if src is not None:
             src.finish(size)
 
+    def complete(self) -> None:
+        """Every connection has closed: recordings not declared complete end as they are."""
+        for name, src in self.sources.items():
+            if not src.finished:
+                src.finish(os.path.getsize(os.path.join(self.directory, name)))
+
     def stop(self) -> None:
         """Stop following: readers see the end of every recording now."""
         for src in self.sources.values():
@@ -218,7 +224,7 @@ class Decoder:
                 "sections": m.sections,
                 "switchover_offset": m.switchover,
                 "postcopy_offset": m.postcopy,
-                "last_ping": m.last_ping,
+                "pings": m.pings,
                 "records": m.records,
             }
         chans = {}
@@ -264,6 +270,7 @@ def serve(directory: str, control: TextIO, out: TextIO) -> None:
             elif op == "close":
                 dec.close(msg["file"], msg["size"])
             elif op == "end":
+                dec.complete()
                 break
             elif op == "stop":
                 dec.stop()

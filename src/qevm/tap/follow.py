@@ -49,6 +49,11 @@ class FollowSource(Source):
         self._grown.set()
 
     @property
+    def finished(self) -> bool:
+        """Whether the final size is known."""
+        return self._final is not None
+
+    @property
     def complete(self) -> bool:
         """Whether the recording has ended and everything in it has been read."""
         return self._final is not None and self._pos >= self._final

@@ -60,6 +60,8 @@ def locate(main_path: Path, records: list[list[Any]], offset: int) -> dict[str, 
         out["after"] = True  # the record was complete: the next one had not begun
         if i + 1 < len(records):
             out["next"] = records[i + 1][2]
+        elif label in ("EOF", "description"):
+            out["whole_stream"] = True
         return out
     body = extra.get("body")
     if body is not None and offset >= body:
@@ -168,12 +170,12 @@ def summarize(session: Session) -> dict[str, Any]:
         if at is not None and session.main is not None:
             path = session.dir / session.main.files["s2d"]
             out["failure"]["source_had_sent"] = locate(path, dmain.get("records") or [], at)
-            ping = dmain.get("last_ping")
             pong = (decoded.get("return_path") or {}).get("last_pong")
-            if pong is not None:
-                out["failure"]["last_pong"] = pong
-            if ping:
-                out["failure"]["last_ping"] = ping
+            pings = dmain.get("pings") or {}
+            if pong is not None and str(pong) in pings:
+                # the destination answers a PING when its loader reaches it
+                read = {"ping": pong, "offset": pings[str(pong)]}
+                out["failure"]["destination_read"] = read
     if session.decoder.stderr:
         out["decoder_stderr"] = session.decoder.stderr[-4000:]
     return out

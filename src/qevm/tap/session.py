@@ -33,6 +33,8 @@ from .roles import HEAD, MAIN, PREEMPT, RETURN_PATH, classify, recording_name
 SILENT_GRACE = 0.25
 #: Seconds between samples of the byte counters (rates, times of offsets).
 SAMPLE_EVERY = 0.1
+#: Seconds a finishing decoder may go without reporting anything.
+STALLED = 60
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -93,6 +95,7 @@ class DecoderProcess:
         )
         self._lock = threading.Lock()
         self.stderr = ""
+        self.last_event = time.time()
         self._reader = threading.Thread(target=self._read, args=(on_event,), daemon=True)
         self._reader.start()
         self._errs = threading.Thread(target=self._read_stderr, daemon=True)
@@ -101,6 +104,7 @@ class DecoderProcess:
     def _read(self, on_event: Callable[[dict[str, Any]], None]) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.last_event = time.time()
             try:
                 on_event(json.loads(line))
             except ValueError:
@@ -122,14 +126,25 @@ class DecoderProcess:
                 pass  # the decoder is gone; the forwarding goes on
 
     def finish(self, op: str = "end") -> None:
-        """Tell it to finish; wait for its last event."""
+        """Tell it to finish; wait for its last event.
+
+        It may still have recorded bytes to decode; as long as it reports
+        progress it is waited for, silent for STALLED seconds it is stopped.
+        """
         self.send(op=op)
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
         except OSError:
             pass
-        self.proc.wait()
+        while True:
+            try:
+                self.proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if time.time() - self.last_event > STALLED:
+                    self.proc.kill()
+                    self.stderr += f"the decoder reported nothing for {STALLED} s: stopped\n"
         self._reader.join()
         self._errs.join()
 
@@ -337,6 +352,8 @@ class Session:
                 reply_bytes=conn.d2s.bytes if conn.d2s else 0,
                 error=conn.error,
             )
+            # only now: the decoder must hear of the end of its recordings before "end"
+            conn.done.set()
             self._check_done()
 
     # -- the end -----------------------------------------------------------------------

@@ -125,15 +125,11 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         at = fail.get("source_had_sent")
         if at:
             out.append("  " + where_text(at))
-        if fail.get("last_pong") is not None:
-            ping = fail.get("last_ping") or {}
+        read = fail.get("destination_read")
+        if read:
             out.append(
-                f"  the destination answered PING {fail['last_pong']} last"
-                + (
-                    f" (the last PING sent, {ping['value']}, at {ping['offset']:#x})"
-                    if ping
-                    else ""
-                )
+                f"  the destination had read at least to {read['offset']:#x} of main.mig "
+                f"(it answered the PING {read['ping']} there)"
             )
     for e in s.get("errors") or []:
         out.append(f"  could not decode {e.get('file')}: {e.get('text') or e.get('message')}")
@@ -148,6 +144,8 @@ def where_text(at: dict[str, Any]) -> str:
     if "record" not in at:
         return text
     rec = at["record"]
+    if at.get("whole_stream"):
+        return f"{text}: the whole stream (the destination's own log names what it refused)"
     if at.get("after"):
         nxt = f"; {at['next']} had not begun" if at.get("next") else ""
         return f"{text}, up to the end of {rec}{nxt}"

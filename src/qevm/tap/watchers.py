@@ -117,7 +117,8 @@ class MainWatcher(Watcher):
         self.switchover: int | None = None
         self.postcopy: int | None = None
         self.sections = 0
-        self.last_ping: dict[str, int] | None = None
+        #: PING values and where they are (the destination answers each when it reads it).
+        self.pings: dict[int, int] = {}
 
     def _consumer(self, ctx: Any, page_size: int) -> PageConsumer:
         self.ctx = ctx
@@ -216,7 +217,7 @@ class MainWatcher(Watcher):
             info["ranges"] = len(rec.info["ranges"])
         self._keep(rec, f"command {rec.name}")
         if rec.cmd == C.PING:
-            self.last_ping = {"value": rec.info["value"], "offset": rec.offset}
+            self.pings.setdefault(rec.info["value"], rec.end)
         if rec.cmd == C.SWITCHOVER_START and self.switchover is None:
             self._switchover(rec.offset, "SWITCHOVER_START")
         if rec.cmd in (C.POSTCOPY_LISTEN, C.POSTCOPY_RUN, C.PACKAGED) and self.postcopy is None:
