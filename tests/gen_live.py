@@ -191,7 +191,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 class TapRun:
     """``qevm tap --json`` between the source and the destination, recording to ``rec``."""
 
-    def __init__(self, dest_port: int, rec: pathlib.Path) -> None:
+    def __init__(self, dest_port: int, rec: pathlib.Path, *extra: str) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
         self.rec = rec
@@ -199,6 +199,7 @@ class TapRun:
             [
                 *(sys.executable, "-m", "qevm", "tap", "--json", "--record", str(rec)),
                 *("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{dest_port}"),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

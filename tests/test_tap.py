@@ -285,3 +285,54 @@ def test_tap_cli_text_and_connection_without_data(tmp_path):
     assert "migration completed" in out
     # without --record the recording was temporary, and went with the success
     assert "recording" not in out.split("migration completed")[1]
+
+
+@pytest.mark.qemu
+def test_tap_keep_serves_the_next_migration(tmp_path):
+    """--keep: two migrations through one tap, recorded in DIR/1 and DIR/2."""
+    import signal
+    import socket
+    import time
+
+    _need(QEMU_72)
+    cap = Capture("keep", SPECS["plain"], tmp_path, ram_mb=RAM_MB)
+    (tmp_path / "bios.bin").write_bytes(gen_live.guest_bios())
+    (tmp_path / "pattern1m.bin").write_bytes(gen_live.pattern1m())
+    argv = cap.argv()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    incoming = [*argv, "-incoming", f"tcp:127.0.0.1:{port}"]
+    queries = []
+    src = dst = tap = None
+    try:
+        tap = TapRun(port, tmp_path / "rec", "--keep")
+        for n in (1, 2):
+            dst = gen_live.Vm(f"dst{n}", incoming, tmp_path, [])
+            src = gen_live.Vm(f"src{n}", argv, tmp_path, [])
+            src.cmd("migrate", uri=f"tcp:127.0.0.1:{tap.port}")
+            queries.append(src.qmp.wait_migration(60))
+            assert dst.qmp.wait_migration(60)["status"] == "completed"
+            deadline = time.monotonic() + 30
+            while sum(e["event"] == "summary" for e in tap.events) < n:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for vm in (src, dst):
+                vm.close()
+            src = dst = None
+        tap.proc.send_signal(signal.SIGTERM)  # idle between migrations: a clean stop
+        assert tap.close() == 0
+    finally:
+        for vm in (src, dst):
+            if vm is not None:
+                vm.close()
+        if tap is not None and tap.returncode is None:
+            tap.close()
+    summaries = [e for e in tap.events if e["event"] == "summary"]
+    assert [s["recording"] for s in summaries] == [str(tmp_path / "rec" / n) for n in "12"]
+    for s, q in zip(summaries, queries):
+        assert q["status"] == "completed"
+        assert s["status"] == "completed"
+        pages = (s["pages"]["normal"], s["pages"]["zero"])
+        assert pages == (q["ram"]["normal"], q["ram"]["duplicate"])
+        assert (pathlib.Path(s["recording"]) / "main.mig").stat().st_size == s["bytes"]

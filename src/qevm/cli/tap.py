@@ -64,4 +64,4 @@ def run_tap(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 130 if tap.stopped else status
+    return 130 if tap.interrupted else status

@@ -67,6 +67,8 @@ class Tap:
         self._stopping = threading.Event()
         self._count = 0
         self._early: list[tuple[socket.socket, Any]] = []
+        #: Stopped in the middle of a migration (or before any).
+        self.interrupted = False
 
     def _directory(self) -> Path:
         self._count += 1
@@ -80,7 +82,8 @@ class Tap:
     def serve(self) -> int:
         """Forward migrations until one ended (or, with ``keep``, until stopped).
 
-        Returns 0 when the (last) migration completed, 1 when it failed.
+        Returns 0 when the (last) migration completed, 1 when it failed (see
+        :attr:`interrupted` for a stop in the middle of one).
         """
         self.on_event({"event": "listening", "listen": list(self.address), "to": list(self.to)})
         status = 1
@@ -117,8 +120,10 @@ class Tap:
                 return session
             if self._stopping.is_set():
                 if session is not None:
+                    self.interrupted = True
                     session.stop()
                     return session
+                self.interrupted = not self.summaries
                 return None
             try:
                 sock, peer = self.listener.accept()
@@ -144,7 +149,3 @@ class Tap:
         """Stop serving (from another thread or a signal handler)."""
         self._stopping.set()
 
-    @property
-    def stopped(self) -> bool:
-        """Whether :meth:`stop` ended the serving."""
-        return self._stopping.is_set()
