@@ -270,7 +270,11 @@ class Session:
                     return None
 
     def _forward(self, conn: Connection, role: str) -> None:
+        conn.times["classified"] = time.time()
+        if role != MAIN:
+            self._wait_turn(conn)
         with self._lock:
+            # numbered in the order the source opened them (earlier ones are settled)
             conn.role = role
             if role == MAIN:
                 number = self._mains
@@ -284,9 +288,6 @@ class Session:
                 "s2d": recording_name(role, number),
                 "d2s": recording_name(role, number, reply=True),
             }
-        conn.times["classified"] = time.time()
-        if role != MAIN:
-            self._wait_turn(conn)
         self._attempted = True
         try:
             conn.connect(self.to)
