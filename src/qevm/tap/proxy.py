@@ -148,4 +148,3 @@ class Tap:
     def stop(self) -> None:
         """Stop serving (from another thread or a signal handler)."""
         self._stopping.set()
-

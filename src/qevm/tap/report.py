@@ -57,6 +57,11 @@ def locate(main_path: Path, records: list[list[Any]], offset: int) -> dict[str, 
     if extra.get("type"):
         out["type"] = extra["type"]
     if offset >= end:
+        if i + 1 == len(records) and label not in ("EOF", "description"):
+            cut = _cut_record(main_path, records, end, offset)
+            if cut is not None:
+                out.update(cut)
+                return out
         out["after"] = True  # the record was complete: the next one had not begun
         if i + 1 < len(records):
             out["next"] = records[i + 1][2]
@@ -69,6 +74,36 @@ def locate(main_path: Path, records: list[list[Any]], offset: int) -> dict[str, 
     field = _field(main_path, start, offset)
     if field:
         out["field"] = field
+    return out
+
+
+def _cut_record(
+    main_path: Path, records: list[list[Any]], start: int, offset: int
+) -> dict[str, Any] | None:
+    """The record that begins at ``start`` and was cut before its end (its header only)."""
+    from ..source.base import FileSource
+    from ..stream import SECTION_END, SECTION_FULL, SECTION_PART, SECTION_START
+    from ..stream import SECTION_TYPE_NAMES as TYPES
+    from ..wire import Reader
+
+    names = {r[3]["id"]: r[2] for r in records if r[3] and "id" in r[3]}
+    try:
+        with FileSource(main_path) as src:
+            r = Reader(src, start)
+            t = r.u8()
+            if t not in (SECTION_START, SECTION_PART, SECTION_END, SECTION_FULL):
+                return None
+            sid = r.u32()
+            label = names.get(sid, f"section id {sid}")
+            if t in (SECTION_START, SECTION_FULL):
+                label = f"section {r.counted_str()!r}"
+                r.skip(8)  # instance id, version
+            body = r.offset
+    except (QevmError, OSError):
+        return None
+    out: dict[str, Any] = {"record": label, "record_offset": start, "type": TYPES[t]}
+    if offset >= body:
+        out["into_body"] = offset - body
     return out
 
 
@@ -117,7 +152,11 @@ def outcome(session: Session, decoded: dict[str, Any]) -> tuple[bool, list[str]]
         if c.error and c.outcome != "refused":
             name = c.files.get("s2d", f"connection {c.index}")
             why.append(f"{name}: {c.error}")
-    if main is not None and main.outcome is None and not dmain.get("complete"):
+    if main is not None and main.outcome is None and not session.decoded:
+        last = (session.decoder.stderr.strip().splitlines() or ["no message"])[-1]
+        why.append(f"the decoding process ended without a result ({last})")
+    elif main is not None and main.outcome is None and not dmain.get("complete") and not main.error:
+        # (a connection that was reset explains a stream cut short already)
         errs = decoded.get("errors") or []
         mine = [e for e in errs if e.get("file") == main.files.get("s2d")]
         if mine:
