@@ -88,6 +88,15 @@ def meta(path: pathlib.Path) -> dict:
     return json.loads((path.parent / f"{name}.json").read_text())
 
 
+def switched_to_postcopy(path: pathlib.Path) -> bool:
+    """Whether the stream's recipe switched the migration to postcopy (QEMU then
+    writes no JSON description)."""
+    try:
+        return "migrate-start-postcopy" in json.dumps(meta(path))
+    except FileNotFoundError:
+        return False
+
+
 def expected(name: str, kind: str) -> pathlib.Path | None:
     """analyze-migration.py's output for ``name`` (``state``, ``desc``, ``blocks``)."""
     for base in (DATA / "expected", CORPUS / "expected"):

@@ -18,7 +18,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from conftest import LINUX, all_stream_paths, meta, unpack
+from conftest import DATA, LINUX, all_stream_paths, meta, unpack
 
 import qevm
 from qevm.cli import main
@@ -330,16 +330,12 @@ def test_registers_equal_info_registers(name):
         assert compare(cpu, printed[cpu.index]) >= _minimum(cpu.arch), cpu.index
 
 
-def test_savevm_snapshot_registers(corpus):
-    """The qcow2 savevm stream, once qevm can open internal snapshots."""
-    path = corpus / "savevm-11.1.qcow2.xz"
-    try:
-        mig = qevm.open(unpack(path), snapshot="snap1")
-    except (qevm.QevmError, ImportError) as e:
-        pytest.skip(f"qcow2 snapshots are not readable yet: {e}")
-    with mig:
+def test_savevm_snapshot_registers():
+    """The registers of a savevm snapshot inside a qcow2 image (committed data)."""
+    path = DATA / "streams" / "savevm-11.1.qcow2.xz"
+    with qevm.open(unpack(path), snapshot="snap1") as mig:
         found = cpus(mig)
-    printed = parse_info_registers((corpus / "savevm-11.1.regs.txt").read_text())
+    printed = parse_info_registers((path.parent / "savevm-11.1.regs.txt").read_text())
     assert sorted(c.index for c in found) == sorted(printed)
     for cpu in found:
         assert compare(cpu, printed[cpu.index]) >= _minimum(cpu.arch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -104,8 +105,8 @@ def test_wrong_lengths(tmp_path, stream_bytes, layout):
 
 
 def test_cli_error_is_one_line_exit_2(tmp_path, stream_bytes):
-    p = tmp_path / "cut.mig"
-    p.write_bytes(stream_bytes[: len(stream_bytes) // 2])
+    p = tmp_path / "bad.mig"
+    p.write_bytes(b"QEVM\x00\x00\x00\x02" + stream_bytes[8:])
     res = subprocess.run(
         [sys.executable, "-m", "qevm", "state", "--json", str(p)],
         capture_output=True,
@@ -113,8 +114,24 @@ def test_cli_error_is_one_line_exit_2(tmp_path, stream_bytes):
     )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "offset" in lines[0] and "Traceback" not in res.stderr
+    assert len(lines) == 1 and "offset 0x4" in lines[0] and "Traceback" not in res.stderr
     assert res.stdout == ""
+
+
+def test_cli_cut_stream_is_a_partial_result_exit_1(tmp_path, stream_bytes):
+    p = tmp_path / "cut.mig"
+    p.write_bytes(stream_bytes[: len(stream_bytes) // 2])
+    res = subprocess.run(
+        [sys.executable, "-m", "qevm", "state", "--json", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "offset" in lines[0] and "Traceback" not in res.stderr
+    assert "input ends" in lines[0]
+    state = json.loads(res.stdout)
+    assert [e["message"] for e in state["errors"]] == [lines[0].removeprefix("qevm: error: ")]
 
 
 def test_cli_missing_file(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import LIVE, STREAMS, all_stream_paths, unpack
+from conftest import CORPUS, HAVE_CORPUS, LIVE, STREAMS, all_stream_paths, unpack
 
 import qevm
 from qevm.stream import CommandRecord, SectionRecord
@@ -65,3 +65,32 @@ def test_every_capture_has_ram_blocks():
         with qevm.open(unpack(all_stream_paths()[name])) as mig:
             assert mig.ram_blocks, name
             assert mig.page_size == 4096
+
+
+def _other_corpus_streams() -> dict[str, object]:
+    """The corpus' streams that STREAM_FILES leaves out: check/, devices/, diff/ and
+    libvirt/ (save images in every format, virsh dump files)."""
+    if not HAVE_CORPUS:
+        return {}
+    found = {}
+    for sub in ("check", "devices", "diff", "libvirt"):
+        for p in sorted((CORPUS / sub).iterdir()):
+            n = p.name
+            if n.endswith((".mig.xz", ".img", ".img.xz", ".save", ".save.xz", ".core", ".core.xz")):
+                found[f"{sub}/{n}"] = p
+    return found
+
+
+OTHER_CORPUS = _other_corpus_streams()
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("name", sorted(OTHER_CORPUS))
+def test_every_corpus_stream_decodes(name):
+    with qevm.open(unpack(OTHER_CORPUS[name])) as mig:
+        assert not mig.errors and mig.has_description and mig.footers
+        devices = mig.devices()
+        assert devices
+        for dev in devices:
+            assert dev.state is not None, dev.name
+            assert dev.state.size == dev.record.body_size, dev.name

@@ -22,7 +22,6 @@ def test_no_footers_decodes_with_the_description_from_the_end(name):
     with qevm.open(unpack(GENERATED[name]), index_ram=True) as mig:
         assert mig.footers is False
         assert mig.configuration is None
-        assert any("footers" in w for w in mig.warnings)
         for dev in mig.devices():
             assert dev.state is not None, dev.name
             check_node_tiles(dev.state)
@@ -119,5 +118,5 @@ def test_description_page_size_must_agree_with_the_ram_read(tmp_path):
             capture_output=True,
             text=True,
         )
-    assert res.returncode == 2
+    assert res.returncode == 1  # the devices are there, the description is refused
     assert "page size" in res.stderr and "offset" in res.stderr

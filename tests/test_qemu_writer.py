@@ -51,13 +51,21 @@ def qemu() -> str:
     return binary
 
 
+#: Where .ci/qemu-trixie puts Debian trixie's QEMU 10.0 when .ci/run calls it.
+TRIXIE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "qevm-trixie", "qemu-system-x86_64")
+
+
 @pytest.fixture(scope="module")
 def qemu_mapped() -> str:
-    """A QEMU that has mapped-ram (9.0+)."""
-    for binary in (shutil.which("qemu-system-x86_64"), os.environ.get("QEVM_QEMU_NEW")):
+    """A QEMU that has mapped-ram (9.0+): the one in PATH, $QEVM_QEMU_NEW, or .ci/run's."""
+    for binary in (
+        shutil.which("qemu-system-x86_64"),
+        os.environ.get("QEVM_QEMU_NEW"),
+        TRIXIE if os.access(TRIXIE, os.X_OK) else None,
+    ):
         if binary and (_version(binary) or (0, 0)) >= (9, 0):
             return binary
-    pytest.skip("mapped-ram needs QEMU >= 9.0 (set QEVM_QEMU_NEW to one)")
+    pytest.skip("mapped-ram needs QEMU >= 9.0 (set QEVM_QEMU_NEW to one, or run .ci/qemu-trixie)")
 
 
 def _args(tmp_path, *extra: str) -> list[str]:

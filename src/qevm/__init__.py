@@ -37,9 +37,8 @@ def load_description(path: str | os.PathLike[str]) -> Description:
     """A description from a JSON file (``qevm desc`` output) or from another stream."""
     with builtins.open(path, "rb") as f:
         head = f.read(1)
-    if head == b"{":
-        with builtins.open(path, "rb") as f:
-            return parse_description(f.read())
+        if head == b"{":  # (read once: it can be a pipe)
+            return parse_description(head + f.read())
     with open_source(path) as src:
         desc = locate_description(src)
         if desc is None:
@@ -61,6 +60,7 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     ram_consumer: Callable[..., Any] | None = None,
     channels: list[str | os.PathLike[str]] | None = None,
     progress: Callable[[int], None] | None = None,
+    strict: bool = True,
 ) -> Migration:
     """Read a migration stream.
 
@@ -70,6 +70,12 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     one.  ``index_ram`` builds the page index needed to read RAM afterwards.
     ``channels`` are the recorded extra connections of a live migration
     (multifd channels, the postcopy-preempt channel) whose pages complete RAM.
+
+    ``strict`` (the default) raises the first error in the stream.  With
+    ``strict=False`` every record that can be read is: a section that cannot
+    be read keeps its error (``Device.error``), reading goes on at the next
+    record, and ``Migration.errors`` lists the errors (empty: all was read).
+    Errors before the first record (not a stream, a bad container) still raise.
     """
     if desc is not None and not isinstance(desc, Description):
         desc = load_description(desc)
@@ -98,11 +104,12 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
 
         options = ParseOptions(
             description=desc,
-            fallback_description=early if desc is None else None,
+            own_description=early if desc is None else None,
             page_size=page_size,
             ram_consumer=ram_consumer,
             progress=progress,
             decode_devices=decode_devices,
+            strict=strict,
         )
         mig = Migration(parse_stream(src, options))
     except BaseException:

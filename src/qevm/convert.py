@@ -47,7 +47,7 @@ from .stream import (
     SectionRecord,
 )
 from .vmstate.desc import FieldDesc, JsonObject
-from .wire import Writer
+from .wire import RELEASE_STEP, Writer
 from .writer import SECTION_FOOTER, StreamWriter
 
 if TYPE_CHECKING:
@@ -228,6 +228,7 @@ class ConvertWriter(StreamWriter):
         cont = False
         inputs = index.inputs
         absent, zero = int(ABSENT), int(ZERO)
+        copied = 0
         # pages in chunks the index never allocated are absent: nothing to write
         for first, codes in index.loc[block.name].items():
             raw = ((codes >> np.uint64(KIND_SHIFT)) < np.uint64(MAX_INPUTS)).tolist()
@@ -241,6 +242,12 @@ class ConvertWriter(StreamWriter):
                 elif raw[i]:
                     src = inputs[code >> KIND_SHIFT]
                     write_page(w, block, addr, src.read_at(code & OFFSET_MASK, ps), cont)
+                    copied += ps
+                    if copied >= RELEASE_STEP:
+                        # Pages come in index order, not input order: let all of it go.
+                        for inp in inputs:
+                            inp.release(0, inp.size or 0)
+                        copied = 0
                 else:  # zlib, XBZRLE results, filled pages: their content as computed
                     write_page(w, block, addr, index.read_page(block.name, p), cont)
                 cont = True

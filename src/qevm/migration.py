@@ -63,6 +63,11 @@ class Device:
         return rec.node
 
     @property
+    def error(self) -> QevmError | None:
+        """Why this section could not be read (``qevm.open(..., strict=False)``)."""
+        return self.record.error
+
+    @property
     def vmsd_name(self) -> str | None:
         st = self.state
         return st.vmsd_name if st is not None else None
@@ -86,6 +91,8 @@ class Migration:
         self.page_size: int | None = ctx.page_size
         self.capabilities: set[str] = set(ctx.capabilities)
         self.warnings: list[str] = ctx.warnings
+        #: Every error met reading the stream, in stream order (``strict=False``).
+        self.errors: list[QevmError] = parsed.errors
         #: Summaries of the extra connections added with :meth:`add_channel`.
         self.channels: list[Any] = []
         self._channel_sources: list[Source] = []
@@ -95,6 +102,16 @@ class Migration:
     def machine(self) -> str | None:
         """Machine type from the configuration section (e.g. ``pc-q35-10.0``)."""
         return self.configuration.machine if self.configuration else None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole stream was read without an error."""
+        return not self.errors
+
+    @property
+    def usable(self) -> bool:
+        """Whether anything was read besides the header: a section without an error."""
+        return any(r.error is None for r in self.section_records())
 
     @property
     def has_description(self) -> bool:

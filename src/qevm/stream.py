@@ -2,9 +2,14 @@
 
 :class:`StreamParser` walks a stream once, front to back, and produces the
 records in order with their exact extents.  Live sections (RAM, ...) are read
-by their handlers as they come.  Device (VMSD) sections are delimited by their
-footer and decoded with the JSON description once it is known — which, on a
-pipe, is only at the very end.
+by their handlers as they come; device (VMSD) sections are delimited and
+decoded by :mod:`qevm.delimit`.
+
+Strict parsing (the default) raises the first error.  Otherwise a record that
+cannot be read keeps its error (:attr:`SectionRecord.error`, or a
+:class:`BrokenRecord` for bytes that are no record), reading resumes at the
+next record found, and :attr:`ParsedStream.errors` lists every error in
+stream order.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import commands as C
-from .configuration import Configuration, read_configuration
-from .errors import DescriptionError, FormatError, QevmError, TruncatedError, UnsupportedError
-from .sections import SectionHandler, handler_for, load_all
+from .configuration import Configuration
+from .errors import DescriptionError, QevmError
+from .sections import SectionHandler, load_all
 from .source.base import Source
-from .vmstate.codec import Decoder
 from .vmstate.desc import Description, DeviceDesc, parse_description
 from .vmstate.values import StateNode
 from .wire import Reader
@@ -50,13 +54,6 @@ SECTION_TYPE_NAMES = {
 MAX_PACKAGED_DEPTH = 8
 #: Largest JSON description accepted (QEMU's are a few MB at most).
 MAX_DESCRIPTION = 256 << 20
-#: Most bytes read into memory to find the description of a piped stream without footers.
-MAX_BUFFERED = 256 << 20
-#: Largest device section delimited by searching for its footer.
-MAX_SCANNED_SECTION = 1 << 30
-
-_FOOTER = struct.Struct(">BI")
-
 load_all()
 
 
@@ -66,6 +63,8 @@ class Record:
 
     offset: int
     end: int
+    #: Why this record could not be read (non-strict parsing only).
+    error: QevmError | None = field(default=None, kw_only=True)
 
     @property
     def kind(self) -> str:
@@ -114,7 +113,12 @@ class DescriptionRecord(Record):
 
 @dataclass(eq=False)
 class TrailingRecord(Record):
-    """Bytes after the stream that are not part of it."""
+    """Bytes after the stream that are not part of it (an error)."""
+
+
+@dataclass(eq=False)
+class BrokenRecord(Record):
+    """Bytes that are no record, from where one could not be read to where reading resumed."""
 
 
 @dataclass(eq=False)
@@ -150,6 +154,8 @@ class SectionRecord(Record):
     raw: bytes | None = None
     #: START/FULL: the version written in this record's header.
     version: int | None = None
+    #: FULL: the description entry QEMU wrote while saving this section.
+    desc: DeviceDesc | None = None
 
     @property
     def type_name(self) -> str:
@@ -185,17 +191,20 @@ class ParseOptions:
 
     #: Description to decode device sections with (else the stream's own).
     description: Description | None = None
-    #: The stream's own description found by searching from the end, used when
-    #: the framing cannot delimit device sections (no section footers).
-    fallback_description: Description | None = None
+    #: The stream's own description, found before reading by searching from
+    #: the end of a file: device sections are delimited by decoding them.
+    own_description: Description | None = None
     #: Target page size when known in advance.
     page_size: int | None = None
     #: Factory of the RAM page consumer (an index, or a sink writing files).
     ram_consumer: Callable[[ParseContext], Any] | None = None
     #: Called with the current offset now and then.
     progress: Callable[[int], None] | None = None
-    #: Decode device sections (off for RAM-only work).
+    #: Decode device sections (off for RAM-only work; those delimited by
+    #: decoding them with a description known beforehand are decoded anyway).
     decode_devices: bool = True
+    #: Raise the first error (else keep going: see the module docstring).
+    strict: bool = True
     #: Called with every record as soon as it has been read (nested ones of a
     #: PACKAGED blob before the blob's own record), for readers that follow a
     #: stream while it is being written.
@@ -214,500 +223,14 @@ class ParsedStream:
     description: Description | None
     footers: bool | None
     context: ParseContext
-
-
-class StreamParser:
-    """Reads a whole stream once.  Use :func:`parse_stream`."""
-
-    def __init__(self, source: Source, options: ParseOptions) -> None:
-        self.input = source
-        #: Where bytes are read from (an in-memory copy after _buffer_rest).
-        self.source = source
-        self.r = Reader(source)
-        self.ctx = ParseContext(self.r, options)
-        self.options = options
-        self.desc: Description | None = options.description
-        if self.desc is not None and self.desc.page_size and not self.ctx.page_size:
-            self.ctx.page_size = self.desc.page_size
-        self.entries: dict[int, SectionEntry] = {}
-        self.footers: bool | None = None
-        self.config: Configuration | None = None
-        self.stream_desc: Description | None = None
-        self._pending: list[SectionRecord] = []
-        self._depth = 0
-
-    # -- top level --------------------------------------------------------
-    def parse(self) -> ParsedStream:
-        header = self._header()
-        self._announce(header)
-        records: list[Record] = [header]
-        records.extend(self._records(top=True))
-        if not self.r.at_end():
-            records.append(self._description_or_trailing())
-            self._announce(records[-1])
-        if self.stream_desc is not None and self.desc is None:
-            self.desc = self.stream_desc
-        self._decode_pending()
-        return ParsedStream(
-            self.input,
-            header,
-            records,
-            self.entries,
-            self.config,
-            self.desc,
-            self.footers,
-            self.ctx,
-        )
-
-    def _header(self) -> HeaderRecord:
-        r = self.r
-        off = r.offset
-        try:
-            magic = r.u32()
-        except TruncatedError:
-            raise FormatError(
-                "input is empty or shorter than a stream header",
-                offset=off,
-                expected='magic "QEVM"',
-            ) from None
-        if magic != MAGIC:
-            raise FormatError(
-                f"not a QEMU migration stream (magic {magic:#010x})",
-                offset=off,
-                expected='0x5145564d ("QEVM")',
-            )
-        version = r.u32()
-        if version == VERSION_COMPAT:
-            raise UnsupportedError(
-                "stream version 2 (QEMU before 0.10) is obsolete and not supported",
-                offset=off + 4,
-            )
-        if version != VERSION:
-            raise FormatError(f"stream version {version}", offset=off + 4, expected="3")
-        return HeaderRecord(off, r.offset, magic, version)
-
-    def _records(self, top: bool) -> list[Record]:
-        """Records until EOF (top level) or POSTCOPY_RUN / the blob's end (nested)."""
-        out: list[Record] = []
-        while True:
-            r = self.r  # _buffer_rest may switch to an in-memory reader
-            if not top and r.at_end():
-                return out
-            off = r.offset
-            try:
-                t = r.u8()
-            except TruncatedError:
-                raise TruncatedError(
-                    "stream ends without an EOF marker",
-                    offset=off,
-                    expected="another section or EOF (0x00)",
-                ) from None
-            if t == EOF:
-                out.append(EofRecord(off, r.offset))
-                self._announce(out[-1])
-                if not top:
-                    self.ctx.warn(f"EOF marker inside a PACKAGED blob at {off:#x}")
-                return out
-            if t in SECTION_TYPE_NAMES:
-                out.append(self._section(t, off))
-            elif t == COMMAND:
-                rec = self._command(off)
-                out.append(rec)
-                if not top and rec.cmd == C.POSTCOPY_RUN:
-                    return out
-            elif t == CONFIGURATION:
-                out.append(self._configuration(off))
-            elif t == SECTION_FOOTER:
-                raise FormatError(
-                    "section footer without a section",
-                    offset=off,
-                    expected="a section, command or EOF",
-                )
-            else:
-                raise FormatError(
-                    f"unknown record type {t:#04x}",
-                    offset=off,
-                    expected="a section (0x01-0x04), command (0x08), configuration "
-                    "(0x07) or EOF (0x00)",
-                )
-            self._announce(out[-1])
-            if self.ctx.progress is not None:
-                self.ctx.progress(r.offset)
-
-    def _announce(self, rec: Record) -> None:
-        if self.options.on_record is not None:
-            self.options.on_record(rec)
-
-    # -- configuration and commands -----------------------------------------
-    def _configuration(self, off: int) -> ConfigurationRecord:
-        desc = self.desc.configuration if self.desc is not None else None
-        conf = read_configuration(self.r, desc)
-        self.config = conf
-        self.ctx.machine = conf.machine
-        self.ctx.capabilities.update(conf.capabilities)
-        if conf.page_size:
-            self._set_page_size(conf.page_size, "configuration/target-page-bits", off)
-        return ConfigurationRecord(off, self.r.offset, conf)
-
-    def _set_page_size(self, size: int, where: str, off: int) -> None:
-        ctx = self.ctx
-        if ctx.page_size is None:
-            ctx.page_size = size
-        elif ctx.page_size != size:
-            raise DescriptionError(
-                f"{where} says page size {size}, but it is {ctx.page_size}", offset=off
-            )
-
-    def _command(self, off: int) -> CommandRecord:
-        r = self.r
-        cmd = wire_cmd = r.u16()
-        length = r.u16()
-        # QEMU 3.0 numbered RECV_BITMAP 9; only it carries a payload.
-        if cmd == C.POSTCOPY_RESUME and length:
-            cmd = C.RECV_BITMAP
-        C.check_command(cmd, length, off)
-        payload = r.bytes(length)
-        info = C.decode_payload(cmd, payload, off)
-        rec = CommandRecord(off, r.offset, cmd, length, payload, info, wire_cmd=wire_cmd)
-        if cmd == C.POSTCOPY_ADVISE:
-            self.ctx.postcopy = info
-            if info.get("ram"):
-                self.ctx.capabilities.add("postcopy-ram")
-        elif cmd == C.PACKAGED:
-            self._packaged(rec)
-        return rec
-
-    def _packaged(self, rec: CommandRecord) -> None:
-        """The nested stream of a PACKAGED command (postcopy's device state)."""
-        r = self.r
-        if self._depth >= MAX_PACKAGED_DEPTH:
-            raise FormatError(
-                "PACKAGED blobs nested too deeply", offset=rec.offset, section="command"
-            )
-        size = rec.info["length"]
-        start = r.offset
-        end = start + size
-        r._check_room(size)
-        outer = r.limit
-        r.limit = end
-        self._depth += 1
-        try:
-            rec.nested = self._records(top=False)
-        finally:
-            r.limit = outer
-            self._depth -= 1
-        if r.offset != end:
-            self.ctx.warn(f"PACKAGED blob at {start:#x}: {end - r.offset} bytes after POSTCOPY_RUN")
-            r.seek(end)
-        rec.nested_offset, rec.nested_end = start, end
-        rec.end = end
-
-    # -- sections ------------------------------------------------------------
-    def _section(self, t: int, off: int) -> SectionRecord:
-        r = self.r
-        section_id = r.u32()
-        if t in (SECTION_START, SECTION_FULL):
-            idstr = r.counted_str()
-            instance_id = r.u32()
-            version = r.u32()
-            entry = self.entries.get(section_id)
-            if entry is None or entry.idstr != idstr or entry.instance_id != instance_id:
-                entry = SectionEntry(section_id, idstr, instance_id, version, handler_for(idstr))
-                self.entries[section_id] = entry
-                if entry.handler is not None:
-                    entry.state = entry.handler.new_state(self.ctx, entry)
-            entry.version = version
-        else:
-            entry = self.entries.get(section_id)
-            if entry is None:
-                raise FormatError(
-                    f"{SECTION_TYPE_NAMES[t]} of section id {section_id}, which no START "
-                    "introduced",
-                    offset=off,
-                    expected="the id of a started section",
-                )
-        rec = SectionRecord(off, 0, t, entry, r.offset)
-        if t in (SECTION_START, SECTION_FULL):
-            rec.version = version
-        entry.records.append(rec)
-        if entry.desc is None and self.desc is not None:
-            entry.desc = self.desc.device(entry.idstr, entry.instance_id)
-        try:
-            self._body(rec)
-            self._footer(rec)
-        except QevmError as e:
-            raise e.located(section=entry.label) from None
-        rec.end = self.r.offset
-        return rec
-
-    def _body(self, rec: SectionRecord) -> None:
-        entry = rec.entry
-        assert entry is not None
-        r = self.r
-        h = entry.handler
-        if h is not None and h.reads(rec.type):
-            keep = h.described and rec.type == SECTION_FULL and not self.source.seekable
-            if keep:
-                r.mark()
-            rec.content = h.read(self.ctx, entry, rec)
-            rec.body_end = r.offset
-            if keep:
-                rec.raw = r.since_mark()
-            if h.described and rec.type == SECTION_FULL:
-                self._pending.append(rec)
-            return
-        # A device (VMSD) section: find its end, decode now or at the end.
-        end = self._scan_footer(rec) if self.footers is not False else None
-        if end is None:
-            desc = entry.desc or self._fallback(entry)
-            if desc is None:
-                raise DescriptionError(
-                    "cannot find where this section ends: the stream has no section "
-                    "footers and no description for it is known yet (give one with "
-                    "--desc)",
-                    offset=rec.body_offset,
-                )
-            self._decode_vmsd(rec, desc, None)
-            rec.body_end = self.r.offset  # (the reader may have changed, see _buffer_rest)
-            return
-        rec.body_end = end
-        if entry.desc is not None and self.options.decode_devices:
-            self._decode_vmsd(rec, entry.desc, end)
-            return
-        if not self.source.seekable:
-            rec.raw = r.bytes(end - r.offset)
-        else:
-            r.seek(end)
-        self._pending.append(rec)
-
-    def _fallback(self, entry: SectionEntry) -> DeviceDesc | None:
-        """Without footers, take the description from the end of the input."""
-        desc = self.options.fallback_description
-        if desc is None and not self.source.seekable:
-            desc = self._buffer_rest()
-        if desc is None:
-            return None
-        self.desc = desc
-        self.ctx.warn("no section footers: device sections were delimited with the description")
-        entry.desc = desc.device(entry.idstr, entry.instance_id)
-        return entry.desc
-
-    def _buffer_rest(self) -> Description | None:
-        """Read the rest of a streaming input into memory and look for its description.
-
-        Only streams without section footers need this (machine types <= 2.3,
-        Xen); what is left by then is device state and the JSON, not RAM.
-        """
-        from .source.memory import MemorySource
-
-        r = self.r
-        start = r.offset
-        chunks = []
-        total = 0
-        while not r.at_end():
-            n = r.available()
-            total += n
-            if total > MAX_BUFFERED:
-                raise DescriptionError(
-                    "no section footers and more than 256 MiB left to buffer to find the "
-                    "description; give one with --desc",
-                    offset=start,
-                )
-            chunks.append(r.bytes(n))
-        mem = MemorySource(b"".join(chunks), start, name=self.source.name)
-        self.source = mem
-        self.r = Reader(mem, start)
-        self.ctx.r = self.r
-        return locate_description(mem)
-
-    def _decode_vmsd(self, rec: SectionRecord, desc: DeviceDesc, end: int | None) -> None:
-        r = self.r
-        node = Decoder(r, end).vmsd(desc)
-        if end is not None and r.offset != end:
-            raise DescriptionError(
-                f"device state decoded with the description ends at {r.offset:#x} "
-                f"but the section ends at {end:#x}",
-                offset=r.offset,
-                expected="the description to account for every byte",
-            )
-        if rec.entry is not None and rec.entry.handler is not None:
-            rec.node = node
-        else:
-            rec.content = node
-
-    def _footer(self, rec: SectionRecord) -> None:
-        """Check the footer (0x7e + section id) after a section's data."""
-        r = self.r
-        sid = rec.entry.section_id  # type: ignore[union-attr]
-        if self.footers is None:
-            head = r.peek(5)
-            self.footers = len(head) == 5 and _FOOTER.unpack(head) == (SECTION_FOOTER, sid)
-        if not self.footers:
-            return
-        off = r.offset
-        marker = r.u8()
-        if marker != SECTION_FOOTER:
-            raise FormatError(
-                f"found {marker:#04x} after the section data",
-                offset=off,
-                expected=f"section footer 0x7e for section id {sid}",
-            )
-        got = r.u32()
-        if got != sid:
-            raise FormatError(f"footer names section id {got}", offset=off + 1, expected=f"{sid}")
-        rec.footer = True
-
-    def _scan_footer(self, rec: SectionRecord) -> int | None:
-        """Offset where the footer of ``rec`` starts, found by searching for it."""
-        r = self.r
-        sid = rec.entry.section_id  # type: ignore[union-attr]
-        pattern = _FOOTER.pack(SECTION_FOOTER, sid)
-        start = r.offset
-        pos = start
-        while True:
-            hit = self._find(pattern, pos)
-            if hit < 0:
-                if self.footers is None:
-                    self.footers = False
-                    return None
-                raise FormatError(
-                    "no section footer found",
-                    offset=start,
-                    expected=f"0x7e + section id {sid} after the device state",
-                )
-            if self._plausible_after_footer(hit + 5):
-                self.footers = True
-                return hit
-            pos = hit + 1
-
-    def _find(self, pattern: bytes, start: int) -> int:
-        """Absolute offset of ``pattern`` at or after ``start`` (-1: not found)."""
-        r = self.r
-        limit = r.limit
-        find = getattr(self.source, "find", None)
-        if find is not None:
-            end = limit if limit is not None else (self.source.size or 0)
-            end = min(end, start + MAX_SCANNED_SECTION)
-            return find(pattern, start, end)
-        # Windowed input: grow the window until the pattern shows up.
-        want = 1 << 16
-        while True:
-            rel = start - r.offset
-            avail = r.available()
-            window = bytes(r.buf[r.pos + rel : r.pos + avail]) if rel < avail else b""
-            i = window.find(pattern)
-            if i >= 0:
-                return start + i
-            if avail >= MAX_SCANNED_SECTION or (limit is not None and r.offset + avail >= limit):
-                return -1
-            want = max(want * 2, avail + (1 << 16))
-            try:
-                r.ensure(min(want, MAX_SCANNED_SECTION))
-            except TruncatedError:
-                got = r.available()
-                if got == avail:
-                    return -1
-
-    def _plausible_after_footer(self, off: int) -> bool:
-        """Whether a real record (or the end of the input) can start at ``off``."""
-        r = self.r
-        if r.limit is not None and off >= r.limit:
-            return off == r.limit
-        head = r.peek_at(off, 6 + 255)
-        if not head:
-            return True
-        t = head[0]
-        if t == EOF:
-            return len(head) == 1 or head[1] in (VMDESCRIPTION, 0)
-        if t in (SECTION_START, SECTION_FULL):
-            if len(head) < 6:
-                return False
-            n = head[5]
-            name = head[6 : 6 + n]
-            return n > 0 and len(name) == n and all(32 <= c < 127 for c in name)
-        if t in (SECTION_PART, SECTION_END):
-            return len(head) >= 5 and struct.unpack(">I", head[1:5])[0] in self.entries
-        if t == COMMAND:
-            return len(head) >= 3 and struct.unpack(">H", head[1:3])[0] in C.COMMANDS
-        return False
-
-    # -- after EOF -------------------------------------------------------------
-    def _description_or_trailing(self) -> Record:
-        r = self.r
-        off = r.offset
-        if r.peek_u8() == VMDESCRIPTION:
-            r.u8()
-            length = r.u32()
-            if length > MAX_DESCRIPTION:
-                raise DescriptionError(
-                    f"VM description of {length} bytes",
-                    offset=off + 1,
-                    expected=f"at most {MAX_DESCRIPTION} bytes",
-                )
-            text = r.bytes(length)
-            early = self.options.fallback_description
-            if early is not None and early.offset == off + 5 and early.text == text:
-                desc = early  # already parsed when the stream was opened
-            else:
-                desc = parse_description(text, off + 5)
-            if desc.page_size:
-                # RAM was read with the page size known then; they must agree.
-                self._set_page_size(desc.page_size, "the VM description", off + 5)
-            self.stream_desc = desc
-            rec: Record = DescriptionRecord(off, r.offset, length, desc)
-            if not r.at_end():
-                self.ctx.warn(f"data after the VM description at {r.offset:#x}")
-            return rec
-        if self.source.size is not None:
-            end = self.source.size
-        else:
-            while not r.at_end():
-                r.skip(r.available())
-            end = r.offset
-        self.ctx.warn(f"{end - off} bytes after EOF at {off:#x} are not a VM description")
-        return TrailingRecord(off, end)
-
-    def _decode_pending(self) -> None:
-        """Decode the device sections that were waiting for the description."""
-        desc = self.desc
-        if not self.options.decode_devices:
-            return
-        for rec in self._pending:
-            entry = rec.entry
-            assert entry is not None
-            if entry.desc is None and desc is not None:
-                entry.desc = desc.device(entry.idstr, entry.instance_id)
-            if entry.desc is None:
-                continue
-            if entry.handler is not None and rec.node is not None:
-                continue
-            if rec.raw is not None:
-                from .source.memory import MemorySource
-
-                src = MemorySource(rec.raw, rec.body_offset, name=self.source.name)
-                r = Reader(src, rec.body_offset)
-            else:
-                r = Reader(self.source, rec.body_offset)
-            try:
-                node = Decoder(r, rec.body_end).vmsd(entry.desc)
-                if r.offset != rec.body_end:
-                    raise DescriptionError(
-                        f"{rec.body_end - r.offset} bytes of the section are left after "
-                        "decoding it with the description",
-                        offset=r.offset,
-                        expected="the description to account for every byte",
-                    )
-            except QevmError as e:
-                raise e.located(section=entry.label) from None
-            if entry.handler is not None:
-                rec.node = node
-            else:
-                rec.content = node
-                rec.raw = None
+    #: Every error met (non-strict parsing), in stream order.
+    errors: list[QevmError] = field(default_factory=list)
 
 
 def parse_stream(source: Source, options: ParseOptions | None = None) -> ParsedStream:
     """Read ``source`` (a stream starting at ``source.start``) completely."""
+    from .loadvm import StreamParser  # (the loader builds on the records defined here)
+
     return StreamParser(source, options or ParseOptions()).parse()
 
 

@@ -133,7 +133,8 @@ class Reader:
             return
         # A new buffer each time: views of the old one (pages waiting to be
         # written) stay valid.  A source may fill less than asked (a file that
-        # is still being written returns what is there); only what is needed
+        # is still being written returns what is there, a decompressor what
+        # it had before failing: the next read says why); only what is needed
         # is waited for, and a read of nothing is the end.
         buf = bytearray(len(keep) + want)
         buf[: len(keep)] = keep
@@ -158,6 +159,10 @@ class Reader:
     def mark(self) -> None:
         """Keep every byte from here on in memory until :meth:`since_mark`."""
         self._mark = self.offset
+
+    def unmark(self) -> None:
+        """Forget the mark (bytes before the position may go again)."""
+        self._mark = None
 
     def since_mark(self) -> bytes:
         """The bytes read since :meth:`mark` (and forget the mark)."""
@@ -295,7 +300,7 @@ class Reader:
         size = self.source.size
         if size is not None and end > size:
             raise TruncatedError(
-                f"length {n} runs past the end of the input at {size:#x}",
+                f"input ends after {size - self.offset} more bytes, need {n}",
                 offset=self.offset,
             )
 

@@ -64,11 +64,12 @@ _ZEROS = bytes(ZERO_PIECE)
 
 
 def copy_range(w: Writer, src: Source, start: int, end: int) -> None:
-    """Bytes ``[start, end)`` of ``src`` as they are."""
+    """Bytes ``[start, end)`` of ``src`` as they are (a mapped input lets them go after)."""
     pos = start
     while pos < end:
         n = min(CHUNK * 8, end - pos)
         w.bytes(src.read_at(pos, n))
+        src.release(pos, pos + n)
         pos += n
 
 
@@ -200,6 +201,12 @@ class StreamWriter:
     """Writes a parsed stream back, with whatever edits its model carries."""
 
     def __init__(self, mig: Migration, ram_patch: RamPatch | None = None) -> None:
+        broken = [r for r in mig.all_records() if r.error is not None and r.kind != "trailing"]
+        if broken:
+            raise UsageError(
+                f"the stream has {len(broken)} records that could not be read (the first at "
+                f"{broken[0].offset:#x}); it cannot be written back"
+            )
         self.mig = mig
         self.source = mig.source
         self.wctx = WriteContext(mig, ram_patch)

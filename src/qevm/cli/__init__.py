@@ -53,16 +53,53 @@ def add_input(p: argparse.ArgumentParser, desc: bool = True) -> None:
 
 
 def open_stream(args: argparse.Namespace, **kw: Any):
-    """``qevm.open`` with the common options."""
+    """``qevm.open`` with the common options, not strict: what cannot be read is
+    reported on stderr right away and the command shows the rest (finish with
+    :func:`outcome`)."""
     from .. import open as qopen
 
-    return qopen(
+    kw.setdefault("strict", False)
+    mig = qopen(
         args.file,
         desc=getattr(args, "desc", None),
         format=args.format,
         snapshot=args.snapshot,
         **kw,
     )
+    report_errors(mig)
+    return mig
+
+
+def report_errors(mig: Any) -> None:
+    """Each error met reading the stream, one line each on stderr."""
+    for e in mig.errors:
+        print(f"qevm: error: {e}", file=sys.stderr)
+
+
+def outcome(mig: Any) -> int:
+    """The exit status: 0 all was read, 1 a partial result, 2 nothing usable."""
+    if not mig.errors:
+        return 0
+    return 1 if mig.usable else 2
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: an integer in any base with an optional K/M/G/T suffix."""
+    from ..views.memmap.model import parse_size
+
+    try:
+        return parse_size(text)
+    except QevmError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (an integer, 0x... for hex, with K, M, G or T)"
+        ) from None
+
+
+def no_match(what: str, globs: Any) -> int:
+    """Say that ``globs`` selected nothing; the exit status for it."""
+    shown = ", ".join(globs) if isinstance(globs, (list, tuple)) else globs
+    print(f"qevm: {what} matches {shown}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,9 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qevm {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    # --debug also after the command (default SUPPRESS: it does not undo a --debug before it)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show a traceback on errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (setup, run) in COMMANDS.items():
-        p = sub.add_parser(name, help=run.help, description=run.help)  # type: ignore[attr-defined]
+        p = sub.add_parser(name, help=run.help, description=run.help, parents=[common])  # type: ignore[attr-defined]
         setup(p)
         p.set_defaults(run=run)
     return parser

@@ -7,7 +7,7 @@ import sys
 
 from ..errors import UsageError
 from ..render import jsonout
-from . import add_input, command, open_stream
+from . import add_input, command, open_stream, outcome
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def run_cpu(args: argparse.Namespace) -> int:
         from ..views.cpu import cpus
 
         found = cpus(mig)
+        status = outcome(mig)
     if args.cpu is not None:
         chosen = [c for c in found if c.index == args.cpu]
         if not chosen:
@@ -31,11 +32,11 @@ def run_cpu(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.json:
         jsonout.dump({"cpus": [c.to_json() for c in found]}, out, indent=2)
-        return 0
+        return status
     for n, cpu in enumerate(found):
         if n:
             out.write("\n")
         out.write(f"CPU#{cpu.index} ({cpu.arch})\n")
         for line in cpu.format():
             out.write(line + "\n")
-    return 0
+    return status

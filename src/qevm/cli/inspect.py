@@ -6,10 +6,22 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import DescriptionError, QevmError
 from ..migration import Migration
 from ..render import compat, jsonout, native, text
-from ..stream import SECTION_FULL, DescriptionRecord, SectionRecord, TrailingRecord
-from . import add_input, command, open_stream
+from ..stream import SECTION_FULL, BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
+from . import add_input, command, no_match, open_stream, outcome
+
+
+def error_json(e: QevmError) -> dict[str, Any]:
+    """An error as JSON: where, and the whole message."""
+    out: dict[str, Any] = {"offset": e.offset}
+    if e.section:
+        out["section"] = e.section
+    if e.field:
+        out["field"] = e.field
+    out["message"] = str(e)
+    return out
 
 
 def info_json(mig: Migration) -> dict[str, Any]:
@@ -28,34 +40,51 @@ def info_json(mig: Migration) -> dict[str, Any]:
         section_footers=mig.footers,
     )
     desc_rec = next((r for r in mig.records if isinstance(r, DescriptionRecord)), None)
-    out["description"] = (
-        {"present": True, "offset": desc_rec.offset, "length": desc_rec.length}
-        if desc_rec
-        else {"present": False, "supplied": mig.description is not None}
-    )
+    if desc_rec is not None:
+        out["description"] = {
+            "present": True,
+            "offset": desc_rec.offset,
+            "length": desc_rec.length,
+        }
+        if desc_rec.error is not None:
+            out["description"]["error"] = str(desc_rec.error)
+    else:
+        out["description"] = {
+            "present": False,
+            "supplied": mig.description is not None,
+        }
     out["commands"] = [
         {"offset": c.offset, "name": c.name, **({"info": c.info} if c.info else {})}
         for c in mig.commands()
     ]
     sections = []
     for entry in mig.entries.values():
-        recs = [
-            {"type": r.type_name, "offset": r.offset, "length": r.end - r.offset}
-            for r in entry.records
-        ]
-        sections.append(
-            {
-                "section_id": entry.section_id,
-                "name": entry.idstr,
-                "instance_id": entry.instance_id,
-                "version": entry.version,
-                "kind": entry.handler.title if entry.handler else "device",
-                "offset": entry.records[0].offset,
-                "length": sum(r["length"] for r in recs),
-                "records": recs,
-            }
-        )
+        recs = []
+        for r in entry.records:
+            d = {"type": r.type_name, "offset": r.offset, "length": r.end - r.offset}
+            if r.error is not None:
+                d["error"] = str(r.error)
+            recs.append(d)
+        section = {
+            "section_id": entry.section_id,
+            "name": entry.idstr,
+            "instance_id": entry.instance_id,
+            "version": entry.version,
+            "kind": entry.handler.title if entry.handler else "device",
+            "offset": entry.records[0].offset,
+            "length": sum(r["length"] for r in recs),
+            "records": recs,
+        }
+        errors = [r["error"] for r in recs if "error" in r]
+        if errors:
+            section["error"] = errors[0]
+        sections.append(section)
     out["sections"] = sections
+    out["unreadable"] = [
+        {"offset": r.offset, "length": r.end - r.offset, "error": str(r.error)}
+        for r in mig.all_records()
+        if isinstance(r, BrokenRecord)
+    ]
     out["ram_blocks"] = [ram_block_json(b) for b in mig.ram_blocks]
     trailing = [r for r in mig.records if isinstance(r, TrailingRecord)]
     if trailing:
@@ -64,6 +93,7 @@ def info_json(mig: Migration) -> dict[str, Any]:
             "length": trailing[0].end - trailing[0].offset,
         }
     out["warnings"] = mig.warnings
+    out["errors"] = [error_json(e) for e in mig.errors]
     return out
 
 
@@ -96,7 +126,9 @@ def _print_info(mig: Migration, out: Any) -> None:
     w(f"capabilities  {', '.join(j['capabilities']) or '(none)'}\n")
     w(f"footers       {'yes' if j['section_footers'] else 'no'}\n")
     d = j["description"]
-    if d["present"]:
+    if d["present"] and "error" in d:
+        w(f"description   at {d['offset']:#x}, unreadable (see the error below)\n")
+    elif d["present"]:
         w(f"description   yes, {d['length']} bytes at {d['offset']:#x}\n")
     else:
         w(
@@ -107,7 +139,7 @@ def _print_info(mig: Migration, out: Any) -> None:
     if j["commands"]:
         w("commands\n")
         for c in j["commands"]:
-            extra = f"  {c['info']}" if "info" in c else ""
+            extra = f"  {text.inline(c['info'])}" if "info" in c else ""
             w(f"  {c['offset']:#12x}  {c['name']}{extra}\n")
     w("sections\n")
     w(f"  {'id':>4}  {'name':40} {'inst':>4} {'ver':>4} {'offset':>12} {'length':>12}  records\n")
@@ -116,6 +148,8 @@ def _print_info(mig: Migration, out: Any) -> None:
         for r in s["records"]:
             kinds[r["type"]] = kinds.get(r["type"], 0) + 1
         recs = " ".join(f"{k}" if n == 1 else f"{k}x{n}" for k, n in kinds.items())
+        if "error" in s:
+            recs += "  ERROR (see below)"
         w(
             f"  {s['section_id']:>4}  {s['name']:40} {s['instance_id']:>4} {s['version']:>4} "
             f"{s['offset']:#12x} {s['length']:>12}  {recs}\n"
@@ -132,8 +166,12 @@ def _print_info(mig: Migration, out: Any) -> None:
     if "trailing" in j:
         t = j["trailing"]
         w(f"trailing      {t['length']} bytes at {t['offset']:#x} after the stream\n")
+    for u in j["unreadable"]:
+        w(f"unreadable    {u['length']} bytes at {u['offset']:#x}, skipped to the next record\n")
     for msg in j["warnings"]:
         w(f"warning       {msg}\n")
+    for e in j["errors"]:
+        w(f"error         {e['message']}\n")
 
 
 def _setup_info(p: argparse.ArgumentParser) -> None:
@@ -148,7 +186,7 @@ def run_info(args: argparse.Namespace) -> int:
             jsonout.dump(info_json(mig), sys.stdout, indent=2)
         else:
             _print_info(mig, sys.stdout)
-    return 0
+        return outcome(mig)
 
 
 def device_json(dev: Any) -> dict[str, Any]:
@@ -171,7 +209,9 @@ def device_json(dev: Any) -> dict[str, Any]:
             out["subsections"] = body["subsections"]
     if rec.content is not None and st is not rec.content:
         out["decoded"] = rec.content
-    if st is None and rec.content is None:
+    if rec.error is not None:
+        out["error"] = str(rec.error)
+    elif st is None and rec.content is None:
         out["opaque"] = True
     return out
 
@@ -180,11 +220,7 @@ def state_json(mig: Migration, pattern: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": mig.machine, "page_size": mig.page_size}
     out["devices"] = [device_json(d) for d in mig.devices(pattern)]
     live = []
-    for entry in mig.entries.values():
-        if entry.handler is None or all(r.type == SECTION_FULL for r in entry.records):
-            continue
-        if pattern and not _match(entry.idstr, pattern):
-            continue
+    for entry in live_entries(mig, pattern):
         live.append(
             {
                 "name": entry.idstr,
@@ -192,19 +228,32 @@ def state_json(mig: Migration, pattern: str | None) -> dict[str, Any]:
                 "section_id": entry.section_id,
                 "version": entry.version,
                 "kind": entry.handler.title,
-                "records": [
-                    {
-                        "type": r.type_name,
-                        "offset": r.body_offset,
-                        "size": r.body_size,
-                        "content": entry.handler.to_json(entry, r),
-                    }
-                    for r in entry.records
-                ],
+                "records": [_live_record_json(entry, r) for r in entry.records],
             }
         )
     out["live_sections"] = live
+    out["errors"] = [error_json(e) for e in mig.errors]
     return out
+
+
+def _live_record_json(entry: Any, rec: SectionRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": rec.type_name, "offset": rec.body_offset, "size": rec.body_size}
+    if rec.error is not None:
+        out["error"] = str(rec.error)
+    else:
+        out["content"] = entry.handler.to_json(entry, rec)
+    return out
+
+
+def live_entries(mig: Migration, pattern: str | None = None) -> list[Any]:
+    """The live sections (RAM, block, ...: a handler's START/PART/END), by name glob."""
+    return [
+        entry
+        for entry in mig.entries.values()
+        if entry.handler is not None
+        and not all(r.type == SECTION_FULL for r in entry.records)
+        and (not pattern or _match(entry.idstr, pattern))
+    ]
 
 
 def _match(name: str, pattern: str) -> bool:
@@ -223,34 +272,57 @@ def _setup_state(p: argparse.ArgumentParser) -> None:
         help="print exactly what QEMU's analyze-migration.py -d state prints",
     )
     p.add_argument("--device", metavar="GLOB", help="only sections whose name matches GLOB")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also show what the state means (the views of `qevm devices`) under each section",
+    )
 
 
 @command("state", "decoded device state", _setup_state)
 def run_state(args: argparse.Namespace) -> int:
-    with open_stream(args) as mig:
+    from . import devices
+
+    with devices.open_for_state(args) if args.decode else open_stream(args) as mig:
+        if args.device and not mig.devices(args.device) and not live_entries(mig, args.device):
+            return no_match("no section", args.device)
+        report = devices.report_for_state(args, mig) if args.decode else None
         if args.compat:
             data = compat.state_compat(mig)
             if args.device:
                 data = {k: v for k, v in data.items() if _match(k.rsplit(" (", 1)[0], args.device)}
             jsonout.dump(data, sys.stdout, indent=4)
         elif args.json:
-            jsonout.dump(state_json(mig, args.device), sys.stdout, indent=2)
+            data = state_json(mig, args.device)
+            devices.attach_decoded(data, report)
+            jsonout.dump(data, sys.stdout, indent=2)
         else:
-            out = sys.stdout
-            for dev in mig.devices(args.device):
-                text.write_device(dev, out)
-            if mig.description is None:
-                out.write(
-                    "note: the stream has no JSON description; device sections are shown "
-                    "as opaque bytes (use --desc FILE)\n"
-                )
-    return 0
+            _print_state(mig, args.device, sys.stdout, report)
+        return outcome(mig)
+
+
+def _print_state(mig: Migration, pattern: str | None, out: Any, report: Any = None) -> None:
+    from . import devices
+
+    for dev in mig.devices(pattern):
+        text.write_device(dev, out)
+        devices.write_decoded(report, dev, out)
+    live = live_entries(mig, pattern)
+    if live:
+        out.write("live sections\n")
+        for entry in live:
+            text.write_live_section(entry, out)
+    if mig.description is None:
+        out.write(
+            "note: the stream has no JSON description; device sections are shown "
+            "as opaque bytes (use --desc FILE)\n"
+        )
 
 
 def _setup_desc(p: argparse.ArgumentParser) -> None:
     add_input(p, desc=False)
     p.add_argument(
-        "--raw", action="store_true", help="print the JSON text exactly as stored in the stream"
+        "--raw", action="store_true", help="write the JSON text exactly as stored in the stream"
     )
 
 
@@ -258,10 +330,29 @@ def _setup_desc(p: argparse.ArgumentParser) -> None:
     "desc", "the JSON device description, as analyze-migration.py -d desc prints it", _setup_desc
 )
 def run_desc(args: argparse.Namespace) -> int:
-    with open_stream(args, decode_devices=False) as mig:
-        desc = mig.require_description()
+    from .. import open as qopen
+
+    # Only the description matters here: errors elsewhere in the stream are not reported.
+    with qopen(
+        args.file, format=args.format, snapshot=args.snapshot, decode_devices=False, strict=False
+    ) as mig:
+        rec = next((r for r in mig.records if isinstance(r, DescriptionRecord)), None)
+        if rec is None or rec.description is None:
+            if rec is not None and rec.error is not None:
+                raise rec.error
+            if mig.errors:  # reading stopped before the end
+                last = mig.errors[-1]
+                raise DescriptionError(
+                    f"no JSON description found: reading stopped here ({last.message})",
+                    offset=last.offset,
+                    section=last.section,
+                )
+            raise DescriptionError(
+                "the stream has no JSON description (postcopy streams have none)"
+            )
         if args.raw:
-            sys.stdout.write(desc.text.decode("utf-8", "replace") + "\n")
+            sys.stdout.flush()
+            sys.stdout.buffer.write(rec.description.text)
         else:
             jsonout.dump(compat.desc_compat(mig), sys.stdout, indent=4)
     return 0

@@ -23,7 +23,7 @@ from ..ramsink import StreamingSink
 from ..render import compat, jsonout
 from ..source import open_source
 from ..writebehind import WriteBehind
-from . import add_input, command
+from . import add_input, byte_size, command, no_match, outcome, report_errors
 from .progress import Progress
 
 
@@ -91,24 +91,34 @@ def run_extract(args: argparse.Namespace) -> int:
     try:
         if args.channel:
             mig = qopen(
-                src, desc=args.desc, index_ram=True, channels=args.channel, progress=progress.update
+                src,
+                desc=args.desc,
+                index_ram=True,
+                channels=args.channel,
+                progress=progress.update,
+                strict=False,
             )
         else:
-            mig = qopen(src, desc=args.desc, ram_consumer=consumer, progress=progress.update)
+            mig = qopen(
+                src, desc=args.desc, ram_consumer=consumer, progress=progress.update, strict=False
+            )
         with mig:
             progress.done()
+            report_errors(mig)
             if args.channel:
                 _write_blocks(mig, args, place)
             elif sink is not None:
                 sink.close()
             _write_json(mig, args.output)
             _report(mig, paths, notes)
+            if args.block and not paths:
+                return no_match("no RAM block", args.block)
+            return outcome(mig)
     finally:
         if sink is not None:
             sink.abort()
         for fd in fds.values():
             os.close(fd)
-    return 0
 
 
 def _write_blocks(mig: Migration, args: argparse.Namespace, place: Any) -> None:
@@ -166,10 +176,18 @@ def _report(mig: Migration, paths: dict[str, str], notes: dict[str, str]) -> Non
 
 def _setup_ram(p: argparse.ArgumentParser) -> None:
     add_input(p)
-    p.add_argument("--block", metavar="NAME", help="the RAM block (default: the first one)")
-    p.add_argument("--offset", type=lambda s: int(s, 0), help="hexdump from this block offset")
-    p.add_argument("--length", type=lambda s: int(s, 0), default=256, help="bytes to show")
-    p.add_argument("--raw", action="store_true", help="write the bytes themselves to stdout")
+    p.add_argument(
+        "--block",
+        metavar="NAME",
+        help="only this RAM block (with --offset: the block to read, default the first one)",
+    )
+    p.add_argument(
+        "--offset", type=byte_size, help="hexdump from this block offset (K/M/G suffixes)"
+    )
+    p.add_argument(
+        "--length", type=byte_size, help="bytes to show from --offset (default 256; K/M/G)"
+    )
+    p.add_argument("--raw", action="store_true", help="with --offset: write the bytes themselves")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_channel(p)
 
@@ -225,32 +243,49 @@ def run_ram(args: argparse.Namespace) -> int:
     if not src.seekable:
         src.close()
         raise UsageError("qevm ram needs random access: give a file, not a pipe (or use extract)")
+    if args.offset is None and (args.length is not None or args.raw):
+        src.close()
+        given = "--length" if args.length is not None else "--raw"
+        print(f"qevm: {given} needs --offset (the range of the block to show)", file=sys.stderr)
+        return 1
+    length = 256 if args.length is None else args.length
     with qopen(
-        src, desc=args.desc, index_ram=True, channels=args.channel, decode_devices=False
+        src,
+        desc=args.desc,
+        index_ram=True,
+        channels=args.channel,
+        decode_devices=False,
+        strict=False,
     ) as mig:
-        if args.offset is None:
-            if args.json:
-                jsonout.dump(ram_json(mig), sys.stdout, indent=2)
-            else:
-                _print_stats(ram_json(mig))
-            return 0
+        report_errors(mig)
         blocks = {b.name: b for b in mig.ram_blocks}
+        if args.block is not None and args.block not in blocks:
+            raise UsageError(f"no RAM block {args.block!r}; blocks: {', '.join(blocks)}")
+        if args.offset is None:
+            stats = ram_json(mig)
+            if args.block is not None:
+                stats["blocks"] = [b for b in stats["blocks"] if b["name"] == args.block]
+            if args.json:
+                jsonout.dump(stats, sys.stdout, indent=2)
+            else:
+                _print_stats(stats)
+            return outcome(mig)
         name = args.block or (mig.ram_blocks[0].name if mig.ram_blocks else None)
         if name not in blocks:
             raise UsageError(f"no RAM block {name!r}; blocks: {', '.join(blocks)}")
         size = blocks[name].used_length
-        if args.offset < 0 or args.length < 0 or args.offset + args.length > size:
+        if args.offset < 0 or length < 0 or args.offset + length > size:
             raise UsageError(
-                f"range {args.offset:#x}+{args.length:#x} is outside {name!r} ({size:#x} bytes)"
+                f"range {args.offset:#x}+{length:#x} is outside {name!r} ({size:#x} bytes)"
             )
-        data = mig.page_index.read(name, args.offset, args.length)
+        data = mig.page_index.read(name, args.offset, length)
         if args.raw:
             sys.stdout.buffer.write(data)
         elif args.json:
             jsonout.dump({"block": name, "offset": args.offset, "data": data.hex()}, sys.stdout, 2)
         else:
             hexdump(data, args.offset, sys.stdout)
-    return 0
+        return outcome(mig)
 
 
 def _print_stats(j: dict[str, Any]) -> None:

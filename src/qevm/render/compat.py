@@ -170,7 +170,11 @@ def node_compat(node: StateNode) -> dict[str, Any]:
 
 
 def state_compat(mig: Migration) -> dict[str, Any]:
-    """The whole ``-d state`` dictionary."""
+    """The whole ``-d state`` dictionary.
+
+    Sections that could not be read (``qevm.open(..., strict=False)``) are
+    left out: the script's format has no place for an error.
+    """
     out: dict[str, Any] = {}
     seen: set[int] = set()
     for rec in mig.section_records():
@@ -179,6 +183,8 @@ def state_compat(mig: Migration) -> dict[str, Any]:
         if entry.section_id in seen:
             continue
         seen.add(entry.section_id)
+        if any(r.error is not None for r in entry.records):
+            continue
         key = f"{entry.idstr} ({entry.section_id})"
         node = rec.content if isinstance(rec.content, StateNode) else rec.node
         if node is not None:

@@ -64,6 +64,25 @@ def write_node(node: StateNode, out: TextIO, indent: str = "  ") -> None:
         write_node(s.node, out, indent + "  ")
 
 
+def inline(value: Any) -> str:
+    """A decoded value (numbers, strings, bytes, lists, dicts) as words on one line."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, (bytes, bytearray)):
+        return _scalar(None, value)
+    if isinstance(value, dict):
+        parts = []
+        for k, v in value.items():
+            text = inline(v)
+            parts.append(f"{k} ({text})" if isinstance(v, dict) and v else f"{k} {text}")
+        return ", ".join(parts) if parts else "(none)"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(inline(v) for v in value) + "]"
+    return str(value)
+
+
 def write_device(dev: Device, out: TextIO) -> None:
     """A device heading and its state."""
     rec = dev.record
@@ -75,9 +94,34 @@ def write_device(dev: Device, out: TextIO) -> None:
     if st is not None and st.vmsd_name and st.vmsd_name != dev.name.rsplit("/", 1)[-1]:
         head += f"  (vmsd {st.vmsd_name})"
     out.write(head + "\n")
+    if rec.error is not None:
+        out.write(f"  error: {rec.error}\n")
+        return
     if st is not None:
         write_node(st, out)
     if rec.content is not None and not isinstance(rec.content, StateNode):
-        out.write(f"  decoded: {rec.content}\n")
+        out.write(f"  decoded: {inline(rec.content)}\n")
     if st is None and rec.content is None:
         out.write("  (no description: opaque bytes)\n")
+
+
+#: Records of a live section shown before the rest are counted only.
+MAX_LIVE_RECORDS = 8
+
+
+def write_live_section(entry: Any, out: TextIO) -> None:
+    """A live section (RAM, block, ...): its records and what each held."""
+    h = entry.handler
+    out.write(
+        f"{entry.idstr}  instance {entry.instance_id}  section {entry.section_id}  "
+        f"version {entry.version}  ({h.title})\n"
+    )
+    for rec in entry.records[:MAX_LIVE_RECORDS]:
+        head = f"  {rec.type_name:5} @{rec.body_offset:#x}  {rec.body_size} bytes"
+        if rec.error is not None:
+            out.write(f"{head}  error: {rec.error}\n")
+        else:
+            out.write(f"{head}  {inline(h.to_json(entry, rec))}\n")
+    more = len(entry.records) - MAX_LIVE_RECORDS
+    if more > 0:
+        out.write(f"  ... {more} more records (--json shows them all)\n")

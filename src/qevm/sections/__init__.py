@@ -44,6 +44,11 @@ class SectionHandler:
         """Consume one record's body from ``ctx.r``; return what it held."""
         raise NotImplementedError
 
+    def lost(self, ctx: ParseContext, entry: SectionEntry, skipped: Any) -> None:
+        """Bytes of the stream were skipped (non-strict reading resynchronised):
+        ``skipped`` is ``(source, start, end)`` when they can still be read, else
+        None.  Forget (or recover from them) what the records in them changed."""
+
     def new_write_state(self, wctx: Any, entry: SectionEntry) -> Any:
         """Per-section state kept while its records are written back
         (``wctx``: the :class:`~qevm.writer.WriteContext`)."""

@@ -12,7 +12,6 @@ import gzip
 import io
 import lzma
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import ContainerError, UsageError
 from .base import Source, StreamSource
@@ -81,37 +80,58 @@ def detect_compression(head: bytes) -> str | None:
 
 
 class _Decompressed(StreamSource):
-    """A StreamSource that turns decompressor errors into ContainerError."""
+    """A StreamSource that turns decompressor errors into ContainerError.
+
+    Data is taken one decompression step at a time, so everything decoded
+    before a corrupt or missing part is delivered, and the error names the
+    exact offset (in the decompressed stream) of the first byte it lost.
+    """
 
     def __init__(self, fileobj: io.IOBase, name: str, kind: str) -> None:
         super().__init__(fileobj, name)  # type: ignore[arg-type]
         self._kind = kind
+        self._step = getattr(fileobj, "readinto1", None) or fileobj.readinto  # type: ignore[attr-defined]
+        self._failed: ContainerError | None = None
 
     def read(self, n: int) -> bytes:
-        return self._checked(super().read, n)
+        buf = bytearray(n)
+        with memoryview(buf) as view:
+            got = self.readinto(view)
+        del buf[got:]
+        return bytes(buf)
 
     def readinto(self, view: memoryview) -> int:
-        return self._checked(super().readinto, view)
+        n = 0
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+        while n < len(view) and self._failed is None:
+            try:
+                got = self._step(view[n:])
+            except Exception as e:
+                self._failed = self._error(e, self._pos + n)
+                break
+            if not got:
+                break
+            n += got
+        self._pos += n
+        if n == 0 and self._failed is not None and len(view):
+            raise self._failed
+        return n
 
-    def _checked(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        try:
-            return fn(arg)
-        except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
-            raise ContainerError(
-                f"{self._kind} data is corrupt or truncated: {e}", offset=self._pos
-            ) from None
-        except Exception as e:  # zstandard.ZstdError and friends
-            if type(e).__module__.startswith(("zstandard", "qevm")):
-                raise ContainerError(
-                    f"{self._kind} data is corrupt or truncated: {e}", offset=self._pos
-                ) from None
-            raise
+    def _error(self, e: Exception, at: int) -> ContainerError:
+        if isinstance(e, (OSError, EOFError, lzma.LZMAError, ValueError)) or type(
+            e
+        ).__module__.startswith(("zstandard", "qevm")):
+            return ContainerError(f"{self._kind} data is corrupt or truncated: {e}", offset=at)
+        raise e
 
 
 def decompressing(src: Source, kind: str) -> Source:
     """A stream of the decompressed contents of ``src``."""
     f = COMPRESSIONS[kind](SourceFile(src))
-    out = _Decompressed(f, f"{src.name} ({kind})", kind)
+    out = _Decompressed(f, src.name, kind)
     out.container = f"{kind}: {src.container}" if src.container != "raw stream" else kind
     out.info = dict(src.info)
     return out

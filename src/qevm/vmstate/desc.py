@@ -56,7 +56,13 @@ def parse_json(text: bytes | str) -> JsonObject:
     try:
         obj = json.loads(text, object_pairs_hook=JsonObject)
     except (ValueError, UnicodeDecodeError) as e:
-        raise DescriptionError(f"the VM description is not valid JSON: {e}") from None
+        err = DescriptionError(f"the VM description is not valid JSON: {e}")
+        # where in the text (JSONDecodeError: a character index; bytes decode as UTF-8)
+        pos = getattr(e, "pos", None) if isinstance(e, json.JSONDecodeError) else e.start  # type: ignore[attr-defined]
+        if isinstance(e, json.JSONDecodeError) and isinstance(text, bytes):
+            pos = len(e.doc[: e.pos].encode("utf-8"))
+        err.json_pos = pos  # type: ignore[attr-defined]
+        raise err from None
     except RecursionError:
         raise DescriptionError("the VM description is nested too deeply") from None
     if not isinstance(obj, JsonObject):
@@ -254,7 +260,8 @@ def parse_description(text: bytes | str, offset: int | None = None) -> Descripti
         return _parse_description(text, offset)
     except DescriptionError as e:
         if e.offset is None:
-            e.offset = offset
+            pos = getattr(e, "json_pos", None)
+            e.offset = offset + pos if offset is not None and pos is not None else offset
         if e.section is None:
             e.section = "VM description"
         raise

@@ -427,22 +427,34 @@ class RamState:
         no method calls per record (and numpy, once loaded, reads long runs
         of one kind at once).  Returns (zero pages, data pages).
         """
-        if self._np is not None:
-            nz = npg = 0
-            while True:
-                k1 = self._run(r, block, 9, FLAG_ZERO | FLAG_CONTINUE)
-                k2 = self._run(r, block, 8 + self.page_size, FLAG_PAGE | FLAG_CONTINUE)  # type: ignore[operator]
-                nz += k1
-                npg += k2
-                if not (k1 or k2):
-                    break
-            a, b = self._continued_py(r, block)
-            return nz + a, npg + b
-        return self._continued_py(r, block)
+        nz = npg = 0
+        while True:
+            if self._np is not None:
+                while True:
+                    k1 = self._run(r, block, 9, FLAG_ZERO | FLAG_CONTINUE)
+                    k2 = self._run(r, block, 8 + self.page_size, FLAG_PAGE | FLAG_CONTINUE)  # type: ignore[operator]
+                    nz += k1
+                    npg += k2
+                    if not (k1 or k2):
+                        break
+            a, b, more = self._continued_py(r, block)
+            nz += a
+            npg += b
+            if not more:
+                return nz, npg
+            # A run longer than one step (a whole RAM in one record): let go of
+            # what was read, and go on with numpy once it pays.
+            r.release_behind()
+            if self._np is None and self._records_seen + nz + npg >= VECTOR_AFTER:
+                import numpy
 
-    def _continued_py(self, r: Reader, block: RamBlock) -> tuple[int, int]:
+                self._np = numpy
+
+    def _continued_py(self, r: Reader, block: RamBlock) -> tuple[int, int, bool]:
+        """Records of the run in at most ``MAX_RUN_BYTES``; whether the run may go on."""
         buf, pos, base = r.buf, r.pos, r.base
-        end = pos + r.available()
+        avail_end = pos + r.available()
+        end = min(avail_end, pos + MAX_RUN_BYTES)
         ps = self.page_size
         assert ps is not None
         mask = ps - 1
@@ -478,7 +490,7 @@ class RamState:
             else:
                 break
         r.pos = pos
-        return nz, npg
+        return nz, npg, end < avail_end and end - pos < 9 + rec_page
 
     # -- vectorised runs ----------------------------------------------------------
     def _run(self, r: Reader, block: RamBlock, size: int, want: int) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import struct
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UnsupportedError
 from .. import SectionHandler, register
-from .records import RamState
+from .records import FLAG_COMPRESS_PAGE, FLAG_PAGE, FLAG_XBZRLE, FLAG_ZERO, RamBlock, RamState
 
 if TYPE_CHECKING:
     from ...stream import ParseContext, SectionEntry, SectionRecord
@@ -31,6 +33,22 @@ class RamHandler(SectionHandler):
             )
         return entry.state.read_section(ctx.r)
 
+    def lost(self, ctx: ParseContext, entry: SectionEntry, skipped: Any) -> None:
+        # A CONTINUE record after the gap is in the block the last named record
+        # before it named: find that record in the skipped bytes if they hold one.
+        state: RamState = entry.state
+        if state.last is None or not state.blocks or not state.page_size:
+            return
+        block = last_named_block(state, *skipped) if skipped is not None else None
+        if block is not None:
+            state.last = block
+            return
+        where = f" ({skipped[1]:#x}-{skipped[2]:#x})" if skipped is not None else ""
+        ctx.warn(
+            f"RAM pages after the bytes skipped{where} that continue a block are taken "
+            f"to be in {state.last.name!r}, the last block named before them"
+        )
+
     def new_write_state(self, wctx: Any, entry: SectionEntry) -> Any:
         from .write import RamWriter
 
@@ -47,6 +65,41 @@ class RamHandler(SectionHandler):
     def compat(self, entry: SectionEntry) -> Any:
         state: RamState = entry.state
         return {"section sizes": {b.name: f"0x{b.used_length:016x}" for b in state.blocks.values()}}
+
+
+#: Bytes of skipped input searched at a time, from its end, for a named page record.
+SCAN_STEP = 16 << 20
+
+
+def last_named_block(state: RamState, source: Any, start: int, end: int) -> RamBlock | None:
+    """The block named by the last page record that starts in ``[start, end)`` of
+    ``source`` (a record header whose flags name a block, then that block's name)."""
+    names = sorted({b.name.encode("latin-1") for b in state.blocks.values()})
+    pattern = re.compile(b"|".join(re.escape(bytes([len(n)]) + n) for n in names if len(n) < 256))
+    ps = state.page_size
+    assert ps is not None
+    hi = end
+    while hi > start:
+        lo = max(start, hi - SCAN_STEP)
+        base = max(start, lo - 8)
+        data = source.read_at(base, min(end, hi + 256) - base)
+        found = None
+        for m in pattern.finditer(data, lo - base + 8 if lo == start else lo - base, hi - base):
+            (v,) = _U64.unpack_from(data, m.start() - 8)
+            flags = v & (ps - 1)
+            block = state.blocks.get(m.group()[1:].decode("latin-1"))
+            if block is not None and flags in _NAMED_FLAGS and v - flags < block.used_length:
+                found = block
+        source.release(base, base + len(data))
+        if found is not None:
+            return found
+        hi = lo
+    return None
+
+
+_U64 = struct.Struct(">Q")
+#: Flags of page records that name their block (no CONTINUE).
+_NAMED_FLAGS = frozenset((FLAG_ZERO, FLAG_PAGE, FLAG_XBZRLE, FLAG_COMPRESS_PAGE))
 
 
 register(RamHandler())

@@ -228,6 +228,7 @@ class RamWriter:
         src = self.src
         replace = self.replace
         for rr in self.state.records(r):
+            r.release_behind()  # (a whole RAM can be one record: let go as it is copied)
             kind = rr.kind
             if kind in PAGE_KINDS:
                 n = self._n

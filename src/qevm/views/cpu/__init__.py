@@ -51,8 +51,12 @@ def cpus(mig: Migration) -> list[CpuState]:
     :class:`~qevm.errors.UsageError` when it has no ``cpu`` section or one of
     an architecture qevm does not know.
     """
-    sections = mig.devices("cpu")
+    found = mig.devices("cpu")
+    # Sections that could not be read (``strict=False``) carry their error; the others count.
+    sections = [d for d in found if d.error is None]
     if not sections:
+        if found:
+            raise UsageError(f"none of the {len(found)} 'cpu' sections could be read")
         raise UsageError("the stream has no 'cpu' section (no CPU state was migrated)")
     if any(d.state is None for d in sections):
         why = (
@@ -82,7 +86,7 @@ def cpus(mig: Migration) -> list[CpuState]:
 
 def _by_order(mig: Migration, name: str, count: int) -> list[StateNode] | None:
     """The decoded ``name`` sections, one per CPU in instance order, if they pair up."""
-    found = sorted(mig.devices(name), key=lambda d: d.instance_id)
+    found = sorted((d for d in mig.devices(name) if d.error is None), key=lambda d: d.instance_id)
     states = [d.state for d in found]
     if len(states) != count or any(s is None for s in states):
         return None
