@@ -22,6 +22,10 @@ from .session import Session
 
 Emit = Callable[[dict[str, Any]], None]
 
+#: Seconds the listener waits, once every connection of a migration has closed,
+#: for one more the source may have opened meanwhile.
+LAST_CALL = 0.05
+
 
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as a socket address."""
@@ -66,7 +70,6 @@ class Tap:
         self.summaries: list[dict[str, Any]] = []
         self._stopping = threading.Event()
         self._count = 0
-        self._early: list[tuple[socket.socket, Any]] = []
         #: Stopped in the middle of a migration (or before any).
         self.interrupted = False
 
@@ -104,20 +107,26 @@ class Tap:
                     break
         finally:
             self.listener.close()
-            for sock, _peer in self._early:
-                sock.close()
         return status
 
     def _serve_one(self) -> Session | None:
         session: Session | None = None
         self.listener.settimeout(0.2)
-        for sock, peer in self._early:  # opened while the previous migration ended
-            session = session or self._session()
-            session.add(sock, peer)
-        self._early = []
         while True:
-            if session is not None and session.finished.is_set():
-                return session
+            if session is not None and session.quiet.is_set():
+                # all its connections closed; one the source opened meanwhile is
+                # still in the listen queue (a fast migration's last channel)
+                self.listener.settimeout(LAST_CALL)
+                try:
+                    sock, peer = self.listener.accept()
+                except TimeoutError:
+                    session.end()
+                    return session
+                finally:
+                    self.listener.settimeout(0.2)
+                sock.settimeout(None)
+                session.add(sock, peer)
+                continue
             if self._stopping.is_set():
                 if session is not None:
                     self.interrupted = True
@@ -134,9 +143,6 @@ class Tap:
                     continue
                 raise
             sock.settimeout(None)
-            if session is not None and not session.accepting:
-                self._early.append((sock, peer))
-                continue
             session = session or self._session()
             session.add(sock, peer)
 

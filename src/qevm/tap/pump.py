@@ -1,12 +1,12 @@
 """Forwarding one direction of a connection, byte for byte, and recording it.
 
-On Linux the bytes never enter the process: ``splice`` moves them from the
-receiving socket into a pipe, ``tee`` duplicates the pipe's pages into a
-second pipe, ``splice`` moves the first pipe into the sending socket, and a
-recorder thread ``splice``\\ s the second pipe into the recording file (written
-behind: the forwarding waits for the recording only when a whole pipe of it
-is pending).  Elsewhere, or when the kernel refuses, the bytes are read into
-memory, sent, and queued for a recorder thread.
+On Linux the forwarded bytes never enter the process: ``splice`` moves them
+from the receiving socket into a pipe, ``tee`` duplicates the pipe's pages
+into a second pipe, ``splice`` moves the first pipe into the sending socket,
+and a recorder thread drains the second pipe into the recording file
+(:mod:`.record`: written behind, the forwarding waits for the recording only
+when a whole pipe of it is pending).  Elsewhere, or when the kernel refuses,
+the bytes are read into memory, sent, and queued for a recorder thread.
 
 A pump ends at the end of its input (the peer shut down its sending side,
 which is passed on) or at an error on either socket (which the connection
@@ -24,6 +24,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+
+from .record import ChunkWriter, open_direct
 
 #: Most bytes moved per system call.
 CHUNK = 1 << 20
@@ -102,15 +104,26 @@ class Pump:
         #: Bytes received from ``src``, bytes handed to ``dst``, bytes recorded.
         self.bytes = 0
         self.delivered = 0
-        self.recorded = 0
+        self._recorded = 0
+        self._record_error: OSError | None = None
+        self._writer: ChunkWriter | None = None
         self.first_byte: float | None = None
         self.ended: float | None = None
         self.read_error: OSError | None = None
         self.write_error: OSError | None = None
-        self.record_error: OSError | None = None
         self._on_first_byte = on_first_byte
         self._on_chunk = on_chunk
         self.zero_copy = zero_copy_available()
+
+    @property
+    def recorded(self) -> int:
+        """Bytes handed to the recording (all in the file once the pump has ended)."""
+        return self._writer.recorded if self._writer is not None else self._recorded
+
+    @property
+    def record_error(self) -> OSError | None:
+        """The first error writing the recording (the forwarding went on)."""
+        return self._writer.error if self._writer is not None else self._record_error
 
     @property
     def failed(self) -> bool:
@@ -148,9 +161,13 @@ class Pump:
         sfd, dfd = self.src.fileno(), self.dst.fileno()
         fwd_r, fwd_w = _pipe()
         rec_r, rec_w = _pipe()
-        recorder = threading.Thread(
-            target=self._drain_pipe, args=(rec_r,), name="tap-record", daemon=True
-        )
+        direct = open_direct(self.record)
+        if direct is not None:
+            self._writer = ChunkWriter(self.record, direct)
+            drain = self._writer.drain
+        else:
+            drain = self._drain_pipe
+        recorder = threading.Thread(target=drain, args=(rec_r,), name="tap-record", daemon=True)
         recorder.start()
         try:
             while True:
@@ -189,13 +206,13 @@ class Pump:
                 n = os.splice(rec_r, self.record, CHUNK)
             except OSError as e:
                 # The recording is lost from here (disk full...), the migration is not.
-                self.record_error = e
+                self._record_error = e
                 while os.read(rec_r, CHUNK):
                     pass
                 return
             if not n:
                 return
-            self.recorded += n
+            self._recorded += n
 
     # -- copying -------------------------------------------------------------------
     def _copy(self) -> None:
@@ -230,15 +247,15 @@ class Pump:
             data = backlog.get()
             if data is None:
                 return
-            if self.record_error is not None:
+            if self._record_error is not None:
                 continue
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self.record, view) :]
-                self.recorded += len(data)
+                self._recorded += len(data)
             except OSError as e:
-                self.record_error = e
+                self._record_error = e
 
 
 class _SpliceRefused(Exception):

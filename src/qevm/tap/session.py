@@ -35,6 +35,8 @@ SILENT_GRACE = 0.25
 SAMPLE_EVERY = 0.1
 #: Seconds a finishing decoder may go without reporting anything.
 STALLED = 60
+#: Seconds other connections wait for a main stream before they go on without it.
+NO_MAIN_WAIT = 2.0
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -167,6 +169,8 @@ class Session:
         self.decoded: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
         self.finished = threading.Event()
+        #: Every connection so far has closed (the migration may be over).
+        self.quiet = threading.Event()
         self._lock = threading.RLock()
         self._turn = threading.Condition()
         self._ending = False
@@ -225,6 +229,7 @@ class Session:
         with self._lock:
             conn = Connection(len(self.conns), sock, peer)
             self.conns.append(conn)
+            self.quiet.clear()
         threading.Thread(target=self._admit, args=(conn,), name="tap-admit", daemon=True).start()
 
     def _admit(self, conn: Connection) -> None:
@@ -316,9 +321,11 @@ class Session:
         """Until the main stream and every connection opened before this one went on.
 
         QEMU before 8.0 takes the first connection as the main stream; the
-        others reach the destination in the order the source opened them.
+        others reach the destination in the order the source opened them.  A
+        migration whose first connection is no stream (postcopy recovery's
+        new main channel starts with a command) goes on without one.
         """
-        self.main_forwarded.wait()
+        self.main_forwarded.wait(NO_MAIN_WAIT)
         with self._turn:
             self._turn.wait_for(lambda: all(c.settled for c in self.conns[: conn.index]))
 
@@ -358,21 +365,19 @@ class Session:
             self._check_done()
 
     # -- the end -----------------------------------------------------------------------
-    @property
-    def accepting(self) -> bool:
-        """Whether new connections still belong to this migration."""
-        return not self._ending
-
     def _check_done(self) -> None:
         with self._lock:
             if self._ending or not self._attempted:
                 return  # nothing forwarded yet: connections that closed empty end nothing
-            if not all(c.done.is_set() for c in self.conns):
+            if all(c.done.is_set() for c in self.conns):
+                self.quiet.set()  # the listener ends the session, unless one more is waiting
+
+    def end(self) -> None:
+        """Every connection has closed: finish decoding (the listener calls this)."""
+        with self._lock:
+            if self._ending:
                 return
             self._ending = True
-        threading.Thread(target=self._end, name="tap-end", daemon=True).start()
-
-    def _end(self) -> None:
         self.decoder.finish()
         self.finished.set()
 
