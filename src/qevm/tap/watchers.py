@@ -4,7 +4,7 @@
   over the main stream, announcing records as they are read and counting
   pages with :class:`~qevm.tap.counting.MainCounter`;
 * :class:`ChannelWatcher` reads a multifd channel packet by packet
-  (:class:`~qevm.sections.ram.multifd.MultifdReader`) or the postcopy-preempt
+  (:func:`~qevm.sections.ram.multifd.read_packets`) or the postcopy-preempt
   channel's bare RAM records, against the main stream's RAM blocks;
 * :class:`ReturnPathWatcher` reads the destination's messages.
 
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 
 def error_json(e: QevmError, where: str) -> dict[str, Any]:
+    """A decoding error as an event's fields."""
     out: dict[str, Any] = {"file": where, "message": e.message}
     for k in ("offset", "section", "field", "expected"):
         v = getattr(e, k)
