@@ -57,6 +57,9 @@ class ChunkWriter:
         self.error: OSError | None = None
         self._free: queue.Queue[mmap.mmap] = queue.Queue()
         self._full: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        #: Chunks handed to the writer and not written yet.
+        self._pending = 0
+        self._written = threading.Condition()
 
     def drain(self, pipe: int) -> None:
         """Read ``pipe`` to its end, writing what it holds at its offsets."""
@@ -85,24 +88,37 @@ class ChunkWriter:
                 if select.select([pipe], [], [], SHOW_AFTER)[0]:
                     continue
                 if fill > shown:  # a pause: let the decoder see what came
-                    self._write(self.fd, view[shown:fill], base + shown)
+                    self._show(view[shown:fill], base + shown)
                     shown = fill
                 select.select([pipe], [], [])
                 continue
             if not n:
                 if fill > shown:
-                    self._write(self.fd, view[shown:fill], base + shown)
+                    self._show(view[shown:fill], base + shown)
                 view.release()
                 return
             fill += n
             self.recorded += n
             if fill == CHUNK:
                 view.release()
+                with self._written:
+                    self._pending += 1
                 self._full.put((buf, base))
                 buf = self._free.get()
                 view = memoryview(buf)
                 base += CHUNK
                 fill = shown = 0
+
+    def _show(self, data: memoryview, offset: int) -> None:
+        """Write bytes past the chunks handed to the writer, once those are written.
+
+        Extending the file while a chunk before them is still being written
+        directly would make its range readable before it holds its bytes
+        (as zeros: a reader would take them for the stream).
+        """
+        with self._written:
+            self._written.wait_for(lambda: self._pending == 0)
+        self._write(self.fd, data, offset)
 
     def _write_chunks(self) -> None:
         while (item := self._full.get()) is not None:
@@ -116,6 +132,9 @@ class ChunkWriter:
                 if self._direct is None:
                     self._write(self.fd, view, base)
             self._free.put(buf)
+            with self._written:
+                self._pending -= 1
+                self._written.notify_all()
 
     def _write(self, fd: int, data: memoryview, offset: int, direct: bool = False) -> None:
         """All of ``data`` at ``offset`` (a refused O_DIRECT write raises, for a retry)."""
