@@ -1,11 +1,14 @@
 """The tap's decoding process: follows the recordings and reports what they hold.
 
-It runs apart from the forwarding (``python -m qevm.tap.decoder DIR``, at a
-lower priority), so decoding never takes the forwarding threads' time: it
-reads each recording as it grows and may fall behind the wire, never hold it
-up.  The forwarding side tells it, one JSON object per line on its standard
-input, which files exist and when they are complete::
+It runs apart from the forwarding (``python -m qevm.tap.decoder``, at the
+lowest priority, started before the migration comes so that its start-up
+costs the migration nothing), so decoding never takes the forwarding threads'
+time: it reads each recording as it grows and may fall behind the wire, never
+hold it up.  The forwarding side tells it, one JSON object per line on its
+standard input, where the recordings go, which files exist and when they are
+complete::
 
+    {"op": "start", "directory": "rec"}
     {"op": "open", "file": "main.mig", "role": "main"}
     {"op": "close", "file": "main.mig", "size": 123456}
     {"op": "end"}                      # all connections closed: finish and report
@@ -285,11 +288,17 @@ def serve(directory: str, control: TextIO, out: TextIO) -> None:
 
 
 def main() -> None:
+    """Started ahead of a migration: get ready, then serve the directory named first."""
     try:
         os.nice(19)  # decoding takes only the CPU time the migration leaves
     except OSError:
         pass
-    serve(sys.argv[1], sys.stdin, sys.stdout)
+    import numpy  # noqa: F401  (the RAM reader's runs: loaded now, not when pages flow)
+
+    first = sys.stdin.readline()
+    if not first:
+        return  # the tap ended before a migration came
+    serve(json.loads(first)["directory"], sys.stdin, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .report import summarize, write_session
-from .session import Session
+from .session import DecoderProcess, Session
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -66,6 +66,8 @@ class Tap:
             raise UsageError(f"cannot listen on {listen[0]}:{listen[1]}: {e.strerror}") from None
         self.listener.listen(64)
         self.address = self.listener.getsockname()[:2]
+        #: The decoding process of the next migration, started ahead.
+        self._spare: DecoderProcess | None = DecoderProcess()
         self.sessions: list[Session] = []
         self.summaries: list[dict[str, Any]] = []
         self._stopping = threading.Event()
@@ -107,6 +109,9 @@ class Tap:
                     break
         finally:
             self.listener.close()
+            if self._spare is not None:
+                self._spare.finish(None)  # never used: it ends without a word
+                self._spare = None
         return status
 
     def _serve_one(self) -> Session | None:
@@ -147,8 +152,11 @@ class Tap:
             session.add(sock, peer)
 
     def _session(self) -> Session:
-        session = Session(self._directory(), self.to, self.on_event)
+        decoder, self._spare = self._spare, None
+        session = Session(self._directory(), self.to, self.on_event, decoder)
         self.sessions.append(session)
+        if self.keep:
+            self._spare = DecoderProcess()  # ready for the next migration
         return session
 
     def stop(self) -> None:

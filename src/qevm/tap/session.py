@@ -83,12 +83,13 @@ class Timeline:
 class DecoderProcess:
     """The decoding child (:mod:`qevm.tap.decoder`) and its event stream."""
 
-    def __init__(self, directory: Path, on_event: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self) -> None:
         pkg_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        self.on_event: Callable[[dict[str, Any]], None] = lambda ev: None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qevm.tap.decoder", str(directory)],
+            [sys.executable, "-m", "qevm.tap.decoder"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -98,19 +99,26 @@ class DecoderProcess:
         self._lock = threading.Lock()
         self.stderr = ""
         self.last_event = time.time()
-        self._reader = threading.Thread(target=self._read, args=(on_event,), daemon=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._errs = threading.Thread(target=self._read_stderr, daemon=True)
         self._errs.start()
 
-    def _read(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+    def start(self, directory: Path, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """Decode the recordings in ``directory``; its events to ``on_event``."""
+        self.on_event = on_event
+        self.last_event = time.time()
+        self.send(op="start", directory=str(directory))
+
+    def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.last_event = time.time()
             try:
-                on_event(json.loads(line))
+                ev = json.loads(line)
             except ValueError:
                 continue
+            self.on_event(ev)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -127,13 +135,14 @@ class DecoderProcess:
             except (OSError, ValueError):
                 pass  # the decoder is gone; the forwarding goes on
 
-    def finish(self, op: str = "end") -> None:
+    def finish(self, op: str | None = "end") -> None:
         """Tell it to finish; wait for its last event.
 
         It may still have recorded bytes to decode; as long as it reports
         progress it is waited for, silent for STALLED seconds it is stopped.
         """
-        self.send(op=op)
+        if op is not None:
+            self.send(op=op)
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
@@ -154,7 +163,13 @@ class DecoderProcess:
 class Session:
     """The connections of one migration and what became of them."""
 
-    def __init__(self, directory: Path, to: tuple[str, int], emit: Emit) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        to: tuple[str, int],
+        emit: Emit,
+        decoder: DecoderProcess | None = None,
+    ) -> None:
         self.dir = directory
         self.to = to
         self._emit = emit
@@ -175,7 +190,8 @@ class Session:
         self._turn = threading.Condition()
         self._ending = False
         self._attempted = False
-        self.decoder = DecoderProcess(directory, self._decoder_event)
+        self.decoder = decoder or DecoderProcess()
+        self.decoder.start(directory, self._decoder_event)
         self._ticker = threading.Thread(target=self._tick, name="tap-tick", daemon=True)
         self._ticker.start()
 
