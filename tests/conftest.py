@@ -116,6 +116,30 @@ def all_stream_paths() -> dict[str, pathlib.Path]:
     return {**STREAMS, **LIVE, **LINUX}
 
 
+#: the debug kernels of the corpus' Linux guests (``.ci/kernel-debug`` extracts them here)
+VMLINUX_DIR = pathlib.Path(
+    os.environ.get(
+        "QEVM_VMLINUX_DIR",
+        pathlib.Path(os.environ.get("QEVM_CACHE", "/var/cache/qevm")) / "vmlinux",
+    )
+)
+
+
+def vmlinux(release: str) -> pathlib.Path:
+    """The debug vmlinux of kernel ``release`` (``6.1.0-56-amd64``).
+
+    Skips when it is missing, unless ``QEVM_REQUIRE_VMLINUX`` is set (as
+    ``.ci/run`` does after fetching them), where a missing file fails.
+    """
+    path = VMLINUX_DIR / f"vmlinux-{release}"
+    if not path.exists():
+        msg = f"{path} is missing: run .ci/kernel-debug"
+        if os.environ.get("QEVM_REQUIRE_VMLINUX"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
 def have_qemu(binary: str = "qemu-system-x86_64") -> bool:
     return shutil.which(binary) is not None
 

@@ -433,10 +433,30 @@ def ramblocks(vm: Vm) -> dict[str, int]:
 # -- one capture --------------------------------------------------------------------
 
 
+class NotRepresentative(RuntimeError):
+    """A migration that completed without showing what its capture is made for."""
+
+
+#: Migrations made before a capture that shows what it is for is given up.
+ATTEMPTS = 3
+
+
 def capture(name: str, spec: Spec, out: pathlib.Path, log: Any = print) -> dict[str, Any]:
-    """Make capture ``name`` into ``out``; return its recipe."""
-    with tempfile.TemporaryDirectory(prefix="qevm-live-") as tmp:
-        return Capture(name, spec, pathlib.Path(tmp)).run(out, log)
+    """Make capture ``name`` into ``out``; return its recipe.
+
+    On a busy host the guest's vCPU may not run for a whole pass: nothing is
+    dirtied, QEMU completes the migration early, and the capture lacks the
+    passes it is made for.  Such a migration is made again.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        with tempfile.TemporaryDirectory(prefix="qevm-live-") as tmp:
+            try:
+                return Capture(name, spec, pathlib.Path(tmp)).run(out, log)
+            except NotRepresentative as e:
+                if attempt == ATTEMPTS:
+                    raise
+                log(f"{e}; migrating again")
+    raise AssertionError("unreachable")
 
 
 class Capture:
@@ -609,10 +629,10 @@ class Capture:
         """Refuse a capture that does not show what it was made for."""
         syncs = self.result["source_query_migrate"]["ram"]["dirty-sync-count"]
         if self.spec.postcopy_after is None and syncs < self.spec.passes:
-            raise RuntimeError(f"{self.name}: only {syncs} dirty-sync passes")
+            raise NotRepresentative(f"{self.name}: only {syncs} dirty-sync passes")
         if "postcopy-preempt" in self.spec.capabilities:
             if not truth.get("postcopy_records", {}).get("1", {}).get("pages"):
-                raise RuntimeError(f"{self.name}: no page came on the preempt channel")
+                raise NotRepresentative(f"{self.name}: no page came on the preempt channel")
 
     def _write(
         self,

@@ -101,18 +101,33 @@ class Vm:
                 raise QmpError(f"migration still {status}: {self.log()}")
             time.sleep(0.05)
 
-    def wait_incoming(self, timeout: float = 120) -> str:
-        """Wait until an incoming migration finished loading; the run state."""
+    def load(self, uri: str, timeout: float = 120) -> str:
+        """Load an incoming migration into this QEMU (started with ``-incoming defer``).
+
+        The monitor is connected before loading starts, so a QEMU that refuses
+        the stream and exits cannot race the test.  Returns ``"completed"``,
+        ``"failed"``, or ``"exited"`` when QEMU quit on the error; QEMU's own
+        words are in :meth:`log`.
+        """
+        self.cmd("migrate-incoming", uri=uri)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise QmpError(f"QEMU exited while loading ({self.proc.returncode}): {self.log()}")
-            st = self.cmd("query-status")["status"]
-            if st != "inmigrate":
-                return st
+                return "exited"
+            try:
+                status = self.cmd("query-migrate").get("status")
+            except (QmpError, OSError):  # it exited while answering
+                self.proc.wait(10)
+                return "exited"
+            if status in ("completed", "failed"):
+                return status
             if time.monotonic() > deadline:
                 raise QmpError(f"still loading: {self.log()}")
             time.sleep(0.05)
+
+    def load_file(self, path: pathlib.Path) -> str:
+        """:meth:`load` a stream file (``exec:cat``)."""
+        return self.load(f"exec:cat {shlex.quote(str(path))}")
 
     def save(self, path: pathlib.Path) -> dict[str, Any]:
         """Migrate to ``path`` with ``exec:cat``."""
@@ -145,8 +160,3 @@ class Vm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def incoming_from(path: pathlib.Path) -> list[str]:
-    """The -incoming option that loads a stream file."""
-    return ["-incoming", f"exec:cat {shlex.quote(str(path))}"]

@@ -252,7 +252,7 @@ def _compress_vmstate(path: pathlib.Path, out: pathlib.Path, snapshot: str, kind
     last = (vm.vmstate_offset + sn.vm_state_size - 1) // h.l1_span
     n = 0
     for i in range(first, last + 1):
-        l1_at = sn.l1_table_offset + 8 * i
+        l1_at = sn.header.l1_table_offset + 8 * i
         l1e = struct.unpack_from(">Q", data, l1_at)[0]
         l2 = l1e & OFFSET_MASK
         if not l2:
@@ -358,7 +358,7 @@ def _patched(tmp_path, src: pathlib.Path, patches: dict[int, bytes], cut: int | 
 def _snapshot_entry(path: pathlib.Path) -> int:
     with image(path) as src:
         h = read_header(src)
-        return read_snapshots(src, h)[0].entry_offset
+        return read_snapshots(src, h)[0].header.at
 
 
 @pytest.mark.parametrize(
@@ -405,7 +405,7 @@ def test_bad_l2_entries(tmp_path):
         h = read_header(src)
         sn = read_snapshots(src, h)[0]
         vm = SnapshotVMState(FileSource(path), h, sn)
-        l1_at = sn.l1_table_offset + 8 * (vm.vmstate_offset // h.l1_span)
+        l1_at = sn.header.l1_table_offset + 8 * (vm.vmstate_offset // h.l1_span)
         l2 = struct.unpack(">Q", bytes(src.read_at(l1_at, 8)))[0] & OFFSET_MASK
         size = src.size
     beyond = ((size >> 16) + 2) << 16

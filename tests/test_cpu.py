@@ -23,7 +23,7 @@ from conftest import DATA, LINUX, all_stream_paths, meta, unpack
 import qevm
 from qevm.cli import main
 from qevm.views.cpu import CpuState, cpus
-from qevm.views.cpu.arm import sysreg_name
+from qevm.views.cpu.arm_cpregs import sysreg_name
 from qevm.views.cpu.riscv import ABI_NAMES, FPR_NAMES
 from qevm.views.cpu.s390x import PSW_MASK_CC
 

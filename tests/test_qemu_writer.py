@@ -19,7 +19,7 @@ import time
 from typing import NamedTuple
 
 import pytest
-from qemuvm import Vm, incoming_from
+from qemuvm import Vm
 
 import qevm
 from qevm.cli import main
@@ -111,20 +111,18 @@ class Loaded(NamedTuple):
 
 def _load(binary: str, tmp_path, path, *, mapped: bool = False) -> Loaded:
     """Load ``path`` into a new QEMU and look at it."""
-    if mapped:
-        extra = ["-S", "-incoming", "defer"]
-    else:
-        extra = ["-S", *incoming_from(path)]
-    with Vm(binary, _args(tmp_path, *extra), tmp_path, "dst") as vm:
+    with Vm(binary, _args(tmp_path, "-S", "-incoming", "defer"), tmp_path, "dst") as vm:
         if mapped:
             vm.cmd(
                 "migrate-set-capabilities",
                 capabilities=[{"capability": "mapped-ram", "state": True}],
             )
-            vm.cmd("migrate-incoming", uri=f"file:{path}")
-        state = vm.wait_incoming()
+            status = vm.load(f"file:{path}")
+        else:
+            status = vm.load_file(path)
+        assert status == "completed", vm.log()
         return Loaded(
-            state,
+            vm.cmd("query-status")["status"],
             vm.hmp("info registers"),
             vm.pmem(0, RAM, tmp_path / "pmem.bin"),
             vm.hmp(f"xp /16xb {0x100FF0:#x}"),

@@ -115,6 +115,34 @@ def test_encodings_are_seen():
     assert seen["q35-mapped-ram-multifd-11.1"] >= {"page", "zero"}
 
 
+@pytest.mark.parametrize(
+    "name", ["xbzrle-111", "compress-72", "multifd-111", "q35-mapped-ram-11.1", "q35-11.1"]
+)
+def test_page_runs_cover_every_page_as_read_page_sees_it(name):
+    """PageIndex.runs() against the page-by-page view of the same index."""
+    path = unpack(LIVE[name] if name in LIVE else STREAMS[name])
+    chans = _channels(name) if name in LIVE else []
+    with qevm.open(path, index_ram=True, channels=chans, decode_devices=False) as mig:
+        index = mig.page_index
+        ps = index.page_size
+        for b in mig.ram_blocks:
+            if not b.in_stream:
+                continue
+            runs = list(index.runs(b.name))
+            assert [r.first for r in runs] == [0] + [r.first + r.count for r in runs[:-1]]
+            assert sum(r.count for r in runs) == -(-b.used_length // ps)
+            kinds = {k: sum(r.count for r in runs if r.kind == k) for k in ("zero", "data")}
+            counts = index.encoding_counts(b.name)
+            assert kinds == {"zero": counts["zero"], "data": counts["page"]}, b.name
+            for r in runs:
+                if r.kind == "data":  # every page of the run where the run says it is
+                    for i in range(r.count):
+                        got = bytes(index.inputs[r.input].read_at(r.offset + i * r.stride, ps))
+                        assert got == index.read_page(b.name, r.first + i), (b.name, r.first + i)
+                elif r.kind in ("zero", "absent"):
+                    assert index.read_page(b.name, r.first) == bytes(ps)
+
+
 @pytest.mark.parametrize("name", ["xbzrle-111", "compress-72", "postcopy-paused-111"])
 def test_pipe_extraction_equals_file_extraction(name, tmp_path):
     path = unpack(LIVE[name])

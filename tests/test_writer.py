@@ -173,7 +173,7 @@ def test_sparse_image_from_a_pipe_is_relocated(tmp_path):
         for blk in b.ram_blocks:
             m = blk.mapped
             assert m is not None and m.pages_offset % (1 << 20) == 0
-            assert m.bitmap_offset == m.offset + 28
+            assert m.bitmap_offset == m.at + 28
         assert [x.name for x in a.ram_blocks] == [x.name for x in b.ram_blocks]
         for x in a.ram_blocks:
             n = x.used_length

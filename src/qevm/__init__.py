@@ -61,6 +61,7 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     channels: list[str | os.PathLike[str]] | None = None,
     progress: Callable[[int], None] | None = None,
     strict: bool = True,
+    track_rounds: bool = False,
 ) -> Migration:
     """Read a migration stream.
 
@@ -70,6 +71,8 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
     one.  ``index_ram`` builds the page index needed to read RAM afterwards.
     ``channels`` are the recorded extra connections of a live migration
     (multifd channels, the postcopy-preempt channel) whose pages complete RAM.
+    ``track_rounds`` (with ``index_ram``) also keeps, per page, the round of
+    the migration that last wrote it (``mig.page_index.rounds()``).
 
     ``strict`` (the default) raises the first error in the stream.  With
     ``strict=False`` every record that can be read is: a section that cannot
@@ -96,9 +99,11 @@ def open(  # noqa: A001 - the natural name, like io.open / tarfile.open
         if ram_consumer is None and (index_ram or channels):
             from .sections.ram.index import PageIndex
 
+            rounds = bool(channels) or track_rounds
+
             def ram_consumer(ctx: Any, ps: int) -> PageIndex:
                 index = PageIndex(ps, [src])
-                if channels:
+                if rounds:
                     index.track_epochs()
                 return index
 

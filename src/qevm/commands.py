@@ -11,38 +11,42 @@ import struct
 from dataclasses import dataclass
 
 from .errors import FormatError
+from .format import (
+    MIG_CMD_ENABLE_COLO,
+    MIG_CMD_OPEN_RETURN_PATH,
+    MIG_CMD_PACKAGED,
+    MIG_CMD_PING,
+    MIG_CMD_POSTCOPY_ADVISE,
+    MIG_CMD_POSTCOPY_LISTEN,
+    MIG_CMD_POSTCOPY_RAM_DISCARD,
+    MIG_CMD_POSTCOPY_RESUME,
+    MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_RECV_BITMAP,
+    MIG_CMD_SWITCHOVER_START,
+)
 
 
 @dataclass(frozen=True)
 class CommandSpec:
     name: str
     length: int | None
+    #: Whether it talks to a live destination (return path, postcopy, COLO):
+    #: a stream of a stopped VM, loaded from a file, carries none of these.
+    live: bool = False
 
-
-OPEN_RETURN_PATH = 1
-PING = 2
-POSTCOPY_ADVISE = 3
-POSTCOPY_LISTEN = 4
-POSTCOPY_RUN = 5
-POSTCOPY_RAM_DISCARD = 6
-PACKAGED = 7
-ENABLE_COLO = 8
-POSTCOPY_RESUME = 9
-RECV_BITMAP = 10
-SWITCHOVER_START = 11
 
 COMMANDS: dict[int, CommandSpec] = {
-    OPEN_RETURN_PATH: CommandSpec("OPEN_RETURN_PATH", 0),
-    PING: CommandSpec("PING", 4),
-    POSTCOPY_ADVISE: CommandSpec("POSTCOPY_ADVISE", None),
-    POSTCOPY_LISTEN: CommandSpec("POSTCOPY_LISTEN", 0),
-    POSTCOPY_RUN: CommandSpec("POSTCOPY_RUN", 0),
-    POSTCOPY_RAM_DISCARD: CommandSpec("POSTCOPY_RAM_DISCARD", None),
-    PACKAGED: CommandSpec("PACKAGED", 4),
-    ENABLE_COLO: CommandSpec("ENABLE_COLO", 0),
-    POSTCOPY_RESUME: CommandSpec("POSTCOPY_RESUME", 0),
-    RECV_BITMAP: CommandSpec("RECV_BITMAP", None),
-    SWITCHOVER_START: CommandSpec("SWITCHOVER_START", 0),
+    MIG_CMD_OPEN_RETURN_PATH: CommandSpec("OPEN_RETURN_PATH", 0, live=True),
+    MIG_CMD_PING: CommandSpec("PING", 4, live=True),
+    MIG_CMD_POSTCOPY_ADVISE: CommandSpec("POSTCOPY_ADVISE", None, live=True),
+    MIG_CMD_POSTCOPY_LISTEN: CommandSpec("POSTCOPY_LISTEN", 0, live=True),
+    MIG_CMD_POSTCOPY_RUN: CommandSpec("POSTCOPY_RUN", 0, live=True),
+    MIG_CMD_POSTCOPY_RAM_DISCARD: CommandSpec("POSTCOPY_RAM_DISCARD", None, live=True),
+    MIG_CMD_PACKAGED: CommandSpec("PACKAGED", 4),
+    MIG_CMD_ENABLE_COLO: CommandSpec("ENABLE_COLO", 0, live=True),
+    MIG_CMD_POSTCOPY_RESUME: CommandSpec("POSTCOPY_RESUME", 0, live=True),
+    MIG_CMD_RECV_BITMAP: CommandSpec("RECV_BITMAP", None, live=True),
+    MIG_CMD_SWITCHOVER_START: CommandSpec("SWITCHOVER_START", 0),
 }
 
 
@@ -72,11 +76,11 @@ def check_command(cmd: int, length: int, offset: int) -> None:
 
 def decode_payload(cmd: int, payload: bytes, offset: int) -> dict:
     """The meaning of a command's payload, as a small dict."""
-    if cmd == PING:
+    if cmd == MIG_CMD_PING:
         return {"value": struct.unpack(">I", payload)[0]}
-    if cmd == PACKAGED:
+    if cmd == MIG_CMD_PACKAGED:
         return {"length": struct.unpack(">I", payload)[0]}
-    if cmd == POSTCOPY_ADVISE:
+    if cmd == MIG_CMD_POSTCOPY_ADVISE:
         if len(payload) == 0:
             return {"ram": False}
         if len(payload) != 16:
@@ -88,9 +92,9 @@ def decode_payload(cmd: int, payload: bytes, offset: int) -> dict:
             )
         summary, tps = struct.unpack(">QQ", payload)
         return {"ram": True, "page_size_summary": summary, "target_page_size": tps}
-    if cmd == POSTCOPY_RAM_DISCARD:
+    if cmd == MIG_CMD_POSTCOPY_RAM_DISCARD:
         return _discard(payload, offset)
-    if cmd == RECV_BITMAP:
+    if cmd == MIG_CMD_RECV_BITMAP:
         if not payload or payload[0] + 1 != len(payload):
             raise FormatError(
                 "RECV_BITMAP name length does not match the payload",

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import FormatError, QevmError
-from .vmstate.codec import SUBSECTION, Decoder
+from .format import SUBSECTION
+from .vmstate.codec import Decoder
 from .vmstate.desc import FieldDesc, VmsdDesc
 from .vmstate.values import FieldValue, StateNode, SubsectionValue
 from .wire import Reader

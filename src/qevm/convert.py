@@ -23,24 +23,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from . import commands as C
+from .commands import COMMANDS
 from .errors import UsageError
-from .sections.ram.index import ABSENT, KIND_SHIFT, MAX_INPUTS, OFFSET_MASK, ZERO
-from .sections.ram.records import (
-    FLAG_EOS,
-    FLAG_MEM_SIZE,
-    RamBlock,
+from .format import (
+    MIG_CMD_PACKAGED,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    SECTION_END,
+    SECTION_FOOTER,
+    SECTION_PART,
+    SECTION_START,
+)
+from .sections.ram.blocks import RamBlock
+from .sections.ram.index import ABSENT_RUN, DATA_RUN, ZERO_RUN
+from .sections.ram.write import (
     write_mem_size_entry,
     write_page,
     write_record_head,
-    write_zero,
+    write_zero_run,
 )
 from .stream import (
-    SECTION_END,
-    SECTION_PART,
-    SECTION_START,
     CommandRecord,
     Record,
     SectionEntry,
@@ -48,26 +50,14 @@ from .stream import (
 )
 from .vmstate.desc import FieldDesc, JsonObject
 from .wire import RELEASE_STEP, Writer
-from .writer import SECTION_FOOTER, StreamWriter
+from .writer import StreamWriter
 
 if TYPE_CHECKING:
     from .configuration import Configuration
     from .migration import Migration
 
 #: Commands a plain stream does not carry.
-DROPPED_COMMANDS = frozenset(
-    {
-        C.OPEN_RETURN_PATH,
-        C.PING,
-        C.POSTCOPY_ADVISE,
-        C.POSTCOPY_LISTEN,
-        C.POSTCOPY_RUN,
-        C.POSTCOPY_RAM_DISCARD,
-        C.ENABLE_COLO,
-        C.POSTCOPY_RESUME,
-        C.RECV_BITMAP,
-    }
-)
+DROPPED_COMMANDS = frozenset(cmd for cmd, spec in COMMANDS.items() if spec.live)
 #: Capabilities a plain stream cannot have.
 DROPPED_CAPABILITIES = ("mapped-ram",)
 CAPS = "configuration/capabilities"
@@ -177,7 +167,7 @@ class ConvertWriter(StreamWriter):
                 self.write_ram(w, rec)
             return
         if isinstance(rec, CommandRecord):
-            if rec.cmd == C.PACKAGED and rec.nested is not None:
+            if rec.cmd == MIG_CMD_PACKAGED and rec.nested is not None:
                 self.write_records(w, rec.nested)
             elif rec.cmd not in DROPPED_COMMANDS:
                 super().write_record(w, rec)
@@ -206,48 +196,46 @@ class ConvertWriter(StreamWriter):
         assert ram is not None
         blocks = list(ram.blocks.values())
         self._section_head(w, SECTION_START, start)
-        write_record_head(w, FLAG_MEM_SIZE, sum(b.used_length for b in blocks), None)
+        write_record_head(w, RAM_SAVE_FLAG_MEM_SIZE, sum(b.used_length for b in blocks), None)
         for b in blocks:
             plain = RamBlock(b.name, b.used_length, mr_addr=b.mr_addr)
             write_mem_size_entry(w, plain)
-        w.u64(FLAG_EOS)
+        w.u64(RAM_SAVE_FLAG_EOS)
         self._section_foot(w, start)
         self._section_head(w, SECTION_PART, start)
         for b in blocks:
             if b.in_stream:
                 self._pages(w, b)
-        w.u64(FLAG_EOS)
+        w.u64(RAM_SAVE_FLAG_EOS)
         self._section_foot(w, start)
         self._section_head(w, SECTION_END, start)
-        w.u64(FLAG_EOS)
+        w.u64(RAM_SAVE_FLAG_EOS)
         self._section_foot(w, start)
 
     def _pages(self, w: Writer, block: RamBlock) -> None:
         index = self.index
         ps = index.page_size
         cont = False
-        inputs = index.inputs
-        absent, zero = int(ABSENT), int(ZERO)
         copied = 0
-        # pages in chunks the index never allocated are absent: nothing to write
-        for first, codes in index.loc[block.name].items():
-            raw = ((codes >> np.uint64(KIND_SHIFT)) < np.uint64(MAX_INPUTS)).tolist()
-            for i, code in enumerate(codes.tolist()):
-                if code == absent:
-                    continue
-                p = first + i
-                addr = p * ps
-                if code == zero:
-                    write_zero(w, block, addr, 0, cont)
-                elif raw[i]:
-                    src = inputs[code >> KIND_SHIFT]
-                    write_page(w, block, addr, src.read_at(code & OFFSET_MASK, ps), cont)
+        for run in index.runs(block.name):
+            if run.kind == ABSENT_RUN:
+                continue  # no record gave these pages: nothing to write
+            if run.kind == ZERO_RUN:
+                write_zero_run(w, block, run.first * ps, run.count, ps, cont)
+            elif run.kind == DATA_RUN:
+                src = index.inputs[run.input]
+                for i in range(run.count):
+                    data = src.read_at(run.offset + i * run.stride, ps)
+                    write_page(w, block, (run.first + i) * ps, data, cont)
+                    cont = True
                     copied += ps
                     if copied >= RELEASE_STEP:
                         # Pages come in index order, not input order: let all of it go.
-                        for inp in inputs:
+                        for inp in index.inputs:
                             inp.release(0, inp.size or 0)
                         copied = 0
-                else:  # zlib, XBZRLE results, filled pages: their content as computed
-                    write_page(w, block, addr, index.read_page(block.name, p), cont)
-                cont = True
+            else:  # zlib, XBZRLE results, filled pages: their content as computed
+                for page in range(run.first, run.first + run.count):
+                    write_page(w, block, page * ps, index.read_page(block.name, page), cont)
+                    cont = True
+            cont = True

@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .errors import DescriptionError, FormatError, QevmError, TruncatedError
+from .format import SECTION_FOOTER, SECTION_FULL
 from .source.base import CHUNK
 from .source.memory import MemorySource
-from .stream import SECTION_FOOTER, SECTION_FULL, SectionRecord, locate_description
+from .stream import SectionRecord, locate_description
 from .vmstate.codec import Decoder
 from .vmstate.desc import Description, DeviceDesc
 from .vmstate.values import StateNode

@@ -15,24 +15,31 @@ from . import commands as C
 from .configuration import Configuration, read_configuration
 from .delimit import FOOTER, DeviceSections
 from .errors import DescriptionError, FormatError, QevmError, TruncatedError, UnsupportedError
-from .sections import handler_for
-from .source.base import Source
-from .stream import (
+from .format import (
     COMMAND,
     CONFIGURATION,
     EOF,
-    MAGIC,
-    MAX_DESCRIPTION,
-    MAX_PACKAGED_DEPTH,
+    FILE_MAGIC,
+    FILE_VERSION,
+    FILE_VERSION_COMPAT,
+    MIG_CMD_PACKAGED,
+    MIG_CMD_POSTCOPY_ADVISE,
+    MIG_CMD_POSTCOPY_RESUME,
+    MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_RECV_BITMAP,
     SECTION_END,
     SECTION_FOOTER,
     SECTION_FULL,
     SECTION_PART,
     SECTION_START,
     SECTION_TYPE_NAMES,
-    VERSION,
-    VERSION_COMPAT,
     VMDESCRIPTION,
+)
+from .sections import handler_for
+from .source.base import Source
+from .stream import (
+    MAX_DESCRIPTION,
+    MAX_PACKAGED_DEPTH,
     BrokenRecord,
     CommandRecord,
     ConfigurationRecord,
@@ -119,19 +126,19 @@ class StreamParser:
                 offset=off,
                 expected='magic "QEVM"',
             ) from None
-        if magic != MAGIC:
+        if magic != FILE_MAGIC:
             raise FormatError(
                 f"not a QEMU migration stream (magic {magic:#010x})",
                 offset=off,
                 expected='0x5145564d ("QEVM")',
             )
         version = r.u32()
-        if version == VERSION_COMPAT:
+        if version == FILE_VERSION_COMPAT:
             raise UnsupportedError(
                 "stream version 2 (QEMU before 0.10) is obsolete and not supported",
                 offset=off + 4,
             )
-        if version != VERSION:
+        if version != FILE_VERSION:
             raise FormatError(f"stream version {version}", offset=off + 4, expected="3")
         return HeaderRecord(off, r.offset, magic, version)
 
@@ -156,7 +163,7 @@ class StreamParser:
                 if not top:
                     self.ctx.warn(f"EOF marker inside a PACKAGED blob at {off:#x}")
                 break
-            if not top and isinstance(rec, CommandRecord) and rec.cmd == C.POSTCOPY_RUN:
+            if not top and isinstance(rec, CommandRecord) and rec.cmd == MIG_CMD_POSTCOPY_RUN:
                 break
             if self.ctx.progress is not None:
                 self.ctx.progress(r.offset)
@@ -245,17 +252,17 @@ class StreamParser:
         cmd = wire_cmd = r.u16()
         length = r.u16()
         # QEMU 3.0 numbered RECV_BITMAP 9; only it carries a payload.
-        if cmd == C.POSTCOPY_RESUME and length:
-            cmd = C.RECV_BITMAP
+        if cmd == MIG_CMD_POSTCOPY_RESUME and length:
+            cmd = MIG_CMD_RECV_BITMAP
         C.check_command(cmd, length, off)
         payload = r.bytes(length)
         info = C.decode_payload(cmd, payload, off)
         rec = CommandRecord(off, r.offset, cmd, length, payload, info, wire_cmd=wire_cmd)
-        if cmd == C.POSTCOPY_ADVISE:
+        if cmd == MIG_CMD_POSTCOPY_ADVISE:
             self.ctx.postcopy = info
             if info.get("ram"):
                 self.ctx.capabilities.add("postcopy-ram")
-        elif cmd == C.PACKAGED:
+        elif cmd == MIG_CMD_PACKAGED:
             self._packaged(rec)
         return rec
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DescriptionError, QevmError, UsageError
+from .format import SECTION_FULL
 from .stream import (
-    SECTION_FULL,
     CommandRecord,
     ParsedStream,
     Record,
@@ -25,8 +25,9 @@ from .stream import (
 from .vmstate.values import StateNode
 
 if TYPE_CHECKING:
+    from .sections.ram.blocks import RamBlock
     from .sections.ram.index import PageIndex
-    from .sections.ram.records import RamBlock, RamState
+    from .sections.ram.records import RamState
     from .source.base import Source
     from .vmstate.desc import Description
 

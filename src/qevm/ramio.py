@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .writebehind import WriteBehind, pwrite_all
+from .fileio import pwrite_sparse
+from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
     from .sections.ram.index import PageIndex
@@ -232,21 +233,23 @@ def copy_block_range(
     if start % ps or length % ps:
         wb.drain()
         return _copy_unaligned(index, name, start, length, fd, dest)
+    from .sections.ram.index import ABSENT_RUN, DATA_RUN, ZERO_RUN
+
     first, last = start // ps, (start + length) // ps
     written = 0
-    for page, count, src, off, stride in index.data_runs(name):
-        lo, hi = max(page, first), min(page + count, last)
-        if lo >= hi:
+    for run in index.runs(name):
+        lo, hi = max(run.first, first), min(run.first + run.count, last)
+        if lo >= hi or run.kind in (ABSENT_RUN, ZERO_RUN):
             continue
-        soff = off + (lo - page) * stride
-        n = hi - lo
         out = dest + (lo - first) * ps
-        write_source_strided(wb, fd, out, index.inputs[src], soff, stride, n, ps)
-        written += n * ps
-    for page in index.computed_pages(name):
-        if first <= page < last:
-            wb.write(fd, index.read_page(name, page), dest + (page - first) * ps)
-            written += ps
+        if run.kind == DATA_RUN:
+            soff = run.offset + (lo - run.first) * run.stride
+            src = index.inputs[run.input]
+            write_source_strided(wb, fd, out, src, soff, run.stride, hi - lo, ps)
+        else:
+            for page in range(lo, hi):
+                wb.write(fd, index.read_page(name, page), out + (page - lo) * ps)
+        written += (hi - lo) * ps
     return written
 
 
@@ -258,8 +261,6 @@ def _copy_unaligned(
     pos = 0
     while pos < length:
         n = min(step, length - pos)
-        data = index.read(name, start + pos, n)
-        if data.count(0) != len(data):
-            pwrite_all(fd, data, dest + pos)
+        pwrite_sparse(fd, index.read(name, start + pos, n), dest + pos)
         pos += n
     return length

@@ -14,15 +14,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, UsageError
+from .fileio import IOV_MAX
 from .ramio import Placement, write_source_strided, write_strided
 from .sections.ram import xbzrle
 from .sections.ram.consumer import PageConsumer
-from .writebehind import IOV_MAX, WriteBehind
+from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .sections.ram.records import RamBlock
+    from .sections.ram.blocks import RamBlock
     from .wire import Reader
 
 #: What a page last was, for :class:`PageStates`.

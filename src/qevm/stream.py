@@ -22,33 +22,18 @@ from typing import Any
 from . import commands as C
 from .configuration import Configuration
 from .errors import DescriptionError, QevmError
+from .format import (
+    FILE_MAGIC,
+    FILE_VERSION,
+    SECTION_FULL,
+    SECTION_TYPE_NAMES,
+    VMDESCRIPTION,
+)
 from .sections import SectionHandler, load_all
 from .source.base import Source
 from .vmstate.desc import Description, DeviceDesc, parse_description
 from .vmstate.values import StateNode
 from .wire import Reader
-
-MAGIC = 0x5145564D  # "QEVM"
-VERSION = 3
-VERSION_COMPAT = 2
-
-EOF = 0x00
-SECTION_START = 0x01
-SECTION_PART = 0x02
-SECTION_END = 0x03
-SECTION_FULL = 0x04
-SUBSECTION = 0x05
-VMDESCRIPTION = 0x06
-CONFIGURATION = 0x07
-COMMAND = 0x08
-SECTION_FOOTER = 0x7E
-
-SECTION_TYPE_NAMES = {
-    SECTION_START: "START",
-    SECTION_PART: "PART",
-    SECTION_END: "END",
-    SECTION_FULL: "FULL",
-}
 
 #: PACKAGED blobs inside PACKAGED blobs (QEMU nests none).
 MAX_PACKAGED_DEPTH = 8
@@ -73,8 +58,8 @@ class Record:
 
 @dataclass(eq=False)
 class HeaderRecord(Record):
-    magic: int = MAGIC
-    version: int = VERSION
+    magic: int = FILE_MAGIC
+    version: int = FILE_VERSION
 
 
 @dataclass(eq=False)

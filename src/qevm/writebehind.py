@@ -10,51 +10,18 @@ gets ahead of the disk waits for a buffer.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from .fileio import pwrite_all, pwritev_all
 
 #: Gather buffers in the pool, and the size of each.
 POOL_BUFFERS = 4
 BUFFER_SIZE = 4 << 20
 #: Most bytes queued and not yet written (the producer waits beyond it).
 MAX_PENDING = 32 << 20
-#: Most buffers one pwritev call takes (Linux IOV_MAX).
-IOV_MAX = 1024
-#: Bytes per write call.  Linux sizes page-cache folios by the length of the
-#: write; on the VM qevm is measured on, 1 GiB written 4 MiB at a time took
-#: 1.6-1.8 s of kernel time about half of the runs (always right after another
-#: program's gigabyte was freed), 256 KiB at a time 0.45-0.55 s in every run.
-#: The extra calls cost about 10 ms per GiB.
-WRITE_SIZE = 256 << 10
-
-
-def pwrite_all(fd: int, data: Any, dest: int) -> None:
-    """Write all of ``data`` at ``dest`` (finishing short writes)."""
-    view = memoryview(data).cast("B")
-    while view:
-        done = os.pwrite(fd, view[:WRITE_SIZE], dest)
-        view = view[done:]
-        dest += done
-
-
-def pwritev_all(fd: int, bufs: list[Any], dest: int) -> None:
-    """Write the buffers one after the other from ``dest``."""
-    i = 0
-    while i < len(bufs):
-        # up to IOV_MAX buffers and about WRITE_SIZE bytes per call
-        j, want = i, 0
-        while j < len(bufs) and j - i < IOV_MAX and want < WRITE_SIZE:
-            want += len(bufs[j])
-            j += 1
-        chunk = bufs[i:j]
-        done = os.pwritev(fd, chunk, dest)
-        if done != want:  # short write: finish it plainly
-            pwrite_all(fd, b"".join(bytes(b) for b in chunk)[done:], dest + done)
-        dest += want
-        i = j
 
 
 class WriteBehind:

@@ -24,16 +24,20 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import commands as C
 from .errors import UsageError
-from .source.base import CHUNK, FileSource, Source
-from .stream import (
+from .fileio import copy_range, is_zero
+from .format import (
     COMMAND,
     CONFIGURATION,
     EOF,
+    MIG_CMD_PACKAGED,
+    SECTION_FOOTER,
     SECTION_FULL,
     SECTION_START,
     VMDESCRIPTION,
+)
+from .source.base import CHUNK, FileSource, Source
+from .stream import (
     CommandRecord,
     ConfigurationRecord,
     DescriptionRecord,
@@ -54,76 +58,6 @@ if TYPE_CHECKING:
     from .migration import Migration
     from .sections.ram.write import RamPatch
 
-SECTION_FOOTER = 0x7E
-#: Pieces of copied ranges that are all zeros are written as holes.
-ZERO_PIECE = 1 << 16
-_ZEROS = bytes(ZERO_PIECE)
-
-
-# -- copying byte ranges ------------------------------------------------------------
-
-
-def copy_range(w: Writer, src: Source, start: int, end: int) -> None:
-    """Bytes ``[start, end)`` of ``src`` as they are (a mapped input lets them go after)."""
-    pos = start
-    while pos < end:
-        n = min(CHUNK * 8, end - pos)
-        w.bytes(src.read_at(pos, n))
-        src.release(pos, pos + n)
-        pos += n
-
-
-def _data_extents(src: Source, start: int, end: int) -> list[tuple[int, int]]:
-    """The ranges of ``[start, end)`` the file backing ``src`` has data for."""
-    fd = src.fileno() if isinstance(src, FileSource) else None
-    if fd is None or not hasattr(os, "SEEK_DATA"):
-        return [(start, end)] if start < end else []
-    out = []
-    pos = start
-    while pos < end:
-        try:
-            d = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole is left
-            break
-        if d >= end:
-            break
-        h = min(os.lseek(fd, d, os.SEEK_HOLE), end)
-        out.append((d, h))
-        pos = h
-    return out
-
-
-def copy_sparse(
-    w: Writer, src: Source, start: int, end: int, overrides: list[tuple[int, bytes]] = ()
-) -> None:
-    """Bytes ``[start, end)`` of ``src`` with the input's holes and all-zero
-    pieces left as holes, and ``overrides`` — sorted, non-overlapping
-    ``(offset, data)`` — written instead of the input's bytes there."""
-    pos = start
-    for off, data in [*overrides, (end, b"")]:
-        _copy_sparse_plain(w, src, pos, off)
-        if data:
-            w.bytes(data)
-        pos = off + len(data)
-
-
-def _copy_sparse_plain(w: Writer, src: Source, start: int, end: int) -> None:
-    pos = start
-    for d, h in _data_extents(src, start, end):
-        w.hole(d - pos)
-        pos = d
-        while pos < h:
-            # Pieces end on ZERO_PIECE boundaries of the input, so holes stay aligned.
-            n = min(ZERO_PIECE - pos % ZERO_PIECE, h - pos)
-            data = bytes(src.read_at(pos, n))
-            if data == _ZEROS[:n]:
-                w.hole(n)
-            else:
-                w.bytes(data)
-            pos += n
-    w.hole(end - pos)
-
-
 # -- the input ------------------------------------------------------------------------
 
 
@@ -141,7 +75,7 @@ def spool(src: Source, tmpdir: str | None = None) -> FileSource:
                 data = src.read(CHUNK)
                 if not data:
                     break
-                if data.count(0) == len(data):
+                if is_zero(data):
                     f.seek(len(data), 1)
                 else:
                     f.write(data)
@@ -274,7 +208,7 @@ class StreamWriter:
     def write_command(self, w: Writer, rec: CommandRecord) -> None:
         w.u8(COMMAND)
         w.u16(rec.wire_cmd if rec.wire_cmd is not None else rec.cmd)
-        if rec.cmd != C.PACKAGED or rec.nested is None:
+        if rec.cmd != MIG_CMD_PACKAGED or rec.nested is None:
             w.u16(len(rec.payload))
             w.bytes(rec.payload)
             return

@@ -7,9 +7,11 @@ import sys
 from typing import Any
 
 from ..errors import DescriptionError, QevmError
+from ..export.vmcoreinfo import quick_look
+from ..format import SECTION_FULL
 from ..migration import Migration
 from ..render import compat, jsonout, native, text
-from ..stream import SECTION_FULL, BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
+from ..stream import BrokenRecord, DescriptionRecord, SectionRecord, TrailingRecord
 from . import add_input, command, no_match, open_stream, outcome
 
 
@@ -86,6 +88,7 @@ def info_json(mig: Migration) -> dict[str, Any]:
         if isinstance(r, BrokenRecord)
     ]
     out["ram_blocks"] = [ram_block_json(b) for b in mig.ram_blocks]
+    out["kernels"] = quick_look(src)
     trailing = [r for r in mig.records if isinstance(r, TrailingRecord)]
     if trailing:
         out["trailing"] = {
@@ -163,6 +166,9 @@ def _print_info(mig: Migration, out: Any) -> None:
             )
             extra = f"  mr_addr {b['mr_addr']:#x}" if "mr_addr" in b else ""
             w(f"  {b['name']:40} {b['size']:#12x}  {pages}{extra}\n")
+    for k in j["kernels"]:
+        kaslr = f", KASLR offset {k['kernel_offset']:#x}" if k["kernel_offset"] is not None else ""
+        w(f"kernel        Linux {k['release']}{kaslr} (VMCOREINFO in RAM, banner agrees)\n")
     if "trailing" in j:
         t = j["trailing"]
         w(f"trailing      {t['length']} bytes at {t['offset']:#x} after the stream\n")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..export.kdump import FORMATS as KDUMP_FORMATS
 from ..render import jsonout
 from ..source import open_source
 from . import add_input, command
@@ -76,10 +77,20 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         dest="out_format",
-        choices=("elf", "raw"),
+        choices=("elf", "raw", *KDUMP_FORMATS),
         default="elf",
-        help="elf: ELF64 core with one PT_LOAD per range and CPU notes (default); "
-        "raw: flat sparse image, file offset = guest-physical address",
+        metavar="{elf,raw,kdump-zlib,...}",
+        help="elf: ELF64 core with one PT_LOAD per range, CPU notes and VMCOREINFO (default); "
+        "raw: flat sparse image, file offset = guest-physical address; "
+        "kdump-zlib, kdump-lzo, kdump-snappy, kdump-zstd: makedumpfile's flattened "
+        "kdump-compressed format (as dump-guest-memory writes it); kdump-raw-*: the same "
+        "unflattened",
+    )
+    p.add_argument(
+        "--no-vmcoreinfo",
+        dest="vmcoreinfo",
+        action="store_false",
+        help="do not look for the Linux kernel's VMCOREINFO or write it as a note",
     )
     p.add_argument(
         "--input-format",
@@ -111,12 +122,20 @@ def run_memory(args: argparse.Namespace) -> int:
         overrides=overrides,
         open_args={"desc": args.desc},
         progress=progress.update,
+        vmcoreinfo=args.vmcoreinfo,
     )
     progress.done()
     print(
         f"{args.output}: {res.format}, {len(res.memmap.ranges)} ranges, "
         f"{res.covered:#x} bytes of guest-physical memory"
     )
+    if res.vmcoreinfo is not None:
+        v = res.vmcoreinfo
+        kaslr = f", KASLR offset {v.kernel_offset:#x}" if v.kernel_offset is not None else ""
+        print(f"VMCOREINFO: Linux {v.release}{kaslr} ({v.origin} at {v.gpa:#x})")
+    if res.kdump is not None:
+        k = res.kdump
+        print(f"kdump: {k.pages} pages ({k.zero_pages} zero), {k.data_bytes} bytes of page data")
     for w in res.warnings + res.memmap.notes:
         print(f"warning: {w}", file=sys.stderr)
     return 0

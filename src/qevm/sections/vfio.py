@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
+from ..format import SECTION_FULL
 from . import SectionHandler, register
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ class VfioHandler(SectionHandler):
     title = "VFIO device state"
 
     def reads(self, rec_type: int) -> bool:
-        from ..stream import SECTION_FULL
-
         return rec_type != SECTION_FULL
 
     def read(self, ctx: ParseContext, entry: SectionEntry, rec: SectionRecord) -> Any:

@@ -14,10 +14,12 @@ import sys
 from typing import BinaryIO
 
 from ..errors import ContainerError, UsageError
+from ..format import FILE_MAGIC
+from . import libvirt, qcow2
 from .base import FileSource, Source, StreamSource, is_regular_file
 from .compress import COMPRESSIONS, decompressing, detect_compression
 
-QEVM_MAGIC = b"QEVM"
+QEVM_MAGIC = FILE_MAGIC.to_bytes(4, "big")
 FORMATS = ("auto", "stream", "libvirt", "qcow2") + tuple(COMPRESSIONS)
 
 
@@ -87,13 +89,9 @@ def _unwrap(src: Source, format: str, snapshot: str | None, depth: int = 0) -> S
         inner = decompressing(src, kind)
         return _unwrap(inner, "auto", snapshot, depth + 1)
     if kind == "libvirt":
-        from .libvirt import open_libvirt
-
-        return _unwrap(open_libvirt(src), "stream", None, depth + 1)
+        return _unwrap(libvirt.open_libvirt(src), "stream", None, depth + 1)
     if kind == "qcow2":
-        from .qcow2 import open_snapshot
-
-        return open_snapshot(src, snapshot)
+        return qcow2.open_snapshot(src, snapshot)
     # Unknown content: let the stream parser say what is wrong with it.
     return src
 
@@ -101,9 +99,9 @@ def _unwrap(src: Source, format: str, snapshot: str | None, depth: int = 0) -> S
 def _detect(head: bytes) -> str:
     if head.startswith(QEVM_MAGIC):
         return "stream"
-    if head.startswith(b"LibvirtQemudSave") or head.startswith(b"LibvirtQemudPart"):
+    if head.startswith((libvirt.MAGIC_COMPLETE, libvirt.MAGIC_PARTIAL)):
         return "libvirt"
-    if head.startswith(b"QFI\xfb"):
+    if head.startswith(qcow2.MAGIC):
         return "qcow2"
     comp = detect_compression(head)
     return comp or "stream"

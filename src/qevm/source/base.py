@@ -15,6 +15,7 @@ import stat
 from typing import BinaryIO
 
 from ..errors import ContainerError, TruncatedError
+from ..fileio import read_full
 
 #: How much a streaming source asks for per read.
 CHUNK = 1 << 20
@@ -218,12 +219,9 @@ class StreamSource(Source):
         if self._pending:
             out, self._pending = self._pending[:n], self._pending[n:]
             n -= len(out)
-        while n > 0:
-            got = self._f.read(n)
-            if not got:
-                break
+        if n > 0:
+            got = read_full(self._f, n)
             out = out + got if out else got
-            n -= len(got)
         self._pos += len(out)
         return out
 

@@ -10,17 +10,17 @@ means the other byte order.
 
 from __future__ import annotations
 
-import struct
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from ..errors import ContainerError, TruncatedError
+from ..errors import ContainerError
+from ..fileio import read_exact
+from ..structs import CStruct
 from .base import Source
 from .compress import decompressing
 
 MAGIC_COMPLETE = b"LibvirtQemudSave"
 MAGIC_PARTIAL = b"LibvirtQemudPart"
-HEADER_SIZE = 92
 #: QEMU_SAVE_VERSION in libvirt.
 VERSION = 2
 #: format codes of libvirt's virQEMUSaveFormat
@@ -28,84 +28,74 @@ FORMATS = ("raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse")
 COMPRESSED = frozenset({"gzip", "bzip2", "xz", "lzop", "zstd"})
 #: The XML area libvirt writes is the XML plus 64 KiB; anything near this is not an image.
 MAX_DATA_LEN = 64 << 20
-
-_FIELDS = "IIIII"
-
-
-def _read_exact(src: Source, offset: int, n: int, what: str) -> bytes:
-    """``n`` bytes at absolute ``offset`` (the current position for streams)."""
-    if src.seekable:
-        size = src.size or 0
-        if offset + n > size:
-            raise TruncatedError(
-                f"libvirt save image ends inside the {what}: {max(0, size - offset)} of "
-                f"{n} bytes present",
-                offset=offset,
-                expected=f"{n} bytes of {what}",
-            )
-        return bytes(src.read_at(offset, n))
-    data = src.read(n)
-    if len(data) != n:
-        raise TruncatedError(
-            f"libvirt save image ends inside the {what}: {len(data)} of {n} bytes present",
-            offset=offset,
-            expected=f"{n} bytes of {what}",
-        )
-    return data
+IMAGE = "libvirt save image"
 
 
-def parse_header(head: bytes, base: int = 0) -> dict[str, Any]:
-    """The fields of a 92-byte libvirt save header (``base``: its offset, for errors)."""
-    magic = head[:16]
-    if magic not in (MAGIC_COMPLETE, MAGIC_PARTIAL):
+class VirQEMUSaveHeader(
+    CStruct,
+    fields="""
+        char magic[16];         /* QEMU_SAVE_MAGIC or QEMU_SAVE_PARTIAL */
+        uint32_t version;
+        uint32_t data_len;      /* domain XML, cookie and padding */
+        uint32_t was_running;
+        uint32_t format;        /* virQEMUSaveFormat (called compressed before) */
+        uint32_t cookieOffset;  /* in the data, 0 for none */
+        uint32_t unused[14];
+    """,
+    byte_order="<",
+):
+    """libvirt's save image header (qemu_saveimage.h: virQEMUSaveHeader), in the host's order."""
+
+    error_class = ContainerError
+
+    @property
+    def complete(self) -> bool:
+        """False for an image libvirt did not finish writing (``LibvirtQemudPart``)."""
+        return self.magic == MAGIC_COMPLETE
+
+    @property
+    def format_name(self) -> str:
+        # Version 1 images predate compression; libvirt ignores the field.
+        return FORMATS[self.format] if self.version > 1 else "raw"
+
+
+def parse_header(head: bytes, base: int = 0) -> VirQEMUSaveHeader:
+    """The libvirt save header at the start of ``head`` (read from offset ``base``), checked."""
+    hdr = VirQEMUSaveHeader.unpack(head, base)
+    if hdr.magic not in (MAGIC_COMPLETE, MAGIC_PARTIAL):
         raise ContainerError(
-            f"not a libvirt save image: magic {magic!r}",
+            f"not a libvirt save image: magic {hdr.magic!r}",
             offset=base,
             expected="'LibvirtQemudSave' or 'LibvirtQemudPart'",
         )
-    order = "little"
-    version, data_len, was_running, fmt, cookie_off = struct.unpack_from("<" + _FIELDS, head, 16)
-    if version > VERSION:
-        order = "big"
-        version, data_len, was_running, fmt, cookie_off = struct.unpack_from(
-            ">" + _FIELDS, head, 16
-        )
-    if not 1 <= version <= VERSION:
-        raise ContainerError(
-            f"libvirt save image version {version} is not supported",
-            offset=base + 16,
+    if hdr.version > VERSION:
+        # like libvirt: a version too large to be ours is the other byte order
+        hdr = VirQEMUSaveHeader.unpack(head, base, byte_order=">")
+    if not 1 <= hdr.version <= VERSION:
+        raise hdr.error(
+            "version",
+            f"libvirt save image version {hdr.version} is not supported",
             expected="version 1 or 2",
         )
-    if version == 1:
-        # Version 1 images predate compression; libvirt ignores the field.
-        fmt = 0
-    if fmt >= len(FORMATS):
-        raise ContainerError(
-            f"unknown libvirt save image format {fmt}",
-            offset=base + 28,
+    if hdr.version > 1 and hdr.format >= len(FORMATS):
+        raise hdr.error(
+            "format",
+            f"unknown libvirt save image format {hdr.format}",
             expected=f"0..{len(FORMATS) - 1} ({', '.join(FORMATS)})",
         )
-    if data_len == 0 or data_len > MAX_DATA_LEN:
-        raise ContainerError(
-            f"libvirt header data_len {data_len} is implausible",
-            offset=base + 20,
+    if hdr.data_len == 0 or hdr.data_len > MAX_DATA_LEN:
+        raise hdr.error(
+            "data_len",
+            f"libvirt header data_len {hdr.data_len} is implausible",
             expected=f"1..{MAX_DATA_LEN} bytes of XML and padding",
         )
-    if cookie_off > data_len:
-        raise ContainerError(
-            f"cookie offset {cookie_off} lies past the {data_len} bytes of XML data",
-            offset=base + 32,
-            expected=f"at most {data_len}",
+    if hdr.cookieOffset > hdr.data_len:
+        raise hdr.error(
+            "cookieOffset",
+            f"cookie offset {hdr.cookieOffset} lies past the {hdr.data_len} bytes of XML data",
+            expected=f"at most {hdr.data_len}",
         )
-    return {
-        "complete": magic == MAGIC_COMPLETE,
-        "version": version,
-        "byte_order": order,
-        "data_len": data_len,
-        "was_running": bool(was_running),
-        "format": FORMATS[fmt],
-        "cookie_offset": cookie_off,
-    }
+    return hdr
 
 
 def _cstring(data: bytes) -> str:
@@ -134,21 +124,21 @@ def open_libvirt(src: Source) -> Source:
     ``info`` carries the header fields, the domain name, UUID, XML and cookie.
     """
     base = src.start if src.seekable else src.position
-    head = _read_exact(src, base, HEADER_SIZE, "header")
+    head = read_exact(src, base, VirQEMUSaveHeader.size, "header", where=IMAGE)
     hdr = parse_header(head, base)
-    data = _read_exact(src, base + HEADER_SIZE, hdr["data_len"], "domain XML")
-    cookie_off = hdr["cookie_offset"]
+    data = read_exact(src, base + hdr.size, hdr.data_len, "domain XML", where=IMAGE)
+    cookie_off = hdr.cookieOffset
     xml = _cstring(data[:cookie_off] if cookie_off else data)
     cookie = _cstring(data[cookie_off:]) if cookie_off else None
     if not xml:
         raise ContainerError(
             "the libvirt save image holds no domain XML",
-            offset=base + HEADER_SIZE,
+            offset=base + hdr.size,
             expected="the NUL-terminated domain XML",
         )
     name, uuid = domain_identity(xml)
-    stream_at = base + HEADER_SIZE + hdr["data_len"]
-    fmt = hdr["format"]
+    stream_at = base + hdr.size + hdr.data_len
+    fmt = hdr.format_name
 
     # Keys stay within 11 characters: `qevm info` aligns them in a 12-column field.
     info: dict[str, Any] = dict(src.info)
@@ -156,17 +146,17 @@ def open_libvirt(src: Source) -> Source:
         domain=name,
         uuid=uuid,
         format=fmt,
-        was_running=hdr["was_running"],
-        version=hdr["version"],
-        complete=hdr["complete"],
-        byte_order=hdr["byte_order"],
+        was_running=bool(hdr.was_running),
+        version=hdr.version,
+        complete=hdr.complete,
+        byte_order="big" if hdr.byte_order == ">" else "little",
         stream_at=stream_at,
         xml=xml,
         cookie=cookie,
     )
     outer = src.container
     container = f"libvirt save image ({fmt})"
-    if not hdr["complete"]:
+    if not hdr.complete:
         container += ", incomplete"
     if outer != "raw stream":
         container += f" in {outer}"

@@ -16,7 +16,8 @@ import struct
 import zlib
 from typing import BinaryIO
 
-from ..errors import ContainerError, TruncatedError
+from ..errors import ContainerError
+from ..fileio import missing, read_full
 
 MAGIC = b"\x89LZO\x00\r\n\x1a\n"
 
@@ -181,14 +182,7 @@ class LzopReader(io.RawIOBase):
 
     # -- input ------------------------------------------------------------
     def _raw(self, n: int) -> bytes:
-        parts = []
-        while n > 0:
-            got = self._f.read(n)
-            if not got:
-                break
-            parts.append(got)
-            n -= len(got)
-        data = b"".join(parts)
+        data = read_full(self._f, n)
         self._in += len(data)
         return data
 
@@ -196,11 +190,7 @@ class LzopReader(io.RawIOBase):
         at = self._in
         data = self._raw(n)
         if len(data) != n:
-            raise TruncatedError(
-                f"lzop data ends inside the {what} ({len(data)} of {n} bytes)",
-                offset=at,
-                expected=f"{n} bytes of {what}",
-            )
+            raise missing(what, n, len(data), at, where="lzop data")
         return data
 
     def _u32(self, what: str) -> int:

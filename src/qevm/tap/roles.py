@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from ..sections.ram.multifd import MULTIFD_MAGIC
+from ..format import MULTIFD_MAGIC
 
 MAIN = "main"
 MULTIFD = "multifd"

@@ -20,17 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import commands as C
 from ..errors import FormatError, QevmError
-from ..sections.ram.consumer import PageConsumer
-from ..sections.ram.multifd import (
-    COMPRESSION,
-    FLAG_COMPRESSION_MASK,
-    FLAG_SYNC,
-    DeviceStateHeader,
-    apply_channel,
-    packet_page_size,
-    read_handshake,
-    read_packets,
+from ..format import (
+    MULTIFD_COMPRESSION,
+    MULTIFD_FLAG_COMPRESSION_MASK,
+    MULTIFD_FLAG_SYNC,
+    MultiFDPacketDeviceState,
 )
+from ..sections.ram.consumer import PageConsumer
+from ..sections.ram.multifd import apply_channel, packet_page_size, read_handshake, read_packets
 from ..sections.ram.records import RamBlock, RamState
 from ..stream import (
     SECTION_END,
@@ -300,20 +297,20 @@ class ChannelWatcher(Watcher):
             self.bytes = r.offset
             self.info["packets"] += 1
             hdr = pkt.header
-            if isinstance(hdr, DeviceStateHeader):
+            if isinstance(hdr, MultiFDPacketDeviceState):
                 self.info.setdefault("device_state", []).append(
                     {"idstr": hdr.device_name, "instance_id": hdr.instance_id}
                 )
                 continue
             if hdr.normal_pages or hdr.zero_pages:
                 self._pages(d, pkt, hdr, blocks, epoch, n)
-            if hdr.flags & FLAG_SYNC:
+            if hdr.flags & MULTIFD_FLAG_SYNC:
                 self.info["syncs"] += 1
                 epoch += 1
                 d.channel_epoch(self.name, epoch)
 
     def _pages(self, d: Decoder, pkt: Any, hdr: Any, blocks: Any, epoch: int, n: list) -> None:
-        comp = COMPRESSION.get(hdr.flags & FLAG_COMPRESSION_MASK, hex(hdr.flags))
+        comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK, hex(hdr.flags))
         self.info["compression"] = comp
         block = blocks.get(hdr.block_name)
         if block is None:

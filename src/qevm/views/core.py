@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import UsageError
+from ..fileio import copy_file_sparse
 from ..ramio import Piece, Placement, copy_block_range
 from ..ramsink import StreamingSink
 from ..writebehind import WriteBehind
@@ -109,6 +110,54 @@ def elf_headers(
 
 
 @dataclass
+class ElfPlan:
+    """Where everything of an ELF core written from the page index goes."""
+
+    #: ELF header and program headers, at offset 0
+    headers: bytes
+    notes: bytes
+    note_offset: int
+    #: block -> file offset of its area (the block's offset 0)
+    areas: dict[str, int]
+    #: block -> the merged ``[start, end)`` offsets of it the ranges use
+    extents: dict[str, list[tuple[int, int]]]
+    size: int
+
+
+def elf_plan(mig: Migration, ranges: list[Range], target: Target) -> ElfPlan:
+    """The layout :func:`write_core` gives an ELF of ``ranges`` read from the page index."""
+    extents = _block_extents(ranges)
+    pos = _align(header_size(len(ranges), len(target.notes)))
+    areas = {}
+    for b in extents:
+        areas[b] = pos
+        pos = _align(pos + mig_block_size(mig, b))
+    note_off = header_size(len(ranges), 0)
+    headers = elf_headers(target, ranges, areas, note_off)
+    return ElfPlan(headers, target.notes, note_off, areas, extents, pos)
+
+
+def core_target(
+    mig: Migration, mm: MemoryMap, read: Any, scan: Any, vmcoreinfo: bool = True
+) -> tuple[Target, Any, list[str]]:
+    """ELF machine, byte order and notes: the CPUs' (:mod:`.notes`), then the kernel's VMCOREINFO.
+
+    ``read(block, offset, length)`` reads RAM blocks, ``scan`` searches them
+    (:mod:`qevm.export.scan`); ``vmcoreinfo=False`` leaves the note out.
+    """
+    target, warnings = target_for(mig)
+    if not vmcoreinfo:
+        return target, None, warnings
+    from ..export.vmcoreinfo import recover
+
+    info, more = recover(mig, mm, read, scan, target.endian)
+    if info is not None:
+        # dump.c writes the guest's note after every CPU note
+        target = Target(target.machine, target.endian, target.notes + info.note)
+    return target, info, warnings + more
+
+
+@dataclass
 class CoreResult:
     """What :func:`write_core` wrote."""
 
@@ -117,6 +166,10 @@ class CoreResult:
     #: bytes of guest memory the ranges cover
     covered: int
     warnings: list[str]
+    #: the kernel's VMCOREINFO written as a note (:class:`qevm.export.vmcoreinfo.VmcoreInfo`)
+    vmcoreinfo: Any = None
+    #: what the kdump writer counted (:class:`qevm.export.kdump.KdumpResult`)
+    kdump: Any = None
 
 
 def _copy_ranges(mig: Migration, fd: int, jobs: Iterator[tuple[str, int, int, int]]) -> None:
@@ -138,21 +191,26 @@ def write_core(
     overrides: Any = None,
     open_args: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    vmcoreinfo: bool = True,
 ) -> CoreResult:
-    """Write the guest-physical memory of a stream to ``path`` as ``elf`` or ``raw``.
+    """Write the guest-physical memory of a stream to ``path`` as ``elf``, ``raw`` or ``kdump-*``.
 
     ``source`` is an open :class:`~qevm.migration.Migration` (with
     ``index_ram=True``) or anything :func:`qevm.open` takes; a pipe is
-    written as it is read.  ``overrides`` are ``--map`` items.
+    written as it is read.  ``overrides`` are ``--map`` items.  The ELF
+    and kdump formats carry the kernel's VMCOREINFO when it is found and
+    checked (:mod:`qevm.export.vmcoreinfo`), unless ``vmcoreinfo=False``.
     """
-    if fmt not in ("elf", "raw"):
-        raise UsageError(f"unknown core format {fmt!r} (elf or raw)")
+    from ..export.kdump import FORMATS
+
+    if fmt not in ("elf", "raw", *FORMATS):
+        raise UsageError(f"unknown core format {fmt!r} (elf, raw, {', '.join(FORMATS)})")
     from .. import open as qopen
     from ..migration import Migration
     from ..source import Source, open_source
 
     if isinstance(source, Migration):
-        return _from_index(source, path, fmt, overrides)
+        return _from_index(source, path, fmt, overrides, vmcoreinfo)
     args = dict(open_args or {})
     src = (
         source
@@ -163,12 +221,27 @@ def write_core(
     )
     if src.seekable:
         with qopen(src, index_ram=True, progress=progress, **args) as mig:
-            return _from_index(mig, path, fmt, overrides)
-    return _from_pipe(src, path, fmt, overrides, args, progress)
+            return _from_index(mig, path, fmt, overrides, vmcoreinfo)
+    return _from_pipe(src, path, fmt, overrides, args, progress, vmcoreinfo)
 
 
-def _from_index(mig: Migration, path: Any, fmt: str, overrides: Any) -> CoreResult:
+def _from_index(
+    mig: Migration, path: Any, fmt: str, overrides: Any, vmcoreinfo: bool = True
+) -> CoreResult:
+    from ..export.ramread import read_range
+    from ..export.scan import index_scanner
+
     mm = layout(mig, overrides)
+    index = mig.page_index
+    info = kd = None
+    if fmt.startswith("kdump"):
+
+        def read(block: str, offset: int, length: int) -> bytes:
+            return read_range(index, block, offset, length)
+
+        target, info, warnings = core_target(mig, mm, read, index_scanner(index), vmcoreinfo)
+        kd = _write_kdump(path, fmt, mig, mm, target, info, read)
+        return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings, info, kd)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         if fmt == "raw":
@@ -177,25 +250,63 @@ def _from_index(mig: Migration, path: Any, fmt: str, overrides: Any) -> CoreResu
             os.ftruncate(fd, end)
             _copy_ranges(mig, fd, ((r.block, r.offset, r.size, r.gpa) for r in mm.ranges))
         else:
-            target, warnings = target_for(mig)
-            extents = _block_extents(mm.ranges)
-            pos = _align(header_size(len(mm.ranges), len(target.notes)))
-            areas = {}
-            for b in extents:
-                areas[b] = pos
-                pos = _align(pos + mig_block_size(mig, b))
-            os.ftruncate(fd, pos)
-            note_off = header_size(len(mm.ranges), 0)
-            os.pwrite(fd, elf_headers(target, mm.ranges, areas, note_off), 0)
-            os.pwrite(fd, target.notes, note_off)
+            target, info, warnings = core_target(
+                mig, mm, index.read, index_scanner(index), vmcoreinfo
+            )
+            plan = elf_plan(mig, mm.ranges, target)
+            os.ftruncate(fd, plan.size)
+            os.pwrite(fd, plan.headers, 0)
+            os.pwrite(fd, plan.notes, plan.note_offset)
             _copy_ranges(
                 mig,
                 fd,
-                ((b, s, e - s, areas[b] + s) for b, spans in extents.items() for s, e in spans),
+                (
+                    (b, s, e - s, plan.areas[b] + s)
+                    for b, spans in plan.extents.items()
+                    for s, e in spans
+                ),
             )
     finally:
         os.close(fd)
-    return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings)
+    return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings, info)
+
+
+def _write_kdump(
+    path: Any, fmt: str, mig: Migration, mm: MemoryMap, target: Target, info: Any, read: Any
+) -> Any:
+    from ..export.guestmem import GuestMemory
+    from ..export.kdump import write_kdump
+
+    if target.machine == 3:  # EM_386: QEMU writes the 32-bit header layout
+        raise UsageError("kdump output of a 32-bit x86 guest is not supported (use elf)")
+    # the kernel's page size; without it QEMU's choice: the largest the
+    # architecture has on aarch64 (64 KiB), the target page elsewhere
+    ps = info.page_size if info is not None else 65536 if target.machine == 183 else mig.page_size
+    if info is not None:
+        phys_base = info.phys_base(target.machine)
+    else:  # QEMU: aarch64's lowest RAM address, else 0
+        ram = [r.gpa for r in mm.ranges if r.kind == "ram"]
+        phys_base = min(ram) if target.machine == 183 and ram else 0
+    mem = GuestMemory(mm, read)
+    ncpus = len({c for c in _cpu_indexes(mig)}) or 1
+    with open(path, "wb") as out:
+        return write_kdump(
+            out,
+            fmt,
+            ranges=mm.ranges,
+            read_phys=mem.read_filled,
+            page_size=ps,
+            machine=target.machine,
+            endian=target.endian,
+            ncpus=ncpus,
+            notes=target.notes,
+            vmcoreinfo=info,
+            phys_base=phys_base,
+        )
+
+
+def _cpu_indexes(mig: Migration) -> list[int]:
+    return [d.instance_id for d in mig.devices("cpu")]
 
 
 def mig_block_size(mig: Migration, name: str) -> int:
@@ -264,27 +375,36 @@ def _from_pipe(
     overrides: Any,
     args: dict[str, Any],
     progress: Callable[[int], None] | None,
+    vmcoreinfo: bool = True,
 ) -> CoreResult:
+    from ..export.scan import file_scanner
+
     # RAM comes before the device state the layout depends on: keep each block
-    # in its own area (of the ELF itself, or of a staging file for raw) and
-    # place it when the stream has been read.
-    stage_path = os.fspath(path) + ".qevm-stage" if fmt == "raw" else os.fspath(path)
+    # in its own area (of the ELF itself, or of a staging file for raw and
+    # kdump) and place it when the stream has been read.
+    stage_path = os.fspath(path) + ".qevm-stage" if fmt != "elf" else os.fspath(path)
     fd = os.open(stage_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     staged = _Staged(fd, STREAM_HEADER_ROOM if fmt == "elf" else 0)
+    info = kd = None
     try:
         with staged.open(src, args, progress) as mig:
             mm = layout(mig, overrides, read=staged.read)
-            if fmt == "raw":
+            sizes = {b.name: b.used_length for b in mig.ram_blocks}
+            scan = file_scanner(fd, staged.areas, sizes)
+            if fmt.startswith("kdump"):
+                target, info, warnings = core_target(mig, mm, staged.read, scan, vmcoreinfo)
+                kd = _write_kdump(path, fmt, mig, mm, target, info, staged.read)
+            elif fmt == "raw":
                 warnings: list[str] = []
                 out = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
                     os.ftruncate(out, max((r.end for r in mm.ranges), default=0))
                     for r in mm.ranges:
-                        _copy_data(fd, staged.areas[r.block] + r.offset, r.size, out, r.gpa)
+                        copy_file_sparse(fd, staged.areas[r.block] + r.offset, r.size, out, r.gpa)
                 finally:
                     os.close(out)
             else:
-                target, warnings = target_for(mig)
+                target, info, warnings = core_target(mig, mm, staged.read, scan, vmcoreinfo)
                 hdr = header_size(len(mm.ranges), 0)
                 if hdr > STREAM_HEADER_ROOM:
                     raise UsageError(f"{len(mm.ranges)} ranges do not fit the ELF header room")
@@ -293,31 +413,6 @@ def _from_pipe(
                 os.pwrite(fd, target.notes, note_off)
     finally:
         os.close(fd)
-        if fmt == "raw":
+        if fmt != "elf":
             os.unlink(stage_path)
-    return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings)
-
-
-def _copy_data(src: int, soff: int, length: int, dst: int, doff: int) -> None:
-    """Copy the data extents of ``src`` (holes stay holes in ``dst``)."""
-    end = soff + length
-    pos = soff
-    while pos < end:
-        try:
-            data = os.lseek(src, pos, os.SEEK_DATA)
-        except OSError:  # no data after pos
-            return
-        if data >= end:
-            return
-        try:
-            hole = min(os.lseek(src, data, os.SEEK_HOLE), end)
-        except OSError:
-            hole = end
-        p = data
-        while p < hole:
-            n = min(1 << 23, hole - p)
-            buf = os.pread(src, n, p)
-            if buf.count(0) != len(buf):
-                os.pwrite(dst, buf, doff + p - soff)
-            p += n
-        pos = hole
+    return CoreResult(mm, fmt, sum(r.size for r in mm.ranges), warnings, info, kd)

@@ -13,15 +13,14 @@ import struct
 from typing import Any
 
 from ..errors import DescriptionError, FormatError, QevmError
+from ..format import SUBSECTION, VMS_NULLPTR_MARKER
 from ..wire import Reader, Writer
 from .desc import MAX_DEPTH, FieldDesc, VmsdDesc
-from .types import NULLPTR_MARKER, IntType, field_type
+from .types import IntType, field_type
 from .values import NULL, FieldValue, StateNode, SubsectionValue
 
 #: Most elements of zero bytes one array may have.
 MAX_EMPTY_ELEMENTS = 1 << 20
-#: Marker byte that starts a subsection on the wire.
-SUBSECTION = 0x05
 
 
 def described_size(desc: VmsdDesc) -> int:
@@ -197,7 +196,7 @@ class Decoder:
         start = r.offset
         if self.end is None:
             data = r.peek(n)
-            if len(data) == n and data == bytes([NULLPTR_MARKER]) * n:
+            if len(data) == n and data == bytes([VMS_NULLPTR_MARKER]) * n:
                 r.skip(n)
                 return [NULL] * n
             raise DescriptionError(
@@ -214,7 +213,7 @@ class Decoder:
         data = r.peek(total)
         for m in range(0, n + 1):
             if m == 0:
-                if total == n and data == bytes([NULLPTR_MARKER]) * n:
+                if total == n and data == bytes([VMS_NULLPTR_MARKER]) * n:
                     r.skip(n)
                     return [NULL] * n
                 continue
@@ -250,14 +249,14 @@ def _walk_pointers(data: bytes, n: int, m: int, size: int) -> list[Any] | None:
     left_nonnull = m
     for i in range(n):
         left = n - i
-        if left_nonnull == left or (left_nonnull and data[pos] != NULLPTR_MARKER):
+        if left_nonnull == left or (left_nonnull and data[pos] != VMS_NULLPTR_MARKER):
             if pos + size > len(data):
                 return None
             out.append(bytes(data[pos : pos + size]))
             pos += size
             left_nonnull -= 1
         else:
-            if data[pos] != NULLPTR_MARKER:
+            if data[pos] != VMS_NULLPTR_MARKER:
                 return None
             out.append(NULL)
             pos += 1
@@ -295,7 +294,7 @@ class Encoder:
     def element_node(self, value: Any) -> None:
         """Write a struct element: a node, a NULL marker or undescribed bytes."""
         if value is NULL:
-            self.w.u8(NULLPTR_MARKER)
+            self.w.u8(VMS_NULLPTR_MARKER)
         elif isinstance(value, (bytes, bytearray)):
             self.w.bytes(value)
         else:

@@ -16,15 +16,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DescriptionError, FormatError, UsageError
+from ..format import VMS_NULLPTR_MARKER
 from .desc import FieldDesc
 from .values import NULL, GTreeValue, StateNode
 
 if TYPE_CHECKING:
     from ..wire import Writer
     from .codec import Decoder, Encoder
-
-#: The byte QEMU writes for a NULL element of an array of pointers.
-NULLPTR_MARKER = 0x30
 
 
 @lru_cache(maxsize=256)
@@ -207,12 +205,12 @@ class NullPtrType(FieldType):
     def decode(self, dec: Decoder, f: FieldDesc) -> object:
         off = dec.r.offset
         b = dec.r.u8()
-        if b != NULLPTR_MARKER:
+        if b != VMS_NULLPTR_MARKER:
             raise FormatError(f"NULL pointer marker is {b:#04x}", offset=off, expected="0x30 ('0')")
         return NULL
 
     def encode(self, enc: Encoder, f: FieldDesc, value: object) -> None:
-        enc.w.u8(NULLPTR_MARKER)
+        enc.w.u8(VMS_NULLPTR_MARKER)
 
     def to_json(self, value: object) -> None:
         return None

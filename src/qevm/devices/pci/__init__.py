@@ -25,16 +25,13 @@ from typing import TYPE_CHECKING
 from ..registry import Context, register_field
 from . import caps, express, header, ids
 from .function import PciFunction, assign_buses, parse_path, sort_key
+from .loadcheck import VRAM_BARS, ConfigRefusal, bar_sizes, config_refusal
 from .masks import ConfigMasks, ConfigMismatch, qemu_masks
 from .regnames import register_name
 
 if TYPE_CHECKING:
     from ...migration import Device
     from ...vmstate.values import StateNode
-
-#: RAM blocks a PCI device maps through a BAR: block name -> BAR index
-#: (QEMU's std VGA, secondary-vga, bochs-display and cirrus put VRAM in BAR 0)
-VRAM_BARS = {"vga.vram": 0, "cirrus_vga.vram": 0, "qxl.vgavram": 0, "vmsvga.vram": 1}
 
 
 def _field(state: StateNode, ftype: str) -> tuple[bytes, int] | None:
@@ -46,19 +43,8 @@ def _field(state: StateNode, ftype: str) -> tuple[bytes, int] | None:
 
 
 def bar_sizes_from_blocks(ctx: Context, path: str) -> dict[int, int]:
-    """BAR sizes the RAM block list tells: the option ROM (``<path>/*.rom``) and VRAM."""
-    out: dict[int, int] = {}
-    for b in ctx.mig.ram_blocks:
-        name = b.name
-        if not name.startswith(path + "/"):
-            continue
-        leaf = name[len(path) + 1 :]
-        size = 1 << max(b.used_length - 1, 0).bit_length()
-        if leaf.endswith(".rom") and "/" not in leaf:
-            out[6] = size
-        elif leaf in VRAM_BARS:
-            out[VRAM_BARS[leaf]] = size
-    return out
+    """BAR sizes the stream's RAM block list tells: the option ROM and VRAM."""
+    return bar_sizes(path, ((b.name, b.used_length) for b in ctx.mig.ram_blocks))
 
 
 def function_from_config(
@@ -106,10 +92,14 @@ def finish(functions: list[PciFunction]) -> list[PciFunction]:
 
 
 __all__ = [
+    "VRAM_BARS",
     "ConfigMasks",
+    "ConfigRefusal",
     "ConfigMismatch",
     "PciFunction",
+    "bar_sizes",
     "caps",
+    "config_refusal",
     "express",
     "header",
     "ids",

@@ -72,6 +72,8 @@ class ConfigMismatch:
     #: the bits of the difference that are compared only if a guess is right
     uncertain: int
     register: str
+    #: bits of the printed wmask that are a guess (a BAR of unknown size)
+    wmask_guessed: int = 0
 
     def qemu_message(self) -> str:
         """QEMU's own words (``get_pci_config_device``)."""
@@ -118,6 +120,7 @@ class ConfigMasks:
                         self.w1cmask[i],
                         diff & self.uncertain[i],
                         register_name(device, i),
+                        self.uncertain[i],
                     )
                 )
         return out

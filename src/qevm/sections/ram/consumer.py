@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ...wire import Reader
-    from .records import RamBlock
+    from .blocks import RamBlock
 
 
 class PageConsumer:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from .consumer import PageConsumer
 if TYPE_CHECKING:
     from ...source.base import Source
     from ...wire import Reader
-    from .records import RamBlock
+    from .blocks import RamBlock
 
 ABSENT = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 ZERO = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
@@ -42,6 +42,31 @@ MAX_INPUTS = KIND_ZLIB
 
 #: Names of what a page can be, for statistics and ``iter_pages``.
 ENCODINGS = ("absent", "zero", "page", "zlib", "xbzrle", "fill")
+
+#: The kinds of :class:`PageRun`.
+ABSENT_RUN, ZERO_RUN, DATA_RUN, COMPUTED_RUN = "absent", "zero", "data", "computed"
+_ABSENT, _ZERO, _DATA, _COMPUTED = range(4)
+_RUN_KINDS = (ABSENT_RUN, ZERO_RUN, DATA_RUN, COMPUTED_RUN)
+
+
+class PageRun(NamedTuple):
+    """Consecutive pages of a block that are alike (see :meth:`PageIndex.runs`)."""
+
+    first: int
+    count: int
+    kind: str
+    #: ``data`` runs: the input holding the bytes, where the first page's
+    #: bytes are, and the bytes from one page's bytes to the next.
+    input: int = 0
+    offset: int = 0
+    stride: int = 0
+
+
+#: ENCODINGS position of each page code's top byte (ZERO and ABSENT are told apart whole).
+_KIND_ENCODING = np.full(256, ENCODINGS.index("page"), dtype=np.uint8)
+_KIND_ENCODING[KIND_ZLIB] = ENCODINGS.index("zlib")
+_KIND_ENCODING[KIND_SCRATCH] = ENCODINGS.index("xbzrle")
+_KIND_ENCODING[KIND_FILL] = ENCODINGS.index("fill")
 
 
 def _code(kind: int, offset: int) -> int:
@@ -88,6 +113,20 @@ class PageMap:
             self.chunk(c)[pages[m] & np.uint64(_CHUNK_MASK)] = (
                 values[m] if isinstance(values, np.ndarray) else values
             )
+
+    def take(self, first: int, count: int) -> np.ndarray:
+        """Pages ``first .. first + count - 1`` as one array (``fill`` where never set)."""
+        out = np.full(count, self.fill, dtype=self.dtype)
+        end = first + count
+        for c in range(first >> CHUNK_SHIFT, ((end - 1) >> CHUNK_SHIFT) + 1 if count else 0):
+            arr = self.chunks.get(c)
+            if arr is None:
+                continue
+            base = c << CHUNK_SHIFT
+            lo, hi = max(first, base), min(end, base + len(arr))
+            if lo < hi:
+                out[lo - first : hi - first] = arr[lo - base : hi - base]
+        return out
 
     def items(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(first page, array)`` of the allocated chunks, in page order."""
@@ -322,6 +361,26 @@ class PageIndex(PageConsumer):
             counts["page"] += int((kinds < MAX_INPUTS).sum())
         return counts
 
+    def kinds(self, name: str, first: int, count: int) -> np.ndarray:
+        """What pages ``first .. first + count - 1`` of block ``name`` are, as ``uint8``
+        positions in :data:`ENCODINGS` (0 absent, 1 zero, 2 page, 3 zlib, 4 xbzrle, 5 fill)."""
+        codes = self.loc[name].take(first, count)
+        out = _KIND_ENCODING[codes >> np.uint64(KIND_SHIFT)]
+        out[codes == ZERO] = ENCODINGS.index("zero")
+        out[codes == ABSENT] = ENCODINGS.index("absent")
+        return out
+
+    def rounds(self, name: str, first: int, count: int) -> np.ndarray | None:
+        """The round in which each page was last written (``uint16``; 0 also for pages
+        never written), or None unless rounds were tracked (:meth:`track_epochs`).
+
+        A round ends at each EOS of the RAM section (each START, PART and END
+        record is one round) or, with multifd, at each sync point.
+        """
+        if self.epochs is None:
+            return None
+        return self.epochs[name].take(first, count)
+
     def absent_pages(self, name: str) -> int | None:
         return self.encoding_counts(name)["absent"] if name in self.loc else None
 
@@ -349,50 +408,54 @@ class PageIndex(PageConsumer):
                 merged.append((start, n))
         return merged[:limit]
 
-    def computed_pages(self, name: str) -> list[int]:
-        """Pages whose bytes must be computed (zlib, XBZRLE, filled)."""
-        out: list[int] = []
-        for first, arr in self.loc[name].items():
-            kinds = arr >> np.uint64(KIND_SHIFT)
-            sel = np.flatnonzero((kinds >= KIND_ZLIB) & (kinds <= KIND_FILL))
-            out.extend((sel + first).tolist())
-        return out
+    def runs(self, name: str) -> Iterator[PageRun]:
+        """Every page of block ``name`` in order, as runs of pages that are alike.
 
-    def data_runs(self, name: str) -> Iterator[tuple[int, int, int, int, int]]:
-        """Runs of pages stored raw: ``(first_page, count, input, first_offset, stride)``.
-
-        Consecutive pages whose bytes sit at a constant stride in one input
-        (stride = page size for mapped-ram, header + page otherwise) form one
-        run, so they can be copied with one vectored write.
+        A run is ``absent``, ``zero``, ``computed`` (zlib, XBZRLE or filled
+        pages, read with :meth:`read_page`) or ``data``: pages stored raw in
+        one input at a constant stride (the page size for mapped-ram, header
+        plus page otherwise), which can be copied with one vectored write.
         """
-        for first, arr in self.loc[name].items():
+        loc = self.loc[name]
+        pos = 0
+        for first, arr in loc.items():
+            if first > pos:
+                yield PageRun(pos, first - pos, ABSENT_RUN)  # chunks never allocated
             yield from self._chunk_runs(first, arr)
+            pos = first + len(arr)
+        if loc.npages > pos:
+            yield PageRun(pos, loc.npages - pos, ABSENT_RUN)
 
-    def _chunk_runs(self, first: int, arr: np.ndarray) -> Iterator[tuple[int, int, int, int, int]]:
+    def data_runs(self, name: str) -> Iterator[PageRun]:
+        """The ``data`` runs of :meth:`runs`."""
+        return (run for run in self.runs(name) if run.kind == DATA_RUN)
+
+    def _chunk_runs(self, first: int, arr: np.ndarray) -> Iterator[PageRun]:
         kinds = arr >> np.uint64(KIND_SHIFT)
-        raw = np.flatnonzero(kinds < np.uint64(MAX_INPUTS))
-        if not len(raw):
-            return
-        codes = arr[raw]
-        offs = (codes & np.uint64(OFFSET_MASK)).astype(np.int64)
-        # A run breaks where pages or inputs are not consecutive, or where
-        # the stride between data offsets changes.
-        br = np.ones(len(raw), dtype=bool)
-        if len(raw) > 1:
+        cls = np.full(len(arr), _COMPUTED, dtype=np.int8)
+        cls[kinds < np.uint64(MAX_INPUTS)] = _DATA
+        cls[arr == ZERO] = _ZERO
+        cls[arr == ABSENT] = _ABSENT
+        offs = (arr & np.uint64(OFFSET_MASK)).astype(np.int64)
+        # A run breaks where the class changes; a data run also where the
+        # input changes, where offsets do not grow, or where the stride changes.
+        br = np.ones(len(arr), dtype=bool)
+        if len(arr) > 1:
             strides = np.diff(offs)
-            same_input = np.diff(kinds[raw].astype(np.int64)) == 0
-            cont = (np.diff(raw) == 1) & same_input & (strides > 0)
-            br[1:] = ~cont
-            br[2:] |= strides[1:] != strides[:-1]
-        starts = np.flatnonzero(br)
-        ends = np.append(starts[1:], len(raw))
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            code = int(codes[s])
-            kind, off = code >> KIND_SHIFT, code & OFFSET_MASK
-            stride = self.page_size
-            if e - s > 1:
-                stride = int(offs[s + 1]) - off
-            yield first + int(raw[s]), e - s, kind, off, stride
+            data = (cls[1:] == _DATA) & (cls[:-1] == _DATA)
+            same = (cls[1:] == cls[:-1]) & (~data | ((kinds[1:] == kinds[:-1]) & (strides > 0)))
+            br[1:] = ~same
+            br[2:] |= data[1:] & data[:-1] & (strides[1:] != strides[:-1])
+        starts = np.flatnonzero(br).tolist()
+        ends = [*starts[1:], len(arr)]
+        for s, e in zip(starts, ends):
+            c = int(cls[s])
+            if c != _DATA:
+                yield PageRun(first + s, e - s, _RUN_KINDS[c])
+                continue
+            off = int(offs[s])
+            stride = int(offs[s + 1]) - off if e - s > 1 else self.page_size
+            yield PageRun(first + s, e - s, DATA_RUN, int(kinds[s]), off, stride)
 
     def close(self) -> None:
         if self._scratch is not None:

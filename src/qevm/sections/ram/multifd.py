@@ -25,32 +25,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FormatError, TruncatedError, UnsupportedError
+from ...format import (
+    MULTIFD_COMPRESSION,
+    MULTIFD_FLAG_COMPRESSION_MASK,
+    MULTIFD_FLAG_DEVICE_STATE,
+    MULTIFD_FLAG_SYNC,
+    MULTIFD_MAGIC,
+    MULTIFD_PACKET_SIZE,
+    MULTIFD_VERSION,
+    MultiFDInit,
+    MultiFDPacket,
+    MultiFDPacketDeviceState,
+)
 from ...wire import Reader
 
 if TYPE_CHECKING:
     from ...source.base import Source
     from .records import RamState
-
-MULTIFD_MAGIC = 0x11223344
-MULTIFD_VERSION = 1
-#: Bytes of RAM one multifd packet carries at most.
-PACKET_SIZE = 512 * 1024
-
-FLAG_SYNC = 1 << 0
-FLAG_COMPRESSION_MASK = 0x1F << 1
-FLAG_DEVICE_STATE = 32 << 1
-COMPRESSION = {
-    0: "none",
-    1 << 1: "zlib",
-    2 << 1: "zstd",
-    4 << 1: "qpl",
-    8 << 1: "uadk",
-    16 << 1: "qatzip",
-}
-
-INIT = struct.Struct(">II16sB7s32s")
-RAM_HEADER = struct.Struct(">IIIIIIQII24s256s")
-DEVICE_HEADER = struct.Struct(">III256sII")
 
 
 @dataclass
@@ -151,56 +142,11 @@ def _apply_preempt(state: RamState, source: Source, src_no: int) -> ChannelSumma
 
 
 @dataclass
-class Handshake:
-    """MultiFDInit_t, the 64 bytes a multifd channel starts with."""
-
-    at: int
-    magic: int
-    version: int
-    uuid: bytes
-    #: The channel number.
-    id: int
-
-
-@dataclass
-class PacketHeader:
-    """A multifd RAM packet's header (MultiFDPacket_t) up to its page offsets."""
-
-    at: int
-    flags: int
-    pages_alloc: int
-    normal_pages: int
-    next_packet_size: int
-    packet_num: int
-    zero_pages: int
-    ramblock: bytes
-
-    @property
-    def block_name(self) -> str:
-        return self.ramblock.split(b"\0")[0].decode("latin-1")
-
-
-@dataclass
-class DeviceStateHeader:
-    """A multifd device state packet's header (MultiFDPacketDeviceState_t, 10.0+)."""
-
-    at: int
-    flags: int
-    idstr: bytes
-    instance_id: int
-    next_packet_size: int
-
-    @property
-    def device_name(self) -> str:
-        return self.idstr.split(b"\0")[0].decode("latin-1")
-
-
-@dataclass
 class Packet:
     """One packet of a multifd channel: its header, page offsets and payload's extent."""
 
-    header: PacketHeader | DeviceStateHeader
-    #: The whole offset[] array as sent (normal pages, then zero pages, then
+    header: MultiFDPacket | MultiFDPacketDeviceState
+    #: The whole offset[] array as sent (normal pages, zero pages, then
     #: entries QEMU left from earlier packets); empty for device state.
     offsets: tuple[int, ...]
     payload_offset: int
@@ -208,30 +154,33 @@ class Packet:
 
     @property
     def is_device_state(self) -> bool:
-        return isinstance(self.header, DeviceStateHeader)
+        return isinstance(self.header, MultiFDPacketDeviceState)
+
+    def pack(self) -> bytes:
+        """The packet up to its payload, as QEMU writes it."""
+        return self.header.pack() + struct.pack(f">{len(self.offsets)}Q", *self.offsets)
 
 
-def read_handshake(r: Reader) -> Handshake:
+def read_handshake(r: Reader) -> MultiFDInit:
     """The MultiFDInit_t a channel starts with, checked."""
-    at = r.offset
-    magic, version, uuid, chan_id, _, _ = INIT.unpack(r.bytes(INIT.size))
-    if magic != MULTIFD_MAGIC or version != MULTIFD_VERSION:
+    init = MultiFDInit.read(r)
+    if init.magic != MULTIFD_MAGIC or init.version != MULTIFD_VERSION:
         raise FormatError(
-            f"multifd handshake magic {magic:#x} version {version}",
-            offset=at,
-            expected="0x11223344 version 1",
+            f"multifd handshake magic {init.magic:#x} version {init.version}",
+            offset=init.at,
+            expected=f"{MULTIFD_MAGIC:#x} version {MULTIFD_VERSION}",
         )
-    return Handshake(at, magic, version, uuid, chan_id)
+    return init
 
 
 def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
     """The packets after the handshake, to the end of the channel.
 
     A RAM packet's offset array has room for a full packet's pages
-    (512 KiB / page size), whatever it carries.  The payload is left for the
-    caller to read (or skip) before the next packet is read.
+    (MULTIFD_PACKET_SIZE / page size), whatever it carries.  The payload is
+    left for the caller to read (or skip) before the next packet is read.
     """
-    page_count = PACKET_SIZE // page_size
+    page_count = MULTIFD_PACKET_SIZE // page_size
     while not r.at_end():
         off = r.offset
         r.ensure(12)
@@ -240,28 +189,33 @@ def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
             raise FormatError(
                 f"multifd packet magic {magic:#x} version {version}",
                 offset=off,
-                expected="0x11223344 version 1",
+                expected=f"{MULTIFD_MAGIC:#x} version {MULTIFD_VERSION}",
             )
-        if flags & FLAG_DEVICE_STATE:
-            _, _, _, idstr, instance, size = DEVICE_HEADER.unpack(r.bytes(DEVICE_HEADER.size))
-            dev = DeviceStateHeader(off, flags, idstr, instance, size)
-            yield Packet(dev, (), r.offset, size)
+        if flags & MULTIFD_FLAG_DEVICE_STATE:
+            dev = MultiFDPacketDeviceState.read(r)
+            yield Packet(dev, (), r.offset, dev.next_packet_size)
             continue
-        head = r.bytes(RAM_HEADER.size + 8 * page_count)
-        _, _, _, alloc, normal, next_size, num, zero, _, _, name = RAM_HEADER.unpack_from(head)
-        hdr = PacketHeader(off, flags, alloc, normal, next_size, num, zero, name)
-        if alloc > page_count or normal > alloc or zero > alloc - normal:
+        hdr = MultiFDPacket.read(r)
+        offsets = struct.unpack(f">{page_count}Q", r.bytes(8 * page_count))
+        if hdr.pages_alloc > page_count or hdr.normal_pages > hdr.pages_alloc:
             raise FormatError(
-                f"multifd packet with {alloc} slots, {normal} pages, {zero} zero pages",
+                f"multifd packet with {hdr.pages_alloc} slots, {hdr.normal_pages} pages, "
+                f"{hdr.zero_pages} zero pages",
                 offset=off,
                 expected=f"at most {page_count} pages",
             )
-        offsets = struct.unpack_from(f">{page_count}Q", head, RAM_HEADER.size)
+        if hdr.zero_pages > hdr.pages_alloc - hdr.normal_pages:
+            raise hdr.error(
+                "zero_pages",
+                f"multifd packet with {hdr.pages_alloc} slots, {hdr.normal_pages} pages, "
+                f"{hdr.zero_pages} zero pages",
+                expected=f"at most {hdr.pages_alloc - hdr.normal_pages} zero pages",
+            )
         # Only packets with pages carry a payload, whatever next_packet_size
         # says: QEMU reads one only for them, and 7.2 leaves the previous
         # packet's size in its empty SYNC packets.
-        has_pages = normal or zero
-        yield Packet(hdr, offsets, r.offset, next_size if has_pages else 0)
+        has_pages = hdr.normal_pages or hdr.zero_pages
+        yield Packet(hdr, offsets, r.offset, hdr.next_packet_size if has_pages else 0)
 
 
 def packet_page_size(r: Reader) -> int:
@@ -274,21 +228,23 @@ def packet_page_size(r: Reader) -> int:
     packet, or the end of the channel, right after the header is the one).
     """
     off = r.offset
-    head = r.peek(16)
-    alloc = struct.unpack_from(">I", head, 12)[0] if len(head) == 16 else 0
-    if alloc:
-        ps = PACKET_SIZE // alloc
-        if PACKET_SIZE % alloc or ps & (ps - 1) or ps < 1024:
+    head = r.peek(MultiFDPacket.size)
+    if len(head) < MultiFDPacket.size:
+        raise FormatError("multifd channel given but the page size is unknown", offset=off)
+    hdr = MultiFDPacket.unpack(head, off)
+    if hdr.pages_alloc:
+        ps = MULTIFD_PACKET_SIZE // hdr.pages_alloc
+        if MULTIFD_PACKET_SIZE % hdr.pages_alloc or ps & (ps - 1) or ps < 1024:
             raise FormatError(
-                f"multifd packet with {alloc} page slots",
-                offset=off + 12,
+                f"multifd packet with {hdr.pages_alloc} page slots",
+                offset=hdr.offset_of("pages_alloc"),
                 field="pages_alloc",
                 expected="512 KiB divided by a page size",
             )
         return ps
     nxt = struct.pack(">II", MULTIFD_MAGIC, MULTIFD_VERSION)
     for ps in (65536, 32768, 16384, 8192, 4096, 2048, 1024):  # shortest header first
-        end = off + RAM_HEADER.size + 8 * (PACKET_SIZE // ps)
+        end = off + MultiFDPacket.size + 8 * (MULTIFD_PACKET_SIZE // ps)
         head = r.peek_at(end - 1, 9)
         if head[1:] == nxt or len(head) == 1:
             return ps
@@ -312,7 +268,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
     for pkt in read_packets(r, ps):
         summary.packets += 1
         hdr = pkt.header
-        if isinstance(hdr, DeviceStateHeader):
+        if isinstance(hdr, MultiFDPacketDeviceState):
             r.skip(pkt.payload_length)
             summary.device_state.append(
                 {
@@ -322,9 +278,9 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 }
             )
             continue
-        comp = COMPRESSION.get(hdr.flags & FLAG_COMPRESSION_MASK)
+        comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK)
         if comp is None:
-            raise FormatError(f"multifd flags {hdr.flags:#x}", offset=hdr.at + 8)
+            raise hdr.error("flags", f"multifd flags {hdr.flags:#x}")
         normal, zero = hdr.normal_pages, hdr.zero_pages
         # 7.2 sets the compression flag only on packets with pages.
         if normal or zero:
@@ -332,7 +288,10 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
             bname = hdr.block_name
             block = state.blocks.get(bname)
             if block is None:
-                raise FormatError(f"multifd packet for unknown RAM block {bname!r}", offset=hdr.at)
+                raise hdr.error(
+                    "ramblock",
+                    f"multifd packet for unknown RAM block {bname!r}",
+                )
             offs = pkt.offsets[: normal + zero]
             for a in offs:
                 if a > block.used_length - ps or a % ps:
@@ -342,9 +301,9 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
             payload_off = pkt.payload_offset
             if normal and comp == "none":
                 if pkt.payload_length != normal * ps:
-                    raise FormatError(
+                    raise hdr.error(
+                        "next_packet_size",
                         f"multifd payload of {pkt.payload_length} bytes for {normal} pages",
-                        offset=hdr.at,
                         expected=f"{normal * ps}",
                     )
                 r.ensure(pkt.payload_length)
@@ -365,7 +324,7 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 block.records["zero"] += zero
             summary.pages += normal
             summary.zero_pages += zero
-        if hdr.flags & FLAG_SYNC:
+        if hdr.flags & MULTIFD_FLAG_SYNC:
             epoch += 1
             summary.syncs += 1
     return summary

@@ -7,8 +7,10 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from ...errors import UnsupportedError
+from ...format import RAM_PAGE_KINDS
 from .. import SectionHandler, register
-from .records import FLAG_COMPRESS_PAGE, FLAG_PAGE, FLAG_XBZRLE, FLAG_ZERO, RamBlock, RamState
+from .blocks import RamBlock
+from .records import RamState
 
 if TYPE_CHECKING:
     from ...stream import ParseContext, SectionEntry, SectionRecord
@@ -88,7 +90,8 @@ def last_named_block(state: RamState, source: Any, start: int, end: int) -> RamB
             (v,) = _U64.unpack_from(data, m.start() - 8)
             flags = v & (ps - 1)
             block = state.blocks.get(m.group()[1:].decode("latin-1"))
-            if block is not None and flags in _NAMED_FLAGS and v - flags < block.used_length:
+            # flags of a page record without CONTINUE: it names its block
+            if block is not None and flags in RAM_PAGE_KINDS and v - flags < block.used_length:
                 found = block
         source.release(base, base + len(data))
         if found is not None:
@@ -98,8 +101,6 @@ def last_named_block(state: RamState, source: Any, start: int, end: int) -> RamB
 
 
 _U64 = struct.Struct(">Q")
-#: Flags of page records that name their block (no CONTINUE).
-_NAMED_FLAGS = frozenset((FLAG_ZERO, FLAG_PAGE, FLAG_XBZRLE, FLAG_COMPRESS_PAGE))
 
 
 register(RamHandler())

@@ -1,9 +1,9 @@
 """Writing the RAM section back, record by record, with new page contents.
 
 :class:`RamWriter` is the RAM handler's write state: it reads the section's
-records again (:meth:`RamState.records`) and encodes each one; payloads are
-copied from the input.  A mapped-ram block's bitmap and page area (which sit
-in the file between MEM_SIZE entries) are copied with holes kept as holes.
+records again (:meth:`RamState.records`, the one decoder) and copies those no
+edit touches as they are.  A mapped-ram block's bitmap and page area (which
+sit in the file between MEM_SIZE entries) are copied with holes kept as holes.
 
 :class:`RamPatch` holds new contents for ranges of RAM blocks.  For a stream
 of records, the *last* record of every changed page (whatever its kind) is
@@ -16,6 +16,8 @@ its bitmap bit is set.
 
 from __future__ import annotations
 
+import bisect
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,30 +26,99 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import UnsupportedError, UsageError
-from ...wire import Reader, Writer
-from .consumer import PageConsumer
-from .records import (
-    FLAG_CONTINUE,
-    FLAG_EOS,
-    FLAG_MEM_SIZE,
-    FLAG_ZERO,
-    MAPPED_RAM_HEADER,
-    PAGE_KINDS,
-    RamBlock,
-    RamState,
-    write_mem_size_entry,
-    write_page,
-    write_record,
-    write_record_head,
+from ...fileio import copy_range, copy_sparse
+from ...format import (
+    MAPPED_RAM_FILE_OFFSET_ALIGNMENT,
+    RAM_PAGE_KINDS,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_ZERO,
+    MappedRamHeader,
 )
+from ...wire import Reader, Writer
+from .blocks import RamBlock
+from .consumer import PageConsumer
+from .records import RamRecord, RamState
 
 if TYPE_CHECKING:
     from ...migration import Migration
     from ...stream import SectionEntry, SectionRecord
     from ...writer import WriteContext
 
-#: QEMU's MAPPED_RAM_FILE_OFFSET_ALIGNMENT: where a block's pages start.
-MAPPED_RAM_ALIGNMENT = 1 << 20
+
+# -- records ----------------------------------------------------------------------------
+
+#: ZERO records built at once by :func:`write_zero_run`.
+ZERO_RUN_STEP = 1 << 16
+
+
+def write_record_head(w: Writer, rec_flags: int, addr: int, block: RamBlock | None) -> None:
+    """The u64 of a record and, for a page record without CONTINUE, its block name."""
+    w.u64(addr | rec_flags)
+    if block is not None and rec_flags & ~RAM_SAVE_FLAG_CONTINUE in RAM_PAGE_KINDS:
+        if not rec_flags & RAM_SAVE_FLAG_CONTINUE:
+            w.counted_str(block.name)
+
+
+def write_zero(w: Writer, block: RamBlock, addr: int, fill: int = 0, cont: bool = False) -> None:
+    """A ZERO record (``fill``: the byte the page is filled with)."""
+    write_record_head(w, RAM_SAVE_FLAG_ZERO | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
+    w.u8(fill)
+
+
+def write_zero_run(
+    w: Writer, block: RamBlock, addr: int, count: int, page_size: int, cont: bool = False
+) -> None:
+    """ZERO records (fill 0) for ``count`` consecutive pages from ``addr``."""
+    if count and not cont:
+        write_zero(w, block, addr)
+        addr += page_size
+        count -= 1
+    flags = np.uint64(RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
+    for done in range(0, count, ZERO_RUN_STEP):
+        n = min(ZERO_RUN_STEP, count - done)
+        first = addr + done * page_size
+        heads = np.arange(n, dtype=np.uint64) * np.uint64(page_size) + np.uint64(first)
+        records = np.zeros((n, 9), dtype=np.uint8)  # u64 head, then the fill byte 0
+        records[:, :8] = (heads | flags).astype(">u8").view(np.uint8).reshape(n, 8)
+        w.bytes(records.reshape(-1).data)
+
+
+def write_page(
+    w: Writer, block: RamBlock, addr: int, data: bytes | memoryview, cont: bool = False
+) -> None:
+    """A PAGE record with the page's bytes."""
+    write_record_head(w, RAM_SAVE_FLAG_PAGE | (RAM_SAVE_FLAG_CONTINUE if cont else 0), addr, block)
+    w.bytes(data)
+
+
+def mem_size_entry(block: RamBlock) -> bytes:
+    """A block's entry in the MEM_SIZE list up to its mapped-ram header: the
+    counted name, the length, and the host page size and region address when
+    the stream has them."""
+    buf = io.BytesIO()
+    w = Writer(buf)
+    w.counted_str(block.name)
+    w.u64(block.used_length)
+    if block.page_size is not None:
+        w.u64(block.page_size)
+    if block.mr_addr is not None:
+        w.u64(block.mr_addr)
+    return buf.getvalue()
+
+
+def write_mem_size_entry(w: Writer, block: RamBlock, mapped: MappedRamHeader | None = None) -> None:
+    """One block of the MEM_SIZE list with its mapped-ram header (``mapped``, or
+    the block's own), not the bitmap and pages the header points to."""
+    w.bytes(mem_size_entry(block))
+    m = mapped or block.mapped
+    if m is not None:
+        w.bytes(m.pack())
+
+
+# -- edits ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -167,7 +238,13 @@ class RamPatch:
 
 
 class RamWriter:
-    """The RAM handler's write state: one section record after another."""
+    """The RAM handler's write state: one section record after another.
+
+    Records the patch leaves alone are copied as they are (runs of them at
+    once); the last record of a changed page becomes a PAGE record with the
+    new content; MEM_SIZE is written anew, since a mapped-ram block's header
+    points at its bitmap and pages, which may have to move.
+    """
 
     def __init__(self, wctx: WriteContext, entry: SectionEntry) -> None:
         self.wctx = wctx
@@ -175,11 +252,11 @@ class RamWriter:
         self.src = wctx.source
         self.state = self._walker()
         self.patch = wctx.ram_patch
-        #: ordinal of a page record -> (block, page) it is rewritten for
-        self.replace: dict[int, tuple[str, int]] = {}
+        #: input offset of the record rewritten for a page -> (record, block, page)
+        self.replace: dict[int, tuple[RamRecord, str, int]] = {}
+        self._replace_at: list[int] = []
         #: (block, page) the stream never sent, written before the last EOS
         self.append: list[tuple[str, int]] = []
-        self._n = 0
         if self.patch is not None and self.patch.pages:
             self._plan()
 
@@ -195,20 +272,18 @@ class RamWriter:
         assert self.patch is not None
         wanted = self.patch.pages
         shift = self.patch.page_size.bit_length() - 1
-        last: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], RamRecord] = {}
         state = self._walker()
-        n = 0
         for srec in self.entry.records:
             r = Reader(self.src, srec.body_offset)
-            for rr in state.records(r):
-                if rr.kind in PAGE_KINDS:
-                    pages = wanted.get(rr.block.name)  # type: ignore[union-attr]
-                    if pages is not None:
-                        p = rr.addr >> shift
-                        if p in pages:
-                            last[(rr.block.name, p)] = n  # type: ignore[union-attr]
-                    n += 1
-        self.replace = {n: key for key, n in last.items()}
+            for rec in state.records(r, runs=False):
+                block = rec.block
+                if block is not None and block.name in wanted:
+                    page = rec.addr >> shift  # type: ignore[union-attr]
+                    if page in wanted[block.name]:
+                        last[(block.name, page)] = rec  # type: ignore[assignment]
+        self.replace = {rec.offset: (rec, name, p) for (name, p), rec in last.items()}
+        self._replace_at = sorted(self.replace)
         order = {name: i for i, name in enumerate(state.blocks)}
         self.append = sorted(
             (
@@ -225,29 +300,30 @@ class RamWriter:
     def write(self, w: Writer, rec: SectionRecord, r: Reader) -> None:
         """Write the records of one RAM section body."""
         last_section = rec is self.entry.records[-1]
-        src = self.src
-        replace = self.replace
-        for rr in self.state.records(r):
+        for item in self.state.records(r):
             r.release_behind()  # (a whole RAM can be one record: let go as it is copied)
-            kind = rr.kind
-            if kind in PAGE_KINDS:
-                n = self._n
-                self._n = n + 1
-                key = replace.get(n) if replace else None
-                if key is not None:
-                    assert self.patch is not None and rr.block is not None
-                    data = self.patch.page(*key)
-                    write_page(w, rr.block, rr.addr, data, cont=bool(rr.flags & FLAG_CONTINUE))
-                elif kind == FLAG_ZERO:
-                    write_record(w, rr)
-                else:
-                    write_record(w, rr, src.read_at(rr.data_offset, rr.data_length))
-            elif kind == FLAG_MEM_SIZE:
-                self._mem_size(w, rr.flags, rr.addr, rr.blocks or [])
-            else:
-                if kind == FLAG_EOS and last_section and self.append:
+            if type(item) is RamRecord:
+                if item.kind == RAM_SAVE_FLAG_MEM_SIZE:
+                    self._mem_size(w, item)
+                    continue
+                if item.kind == RAM_SAVE_FLAG_EOS and last_section and self.append:
                     self._append_pages(w)
-                write_record(w, rr)
+            self._copy(w, item.offset, item.end)
+
+    def _copy(self, w: Writer, start: int, end: int) -> None:
+        """Input records ``[start, end)`` as they are, but for the pages the patch changes."""
+        at = self._replace_at
+        i = bisect.bisect_left(at, start)
+        pos = start
+        while i < len(at) and at[i] < end:
+            old, name, page = self.replace[at[i]]
+            assert self.patch is not None and old.block is not None
+            copy_range(w, self.src, pos, old.offset)
+            cont = bool(old.flags & RAM_SAVE_FLAG_CONTINUE)
+            write_page(w, old.block, old.addr, self.patch.page(name, page), cont=cont)
+            pos = old.end
+            i += 1
+        copy_range(w, self.src, pos, end)
 
     def _append_pages(self, w: Writer) -> None:
         assert self.patch is not None
@@ -259,18 +335,14 @@ class RamWriter:
             prev = name
         self.append = []
 
-    def _mem_size(self, w: Writer, flags: int, total: int, blocks: list[RamBlock]) -> None:
-        write_record_head(w, flags, total, None)
-        for b in blocks:
+    def _mem_size(self, w: Writer, rec: RamRecord) -> None:
+        write_record_head(w, rec.flags, rec.addr, None)
+        for b in rec.blocks or []:
             m = b.mapped
+            out_header = w.offset + len(mem_size_entry(b))
             if m is None:
                 write_mem_size_entry(w, b)
-                continue
-            head = 1 + len(b.name.encode("latin-1")) + 8
-            head += 8 if b.page_size is not None else 0
-            head += 8 if b.mr_addr is not None else 0
-            out_header = w.offset + head
-            if (m.bitmap_offset, m.pages_offset) == (0, 0) or out_header == m.offset:
+            elif not m.in_stream or out_header == m.at:
                 write_mem_size_entry(w, b)
                 self._mapped_in_place(w, b)
             else:
@@ -293,13 +365,11 @@ class RamWriter:
 
     def _mapped_in_place(self, w: Writer, b: RamBlock) -> None:
         """The bitmap and page area between this header and the next, at the same offsets."""
-        from ...writer import copy_sparse
-
         m = b.mapped
         assert m is not None
-        if (m.bitmap_offset, m.pages_offset) == (0, 0):
+        if not m.in_stream:
             return  # x-ignore-shared: no bitmap, no pages
-        start = m.offset + MAPPED_RAM_HEADER.size
+        start = m.at + m.size
         end = m.pages_offset + b.used_length
         edited = self._edited_pages(b)
         overrides: list[tuple[int, bytes]] = []
@@ -309,7 +379,7 @@ class RamWriter:
                 raise UnsupportedError(
                     f"mapped-ram block {b.name!r}: its bitmap is not between its header and "
                     "its pages; cannot write pages into this layout",
-                    offset=m.offset,
+                    offset=m.at,
                 )
             overrides.append((m.bitmap_offset, bitmap))
             ps = m.page_size
@@ -317,27 +387,22 @@ class RamWriter:
         if end < start:
             raise UnsupportedError(
                 f"mapped-ram block {b.name!r}: its pages end before its header",
-                offset=m.offset,
+                offset=m.at,
             )
         copy_sparse(w, self.src, start, end, overrides)
 
     def _mapped_relocated(self, w: Writer, b: RamBlock, out_header: int) -> None:
         """The block laid out as QEMU lays it out at this output position."""
-        from ...writer import copy_sparse
-
         m = b.mapped
         assert m is not None
         edited = self._edited_pages(b)
         bitmap, length = self._bitmap(b, edited)
-        bitmap_off = out_header + MAPPED_RAM_HEADER.size
-        pages_off = -(-(bitmap_off + length) // MAPPED_RAM_ALIGNMENT) * MAPPED_RAM_ALIGNMENT
-        w.counted_str(b.name)
-        w.u64(b.used_length)
-        if b.page_size is not None:
-            w.u64(b.page_size)
-        if b.mr_addr is not None:
-            w.u64(b.mr_addr)
-        w.bytes(MAPPED_RAM_HEADER.pack(m.version, m.page_size, bitmap_off, pages_off))
+        bitmap_off = out_header + m.size
+        pages_off = (
+            -(-(bitmap_off + length) // MAPPED_RAM_FILE_OFFSET_ALIGNMENT)
+            * MAPPED_RAM_FILE_OFFSET_ALIGNMENT
+        )
+        write_mem_size_entry(w, b, m.replace(bitmap_offset=bitmap_off, pages_offset=pages_off))
         w.bytes(bitmap)
         w.hole(pages_off - w.offset)
         ps = m.page_size

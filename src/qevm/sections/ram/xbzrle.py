@@ -7,9 +7,6 @@ bytes.  Both counts are QEMU's 14-bit ULEB128 ("small") encoding.
 
 from __future__ import annotations
 
-#: The only encoding byte QEMU writes before an XBZRLE delta.
-ENCODING_FLAG_XBZRLE = 0x01
-
 
 class XbzrleError(ValueError):
     """The delta does not decode (QEMU's xbzrle_decode_buffer returns -1)."""
