@@ -460,7 +460,7 @@ def capture(name: str, spec: Spec, out: pathlib.Path, log: Any = print) -> dict[
 
 
 class Capture:
-    """One migration: both QEMUs and the proxy in ``work``, and what they reported."""
+    """One migration: both QEMUs and the tap in ``work``, and what they reported."""
 
     def __init__(
         self,

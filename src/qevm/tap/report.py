@@ -81,9 +81,9 @@ def _cut_record(
     main_path: Path, records: list[list[Any]], start: int, offset: int
 ) -> dict[str, Any] | None:
     """The record that begins at ``start`` and was cut before its end (its header only)."""
+    from ..format import SECTION_END, SECTION_FULL, SECTION_PART, SECTION_START
+    from ..format import SECTION_TYPE_NAMES as TYPES
     from ..source.base import FileSource
-    from ..stream import SECTION_END, SECTION_FULL, SECTION_PART, SECTION_START
-    from ..stream import SECTION_TYPE_NAMES as TYPES
     from ..wire import Reader
 
     names = {r[3]["id"]: r[2] for r in records if r[3] and "id" in r[3]}

@@ -18,21 +18,25 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from .. import commands as C
 from ..errors import FormatError, QevmError
 from ..format import (
+    MIG_CMD_PACKAGED,
+    MIG_CMD_PING,
+    MIG_CMD_POSTCOPY_LISTEN,
+    MIG_CMD_POSTCOPY_RUN,
+    MIG_CMD_SWITCHOVER_START,
     MULTIFD_COMPRESSION,
     MULTIFD_FLAG_COMPRESSION_MASK,
     MULTIFD_FLAG_SYNC,
+    SECTION_END,
+    SECTION_FULL,
+    SECTION_START,
     MultiFDPacketDeviceState,
 )
 from ..sections.ram.consumer import PageConsumer
 from ..sections.ram.multifd import apply_channel, packet_page_size, read_handshake, read_packets
 from ..sections.ram.records import RamBlock, RamState
 from ..stream import (
-    SECTION_END,
-    SECTION_FULL,
-    SECTION_START,
     CommandRecord,
     ConfigurationRecord,
     DescriptionRecord,
@@ -214,11 +218,12 @@ class MainWatcher(Watcher):
         if "ranges" in rec.info:
             info["ranges"] = len(rec.info["ranges"])
         self._keep(rec, f"command {rec.name}")
-        if rec.cmd == C.PING:
+        if rec.cmd == MIG_CMD_PING:
             self.pings.setdefault(rec.info["value"], rec.end)
-        if rec.cmd == C.SWITCHOVER_START and self.switchover is None:
+        if rec.cmd == MIG_CMD_SWITCHOVER_START and self.switchover is None:
             self._switchover(rec.offset, "SWITCHOVER_START")
-        if rec.cmd in (C.POSTCOPY_LISTEN, C.POSTCOPY_RUN, C.PACKAGED) and self.postcopy is None:
+        postcopy = (MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, MIG_CMD_PACKAGED)
+        if rec.cmd in postcopy and self.postcopy is None:
             self.postcopy = rec.offset
             if self.counter is not None:
                 self.counter.enter_postcopy()
