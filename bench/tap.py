@@ -124,7 +124,7 @@ def migrate(qemu: str, args: list[str], channels: int, tapped: bool) -> dict:
         qemu_cpu = sum(map(cpu_seconds, pids)) - qemu0
         tap_cpu = cpu_seconds(tap.pid, True) - tap0 if tap is not None else 0.0
         assert query["status"] == "completed", query
-        dst.wait_incoming(300)
+        dst.wait_migration(300)  # the destination has loaded it all
     out = {"query": query, "wall": wall, "qemu_cpu": qemu_cpu, "tap_cpu": tap_cpu}
     if tap is not None:
         lines = tap.communicate(timeout=300)[0].splitlines()
