@@ -49,10 +49,6 @@ class FollowSource(Source):
         self._final = size
         self._grown.set()
 
-    def poke(self) -> None:
-        """Wake a waiting reader (the file may have grown)."""
-        self._grown.set()
-
     def abandon(self) -> None:
         """Make readers see the end now, whatever is left (the decoder is stopping)."""
         self._closed = True

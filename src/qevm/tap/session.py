@@ -180,6 +180,7 @@ class Session:
         self._mains = 0
         self.started = time.time()
         self.timeline = Timeline()
+        #: The decoder's latest counts (bytes and rates added).
         self.progress: dict[str, Any] = {}
         self.decoded: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
