@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 import pathlib
 import shutil
 import struct
@@ -183,6 +184,45 @@ RECIPES: dict[str, tuple[str, list[str], list[tuple[str, int]]]] = {
         ],
         [("pattern16k.bin", 0x87F00000), ("rand10k.bin", 0x88000000)],
     ),
+    # LoongArch virt: 256 MiB at 0, the rest at the high window (0x80000000 since QEMU
+    # 9.0); ACPI SRAT says where.  Made with QEMU 10.0 (QEVM_QEMU_LOONGARCH64): 7.2's
+    # 16 KiB target pages make its migration divide by zero on hosts with 4 KiB pages.
+    "loongarch64-virt": (
+        "qemu-system-loongarch64",
+        ["-M", "virt", "-m", "512M"],
+        [("pattern16k.bin", 0x200000), ("rand10k.bin", 0x8FFF0000)],
+    ),
+    # without ACPI: the cpu section's version tells QEMU >= 9.1 (high RAM at 0x80000000,
+    # device memory right above it)
+    "loongarch64-virt-noacpi": (
+        "qemu-system-loongarch64",
+        [
+            "-M",
+            "virt,acpi=off",
+            "-m",
+            "512M,slots=1,maxmem=1G",
+            "-object",
+            "memory-backend-ram,id=d1,size=256M",
+            "-device",
+            "pc-dimm,id=dimm1,memdev=d1",
+        ],
+        [("pattern16k.bin", 0x8FFF0000), ("rand10k.bin", 0x90000000)],
+    ),
+    # QEMU 7.2 (16 KiB target pages, high RAM at 0x90000000) can save only when every
+    # RAM block has host pages of 16 KiB or more: RAM on hugetlbfs (QEVM_HUGETLBFS, with
+    # enough 2 MiB pages reserved), ACPI off (its ROM blocks have 4 KiB pages)
+    "loongarch64-virt-7.2": (
+        "qemu-system-loongarch64",
+        [
+            "-M",
+            "virt,acpi=off,memory-backend=m0",
+            "-m",
+            "1100M",
+            "-object",
+            "memory-backend-file,id=m0,size=1100M,mem-path={hugetlbfs},share=off",
+        ],
+        [("pattern16k.bin", 0x200000), ("rand10k.bin", 0x90000000)],
+    ),
     "ppc64-pseries-dimm": (
         "qemu-system-ppc64",
         [
@@ -244,6 +284,12 @@ def summarise_elf(path: str) -> dict:
     return {"e_machine": e_machine, "loads": loads, "nonzero_pages": pages}
 
 
+def binary_of(name: str) -> str:
+    """The QEMU a recipe runs: ``$QEVM_QEMU_<ARCH>`` (e.g. QEVM_QEMU_LOONGARCH64) or PATH's."""
+    binary = RECIPES[name][0]
+    return os.environ.get("QEVM_QEMU_" + binary.rsplit("-", 1)[-1].upper(), binary)
+
+
 def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib.Path:
     """Run recipe ``name``; write ``NAME.mig.xz`` and ``NAME.json`` to ``outdir``."""
     binary, args, loads = RECIPES[name]
@@ -251,7 +297,9 @@ def make(name: str, outdir: pathlib.Path, patterns_dir: pathlib.Path) -> pathlib
     try:
         if binary in ("qemu-system-x86_64", "qemu-system-ppc64") and "-bios" not in args:
             args = [*args, "-bios", "patterns/bios64k.bin"]
-        argv = [binary, "-S", "-nodefaults"]
+        hugetlbfs = os.environ.get("QEVM_HUGETLBFS", "")
+        args = [a.replace("{hugetlbfs}", hugetlbfs) for a in args]
+        argv = [binary_of(name), "-S", "-nodefaults"]
         argv += [str(patterns_dir / a[9:]) if a.startswith("patterns/") else a for a in args]
         for pat, addr in loads:
             argv += ["-device", f"loader,file={patterns_dir / pat},addr={addr:#x}"]
@@ -298,8 +346,11 @@ def main(argv: list[str]) -> int:
         for pat, data in pattern_files().items():
             (patterns / pat).write_bytes(data)
         for name in argv[1:] or list(RECIPES):
-            if shutil.which(RECIPES[name][0]) is None:
-                print(f"{name}: {RECIPES[name][0]} not installed, skipped")
+            if shutil.which(binary_of(name)) is None:
+                print(f"{name}: {binary_of(name)} not installed, skipped")
+                continue
+            if "{hugetlbfs}" in " ".join(RECIPES[name][1]) and not os.environ.get("QEVM_HUGETLBFS"):
+                print(f"{name}: needs QEVM_HUGETLBFS (a hugetlbfs mount), skipped")
                 continue
             t = time.time()
             out = make(name, outdir, patterns)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import os
 import pathlib
 import re
 import shutil
@@ -104,6 +105,13 @@ RECIPES: dict[str, Recipe] = {
         ["-M", "virt", "-bios", "none", "-m", "64M", "-smp", "2"],
         ("riscv.cpu",),
         {"zero": lambda cur, pat: None},
+    ),
+    # QEMU 10.0 (QEVM_QEMU_LOONGARCH64; 7.2 cannot dump LoongArch): r0 stays zero
+    "loongarch64-virt-notes": Recipe(
+        "qemu-system-loongarch64",
+        ["-M", "virt", "-m", "256M", "-smp", "2"],
+        ("loongarch.base", "loongarch.fpu"),
+        {"r0": lambda cur, pat: None},
     ),
     "aarch64-max-sve-notes": Recipe(
         "qemu-system-aarch64",
@@ -295,6 +303,11 @@ def summarise_elf(path: str) -> dict:
     }
 
 
+def binary_of(rec: Recipe) -> str:
+    """The QEMU a recipe runs: ``$QEVM_QEMU_<ARCH>`` (e.g. QEVM_QEMU_LOONGARCH64) or PATH's."""
+    return os.environ.get("QEVM_QEMU_" + rec.binary.rsplit("-", 1)[-1].upper(), rec.binary)
+
+
 def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
     """Run recipe ``name``; write ``NAME.mig.xz`` and ``NAME.json`` to ``outdir``."""
     rec = RECIPES[name]
@@ -303,7 +316,7 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
         zeros = tmp / "zeros.bin"
         zeros.write_bytes(bytes(0x10000))
         args = [a.replace("{zeros}", str(zeros)) for a in rec.args]
-        argv = [rec.binary, "-S", "-nodefaults", *args]
+        argv = [binary_of(rec), "-S", "-nodefaults", *args]
         for fname, data, addr in rec.loads:
             (tmp / fname).write_bytes(data)
             argv += ["-device", f"loader,file={tmp / fname},addr={addr:#x}"]
@@ -335,7 +348,7 @@ def make(name: str, outdir: pathlib.Path) -> pathlib.Path:
         recipe = {
             "name": name,
             "qemu_version": version,
-            "qemu": qemu_version(rec.binary),
+            "qemu": qemu_version(binary_of(rec)),
             "argv": [rec.binary, "-S", "-nodefaults", *rec.args]
             + [f"-device loader,file={f},addr={a:#x}" for f, _, a in rec.loads],
             "registers_written": written,
@@ -383,8 +396,8 @@ def _write_registers(gdb: Gdb, rec: Recipe, ncpus: int) -> list[str]:
 def main(argv: list[str]) -> int:
     outdir = pathlib.Path(argv[0])
     for name in argv[1:] or list(RECIPES):
-        if shutil.which(RECIPES[name].binary) is None:
-            print(f"{name}: {RECIPES[name].binary} not installed, skipped")
+        if shutil.which(binary_of(RECIPES[name])) is None:
+            print(f"{name}: {binary_of(RECIPES[name])} not installed, skipped")
             continue
         t = time.time()
         out = make(name, outdir)

@@ -190,9 +190,14 @@ def test_every_register_of_every_note_was_written():
         "s390x-notes",
         "riscv64-virt-notes",
         "aarch64-max-sve-notes",
+        "loongarch64-virt-notes",
     }
     written = json.loads((NOTES_DIR / "aarch64-max-sve-notes.json").read_text())
     assert {"x0", "sp", "pc", "cpsr", "z31", "p15", "ffr", "fpsr", "fpcr"} <= set(
+        written["registers_written"]
+    )
+    written = json.loads((NOTES_DIR / "loongarch64-virt-notes.json").read_text())
+    assert {"r1", "r31", "badv", "f0", "f31", "fcc0", "fcc7", "fcsr"} <= set(
         written["registers_written"]
     )
 

@@ -11,12 +11,24 @@ Values are parsed and checked by the field's type (:meth:`FieldType.parse`:
 integer width and sign, booleans, hex bytes).  A buffer given a different
 length changes the sizes the JSON description records — of the field and of
 every struct or list around it — and the description is written anew.
+
+Only buffers whose length QEMU reads from another field may change length
+(``VMSTATE_VBUFFER*``: the size is a 32-bit integer of the same structure,
+loaded before the buffer); the description does not say which field that is,
+so a buffer counts as variable when such an integer held its length, and the
+edit must set that integer to the new length too (:func:`check_sizes`, run
+before a stream is written).  Fixed buffers (``VMSTATE_BUFFER``,
+``VMSTATE_BUFFER_POINTER_UNSAFE``...) keep their length: QEMU would read its
+own.  (A fixed buffer whose length an unrelated integer happens to equal
+passes only if that integer is changed too.)  An old-style section's data is
+the whole section and may change.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,7 +37,7 @@ from .errors import UsageError
 from .stream import DescriptionRecord
 from .vmstate.codec import Encoder
 from .vmstate.desc import DeviceDesc, FieldDesc
-from .vmstate.types import BytesType, GTreeValue, ListType, field_type
+from .vmstate.types import BytesType, GTreeValue, IntType, ListType, field_type
 from .vmstate.values import FieldValue, StateNode
 from .wire import Writer
 
@@ -269,11 +281,112 @@ def set_field(mig: Migration, path: str, text: str) -> list[tuple[FieldRef, Any,
                     f"{path!r}: {f.name!r} ({f.type}) is {len(old)} bytes; give {len(old)} bytes"
                 )
             _check_resizable(mig, ref, len(value))
+        log = _EDITS.setdefault(mig, _EditLog())
+        log.originals.setdefault((id(t.fv), t.item), old)
+        if isinstance(ftype, BytesType) and len(value) != len(old):
+            log.resized.setdefault(
+                (id(t.fv), t.item), (ref, len(log.originals[(id(t.fv), t.item)]))
+            )
         _assign(t, value)
         if isinstance(ftype, BytesType) and len(value) != len(old):
             _update_sizes(mig, ref)
         done.append((ref, old, value))
     return done
+
+
+@dataclass
+class _EditLog:
+    """What :func:`set_field` changed in one stream."""
+
+    #: (id of the field entry, element) -> its value before the first edit
+    originals: dict[tuple[int, int | None], Any]
+    #: buffers whose length changed: -> (where, original length)
+    resized: dict[tuple[int, int | None], tuple[FieldRef, int]]
+
+    def __init__(self) -> None:
+        self.originals = {}
+        self.resized = {}
+
+
+_EDITS: weakref.WeakKeyDictionary[Any, _EditLog] = weakref.WeakKeyDictionary()
+
+
+def check_sizes(mig: Migration) -> None:
+    """Refuse buffers whose new length QEMU would not read (see the module's docstring).
+
+    A buffer that changed length needs a 32-bit integer of its structure
+    (before it, or in the structure a subsection belongs to) that held its
+    original length and now holds the new one.
+    """
+    log = _EDITS.get(mig)
+    if log is None:
+        return
+    for ref, was in log.resized.values():
+        now = len(ref.value)
+        if now == was or _whole_section(ref):
+            continue
+        holders = _size_fields(ref, was, log)
+        name = ref.target.fv.desc.name
+        if not holders:
+            raise UsageError(
+                f"{ref.label}: {name!r} is a fixed-size buffer of {was} bytes (no field of its "
+                f"structure holds its length, so QEMU reads {was} bytes); give {was} bytes"
+            )
+        if not any(fv.value == now for fv in holders):
+            names = " or ".join(repr(fv.desc.name) for fv in holders)
+            raise UsageError(
+                f"{ref.label}: {name!r} can change length only with the field QEMU reads its "
+                f"length from ({names}, now {was}): set it to {now} too, or give {was} bytes"
+            )
+
+
+def _whole_section(ref: FieldRef) -> bool:
+    """The data of an old-style section (its loader reads the section its own way)."""
+    root = ref.device.state
+    desc = root.desc if root is not None else None
+    return isinstance(desc, DeviceDesc) and desc.legacy and len(ref.steps) == 1
+
+
+def _size_fields(ref: FieldRef, length: int, log: _EditLog) -> list[FieldValue]:
+    """32-bit integers that can hold the buffer's length and held ``length``."""
+    root = ref.device.state
+    assert root is not None
+    target = ref.target.fv
+    chain = _chain(root, target)
+    out = []
+    for depth, (node, via_subsection) in enumerate(reversed(chain)):
+        for fv in node.fields:
+            if depth == 0 and fv is target:
+                break  # only fields loaded before the buffer
+            t = field_type(fv.desc)
+            if not (isinstance(t, IntType) and t.width == 4 and fv.desc.count == 1):
+                continue
+            if log.originals.get((id(fv), None), fv.value) == length:
+                out.append(fv)
+        if not via_subsection:
+            break  # a struct element has its own fields; a subsection shares its parent's
+    return out
+
+
+def _chain(root: StateNode, target: FieldValue) -> list[tuple[StateNode, bool]]:
+    """The nodes from ``root`` to the one holding ``target``, each with whether it
+    was entered as a subsection of the previous one."""
+
+    def walk(node: StateNode, sub: bool) -> list[tuple[StateNode, bool]] | None:
+        for fv in node.fields:
+            if fv is target:
+                return [(node, sub)]
+            for child in _children(fv):
+                found = walk(child, False)
+                if found is not None:
+                    return [(node, sub), *found]
+        for s in node.subsections:
+            found = walk(s.node, True)
+            if found is not None:
+                return [(node, sub), *found]
+        return None
+
+    return walk(root, False) or []
 
 
 def _assign(step: Step, value: Any) -> None:

@@ -14,7 +14,14 @@ import struct
 from . import commands as C
 from .configuration import Configuration, read_configuration
 from .delimit import FOOTER, DeviceSections
-from .errors import DescriptionError, FormatError, QevmError, TruncatedError, UnsupportedError
+from .errors import (
+    DescriptionError,
+    FormatError,
+    QevmError,
+    TruncatedError,
+    UnsupportedError,
+    UsageError,
+)
 from .format import (
     COMMAND,
     CONFIGURATION,
@@ -110,8 +117,14 @@ class StreamParser:
             self.options.on_record(rec)
 
     def error(self, error: QevmError) -> None:
-        """Keep ``error`` (non-strict) or raise it."""
-        if self.strict:
+        """Keep ``error`` (non-strict) or raise it.
+
+        A :class:`UsageError` raised while reading is about what was asked or
+        where the output goes (extract refusing to write over its input), not
+        about the input: reading on past it would be wrong, so it always ends
+        the reading.
+        """
+        if self.strict or isinstance(error, UsageError):
             raise error
         self.errors.append(error)
 

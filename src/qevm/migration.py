@@ -179,19 +179,33 @@ class Migration:
         """The page index (open the stream with ``index_ram=True``)."""
         from .sections.ram.index import PageIndex
 
-        ram = self.ram
+        ram = self._ram_consumed()
         if ram is None or not isinstance(ram.consumer, PageIndex):
             raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         return ram.consumer
+
+    def _ram_consumed(self) -> RamState | None:
+        """The RAM state, with the page consumer asked for made if no page record made it
+        (all pages went on extra channels, or the RAM section could not be read)."""
+        ram = self.ram
+        if ram is not None and ram.consumer is None and ram.ctx.options.ram_consumer is not None:
+            ram.consumer = ram.ctx.options.ram_consumer(
+                ram.ctx, ram.page_size or self.page_size or 4096
+            )
+            for b in ram.blocks.values():
+                ram.consumer.add_block(b)
+        return ram
 
     def add_channel(self, path: Any) -> Any:
         """Add the pages of a recorded extra connection (multifd, postcopy-preempt)."""
         from .sections.ram.multifd import apply_channel
         from .source import open_source
 
-        ram = self.ram
+        ram = self._ram_consumed()
         if ram is None or ram.consumer is None:
-            raise UsageError("the stream has no RAM section to add channel pages to")
+            raise UsageError(
+                f"channel {os.fspath(path)}: the stream has no RAM section to add its pages to"
+            )
         name = os.fspath(path)
         src = open_source(path, format="stream")  # its errors name the path
         self._channel_sources.append(src)
@@ -215,7 +229,18 @@ class Migration:
         read; only the blocks the consumer followed are counted.
         """
         ram = self.ram
-        consumer = ram.consumer if ram is not None else None
+        if ram is None:
+            return {}
+        consumer = ram.consumer
+        if consumer is None and ram.ctx.options.ram_consumer is not None:
+            # asked for, but never made: no page record reached the main stream
+            # (every page went on extra channels), so every page is missing
+            ps = ram.page_size or self.page_size or 4096
+            return {
+                b.name: -(-b.used_length // ps)
+                for b in self.ram_blocks
+                if b.in_stream and b.used_length
+            }
         if consumer is None or not consumer.tracks_pages:
             raise UsageError("RAM was not indexed; open the stream with index_ram=True")
         out = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from .errors import FormatError, TruncatedError
+from .errors import FormatError, QevmError, TruncatedError
 from .source.base import CHUNK, Source
 
 #: Bytes read through a mapped input between hints that they can be dropped.
@@ -31,7 +31,18 @@ class Reader:
     in place; call :meth:`ensure` before touching ``buf[pos:pos+n]``.
     """
 
-    __slots__ = ("source", "buf", "pos", "base", "limit", "_mapped", "_eof", "_mark", "_released")
+    __slots__ = (
+        "source",
+        "buf",
+        "pos",
+        "base",
+        "limit",
+        "_mapped",
+        "_eof",
+        "_error",
+        "_mark",
+        "_released",
+    )
 
     def __init__(self, source: Source, offset: int | None = None) -> None:
         self.source = source
@@ -39,6 +50,8 @@ class Reader:
         view = source.view()
         self.limit: int | None = None
         self._eof = False
+        #: A source's error held back until what it delivered before has been read.
+        self._error: QevmError | None = None
         self._mark: int | None = None
         self._released = 0
         if view is not None:
@@ -131,15 +144,21 @@ class Reader:
             more = bytes(src.read_at(end, want)) if want else b""
             self.buf = bytes(keep) + more if keep else more
             return
+        if self._eof:
+            self.buf = bytearray(keep)
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            return
         # A new buffer each time: views of the old one (pages waiting to be
         # written) stay valid.  A source may fill less than asked (a file that
-        # is still being written returns what is there, a decompressor what
-        # it had before failing: the next read says why); only what is needed
-        # is waited for, and a read of nothing is the end.
+        # is still being written returns what is there, a decompressor what it
+        # had before failing); only what is needed is waited for, and a read of
+        # nothing is the end.
         buf = bytearray(len(keep) + want)
         buf[: len(keep)] = keep
         got = 0
-        if not self._eof:
+        try:
             with memoryview(buf) as view:
                 while got < need:
                     more = src.readinto(view[len(keep) + got :])
@@ -147,6 +166,15 @@ class Reader:
                         self._eof = True
                         break
                     got += more
+        except QevmError as e:
+            # A source that failed (a corrupt compressed input) gives nothing more:
+            # what it delivered before is read first, then its error comes once,
+            # and later reads meet the end instead of failing (and allocating) again.
+            self._eof = True
+            if not got:
+                self.buf = bytearray(keep)
+                raise
+            self._error = e
         del buf[len(keep) + got :]
         self.buf = buf
 

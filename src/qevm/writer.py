@@ -276,6 +276,9 @@ def write_stream(
 ) -> int:
     """Write ``mig`` (with its edits) to ``path`` (``-``: standard output) with
     ``writer`` (a :class:`StreamWriter` made with ``kw`` by default)."""
+    from .edit import check_sizes
+
+    check_sizes(mig)  # before anything is written
     writer = writer or StreamWriter(mig, **kw)
     if os.fspath(path) == "-":
         import sys

@@ -102,6 +102,33 @@ def no_match(what: str, globs: Any) -> int:
     return 1
 
 
+def add_channel(p: argparse.ArgumentParser) -> None:
+    """``--channel FILE``, for every command that reads RAM."""
+    p.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="recorded bytes of an extra connection of the migration (multifd channel, "
+        "postcopy-preempt channel); repeat for each",
+    )
+
+
+def warn_missing(missing: dict[str, int]) -> None:
+    """Say on stderr how many pages of each block no record gave (they read as zeros)."""
+    for name, n in missing.items():
+        print(
+            f"warning: {name}: {n} page{'s' if n != 1 else ''} missing (read as zeros)",
+            file=sys.stderr,
+        )
+    if missing:
+        print(
+            "warning: pages that are not in the stream travel on the migration's extra "
+            "connections: give the multifd or postcopy-preempt channels with --channel",
+            file=sys.stderr,
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
     import pkgutil
@@ -139,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from .guard import refuse_stdout_input
+
+        refuse_stdout_input(args)
         return args.run(args) or 0
     except QevmError as e:
         if args.debug:

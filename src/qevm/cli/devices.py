@@ -7,8 +7,7 @@ import sys
 from typing import Any
 
 from ..render import jsonout
-from . import add_input, command, outcome, report_errors
-from .ram import _add_channel
+from . import add_channel, add_input, command, outcome, report_errors, warn_missing
 
 
 def open_for_devices(args: argparse.Namespace, *, ram: bool = True) -> Any:
@@ -97,7 +96,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not read guest RAM (virtio ring indexes are then not shown)",
     )
-    _add_channel(p)
+    add_channel(p)
 
 
 @command(
@@ -117,4 +116,6 @@ def run_devices(args: argparse.Namespace) -> int:
             out = sys.stdout
             for line in report.format():
                 out.write(line + "\n")
+        if not args.no_ram:
+            warn_missing(mig.missing_pages())  # rings in them read as zeros
         return outcome(mig)

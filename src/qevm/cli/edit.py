@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..vmstate.types import field_type
-from . import add_input, command
-from .ram import _add_channel
+from . import add_channel, add_input, command
+from .guard import refuse_input
 
 if TYPE_CHECKING:
     from ..sections.ram.write import RamWrite
@@ -80,6 +80,8 @@ def run_edit(args: argparse.Namespace) -> int:
     from ..sections.ram.write import RamPatch
     from ..writer import open_for_writing, write_stream
 
+    if args.output != "-":
+        refuse_input(args.output, args)
     sets = [_split(s, "--set", "NAME[#INSTANCE]:FIELD=VALUE") for s in args.set]
     writes = [parse_ram_write(s) for s in args.write_ram]
     mig = open_for_writing(
@@ -125,7 +127,7 @@ def _setup_convert(p: argparse.ArgumentParser) -> None:
         default="stream",
         help="stream: a plain single-pass stream (no mapped-ram, one copy of every page)",
     )
-    _add_channel(p)
+    add_channel(p)
     p.add_argument("-q", "--quiet", action="store_true", help="do not report what changed")
 
 
@@ -138,6 +140,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..convert import ConvertWriter
     from ..writer import open_for_writing, write_stream
 
+    if args.output != "-":
+        refuse_input(args.output, args)
     mig = open_for_writing(
         args.file,
         desc=args.desc,

@@ -9,7 +9,8 @@ from typing import Any
 from ..export.kdump import FORMATS as KDUMP_FORMATS
 from ..render import jsonout
 from ..source import open_source
-from . import add_input, command
+from . import add_channel, add_input, command, warn_missing
+from .guard import refuse_input
 from .progress import Progress
 
 
@@ -27,6 +28,7 @@ def _setup_memmap(p: argparse.ArgumentParser) -> None:
     add_input(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_map(p)
+    add_channel(p)
 
 
 def print_memmap(mm: Any, out: object = None) -> None:
@@ -56,15 +58,23 @@ def run_memmap(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.map)
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
     if src.seekable:
-        with qopen(src, desc=args.desc, index_ram=True) as mig:
+        with qopen(src, desc=args.desc, index_ram=True, channels=args.channel) as mig:
             mm = layout(mig, overrides)
     else:
-        mm = layout_streamed(src, overrides, {"desc": args.desc})
+        mm = layout_streamed(src, overrides, {"desc": args.desc, "channels": args.channel})
     if args.json:
         jsonout.dump(mm.to_json(), sys.stdout, indent=2)
     else:
         print_memmap(mm)
+    warn_guesses(mm)
+    warn_missing(mm.missing)
     return 0
+
+
+def warn_guesses(mm: Any) -> None:
+    """Say on stderr which parts of the layout are assumed, not read from the stream."""
+    for g in mm.guesses:
+        print(f"warning: layout guessed: {g}", file=sys.stderr)
 
 
 def _setup_memory(p: argparse.ArgumentParser) -> None:
@@ -101,6 +111,7 @@ def _setup_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", metavar="NAME|ID", help="qcow2: the internal snapshot to read")
     p.add_argument("--desc", metavar="FILE", help="JSON description for streams without one")
     _add_map(p)
+    add_channel(p)
 
 
 @command(
@@ -112,6 +123,9 @@ def run_memory(args: argparse.Namespace) -> int:
     from ..views.core import write_core
     from ..views.memmap import parse_overrides
 
+    refuse_input(args.output, args)
+    if args.out_format == "raw":
+        refuse_input(args.output + ".qevm-stage", args)  # the staging file of a pipe input
     overrides = parse_overrides(args.map)
     src = open_source(args.file, format=args.format, snapshot=args.snapshot)
     progress = Progress("reading", src.size)
@@ -120,7 +134,7 @@ def run_memory(args: argparse.Namespace) -> int:
         args.output,
         args.out_format,
         overrides=overrides,
-        open_args={"desc": args.desc},
+        open_args={"desc": args.desc, "channels": args.channel},
         progress=progress.update,
         vmcoreinfo=args.vmcoreinfo,
     )
@@ -138,4 +152,6 @@ def run_memory(args: argparse.Namespace) -> int:
         print(f"kdump: {k.pages} pages ({k.zero_pages} zero), {k.data_bytes} bytes of page data")
     for w in res.warnings + res.memmap.notes:
         print(f"warning: {w}", file=sys.stderr)
+    warn_guesses(res.memmap)
+    warn_missing(res.memmap.missing)
     return 0

@@ -8,8 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from . import add_input, command, outcome, report_errors
-from .ram import _add_channel
+from . import add_channel, add_input, command, outcome, report_errors
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -42,7 +41,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
         help="where blocks are in guest-physical memory, as qevm memmap --map",
     )
     p.add_argument("--title", help="the page's title (default: the input's name)")
-    _add_channel(p)
+    add_channel(p)
 
 
 def _open(args: argparse.Namespace) -> Any:

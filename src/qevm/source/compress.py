@@ -11,6 +11,7 @@ import bz2
 import gzip
 import io
 import lzma
+import zlib
 from collections.abc import Callable
 
 from ..errors import ContainerError, UsageError
@@ -121,7 +122,7 @@ class _Decompressed(StreamSource):
         return n
 
     def _error(self, e: Exception, at: int) -> ContainerError:
-        if isinstance(e, (OSError, EOFError, lzma.LZMAError, ValueError)) or type(
+        if isinstance(e, (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError)) or type(
             e
         ).__module__.startswith(("zstandard", "qevm")):
             return ContainerError(f"{self._kind} data is corrupt or truncated: {e}", offset=at)

@@ -347,6 +347,9 @@ class _Staged:
         try:
             for sink in sinks:
                 sink.drain()  # the blocks are read back from fd
+            for block in mig.ram_blocks:
+                # a block no page record reached (all on extra channels): zeros
+                self.place(block)
         except BaseException:
             mig.close()
             raise

@@ -14,6 +14,7 @@ ppc64    CORE NT_PRSTATUS, NT_PRFPREG, NT_PPC_VMX, NT_PPC_VSX,        21       i
          NT_PPC_SPE                                                            endianness
 s390x    CORE NT_PRSTATUS, NT_FPREGSET; LINUX NT_S390_PREFIX, _CTRS,  22       big
          _TIMER, _TODCMP, _TODPREG, _VXRS_LOW, _VXRS_HIGH, _GS_CB
+loongarch CORE NT_PRSTATUS, CORE NT_PRFPREG                           258      little
 ======== ============================================================ ======== ==========
 
 Where QEMU takes a value from state the stream does not carry, the choice
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .cpu import CpuState
 
 EM_386, EM_X86_64, EM_AARCH64, EM_ARM = 3, 62, 183, 40
-EM_PPC64, EM_S390, EM_RISCV, EM_LOONGARCH = 21, 22, 243, 258
+EM_PPC, EM_PPC64, EM_S390, EM_RISCV, EM_LOONGARCH = 20, 21, 22, 243, 258
 NT_PRSTATUS, NT_PRFPREG = 1, 2
 NT_PPC_VMX, NT_PPC_SPE, NT_PPC_VSX = 0x100, 0x101, 0x102
 NT_S390_TIMER, NT_S390_TODCMP, NT_S390_TODPREG = 0x301, 0x302, 0x303
@@ -320,6 +321,23 @@ def _s390x_notes(found: list[CpuState], e: str, machine: int) -> tuple[bytes, li
     return b"".join(out), []
 
 
+# -- loongarch64 -------------------------------------------------------------------
+
+
+def _loongarch64_notes(found: list[CpuState], e: str, machine: int) -> tuple[bytes, list[str]]:
+    out = []
+    for c in found:
+        r = c.registers
+        # struct user_pt_regs: r0..r31, orig_a0 (0), csr_era, csr_badv, 10 reserved
+        regs = struct.pack(e + "35Q", *(r[f"r{i}"] for i in range(32)), 0, r["era"], r["badv"])
+        regs += bytes(80) + struct.pack(e + "I", 1)  # pr_fpvalid
+        out.append(note(b"CORE", NT_PRSTATUS, _prstatus(c.index + 1, regs, e, 4), e))
+        fcc = sum(r.get(f"fcc{i}", 0) << (8 * i) for i in range(8))
+        fp = struct.pack(e + "33QI", *(r[f"f{i}"] for i in range(32)), fcc, r.get("fcsr0", 0))
+        out.append(note(b"CORE", NT_PRFPREG, fp, e))
+    return b"".join(out), []
+
+
 # -- choosing ----------------------------------------------------------------------
 
 NoteBuilder = Callable[[list["CpuState"], str, int], tuple[bytes, list[str]]]
@@ -331,6 +349,7 @@ BUILDERS: dict[str, NoteBuilder] = {
     "riscv64": _riscv64_notes,
     "ppc64": _ppc64_notes,
     "s390x": _s390x_notes,
+    "loongarch64": _loongarch64_notes,
 }
 
 
@@ -341,12 +360,13 @@ def machine_of(cpu: CpuState, machine_type: str | None = None) -> tuple[int, str
         return (EM_X86_64 if r.get("efer", 0) & (1 << 10) else EM_386), "<"
     if cpu.arch == "aarch64":
         return EM_AARCH64, ">" if r.get("SCTLR_EL1", 0) & (1 << 25) else "<"
-    if cpu.arch == "riscv64":
+    if cpu.arch in ("riscv64", "riscv32"):
         return EM_RISCV, ">" if r.get("mstatus", 0) & (1 << 6) else "<"
     if cpu.arch == "ppc64":
         return EM_PPC64, "<" if ppc_little_endian(r, machine_type) else ">"
     return {
         "arm": (EM_ARM, "<"),
+        "ppc": (EM_PPC, ">"),
         "s390x": (EM_S390, ">"),
         "loongarch64": (EM_LOONGARCH, "<"),
     }.get(cpu.arch, (0, "<"))

@@ -50,8 +50,9 @@ VECTOR_AFTER = 262144
 #: Records between looks at progress, memory and numpy.
 HOUSEKEEPING_RECORDS = 0x4000
 
-#: Machine type prefixes of targets with 4 KiB pages that do not state it.
-_FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries", "virt")
+#: Machine type prefixes of targets with 4 KiB pages that do not state it (not
+#: ``virt``: Arm states its size, LoongArch used 16 KiB pages up to QEMU 8.1).
+_FOUR_K_MACHINES = ("pc", "q35", "isapc", "microvm", "xenfv", "s390", "pseries")
 
 # Page sizes worth trying when nothing in the stream states it.
 _PROBE_SIZES = (4096, 8192, 16384, 65536, 1024, 2048, 32768)
@@ -207,6 +208,27 @@ class RamState:
             offset=record_off,
         )
 
+    def _probe_zero_stride(self, r: Reader) -> int | None:
+        """The page size from the ZERO|CONTINUE records after the first ZERO record.
+
+        Consecutive zero pages are one page apart; at least 8 equal steps of a
+        candidate size, and no smaller step, are needed to believe it.
+        """
+        head = r.peek_at(r.offset + 1, 9 * 64)  # after the first record's fill byte
+        addrs = []
+        for i in range(0, len(head) - 8, 9):
+            (v,) = _U64.unpack_from(head, i)
+            if v & RAM_SAVE_FLAG_BITS != RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE:
+                break
+            addrs.append(v & ~RAM_SAVE_FLAG_BITS)
+        steps = [b - a for a, b in zip(addrs, addrs[1:])]
+        if not steps or min(steps) <= 0:
+            return None
+        step = min(steps)
+        if step in _PROBE_SIZES and steps.count(step) >= 8:
+            return step
+        return None
+
     def set_page_size(self, ps: int) -> None:
         """Settle the target page size (stated by the stream or found by probing)."""
         self.page_size = ps
@@ -233,7 +255,7 @@ class RamState:
         :class:`PageConsumer` to only walk them).  With ``runs`` the
         CONTINUE records that follow a ZERO or PAGE record are read in bulk
         and reported as one :class:`RamRun`; without, every record is its own
-        :class:`RamRecord`.
+        :class:`RamRecord`.  With ``eof_ok`` the input may end between two records.
         """
         if self.page_size is None and self.ctx.page_size is not None:
             self.page_size = self.ctx.page_size
@@ -354,9 +376,12 @@ class RamState:
         elif kind == RAM_SAVE_FLAG_PAGE:
             ps = self._probe_page_size(r, off)
         else:
-            # a ZERO record's framing does not depend on the page size
-            ps = 4096
-            self.ctx.warn("target page size not stated before the first page; assumed 4096")
+            # a ZERO record's framing does not depend on the page size, the distance
+            # between the pages of a run of them does
+            ps = self._probe_zero_stride(r) or 0
+            if not ps:
+                ps = 4096
+                self.ctx.warn("target page size not stated before the first page; assumed 4096")
         self.set_page_size(ps)
         self.ensure_consumer()
         return ps

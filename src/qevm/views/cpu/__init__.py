@@ -19,7 +19,7 @@ from typing import Any
 from ...errors import DescriptionError, UsageError
 from ...migration import Migration
 from ...vmstate.values import StateNode
-from . import arm, ppc, riscv, s390x, x86  # noqa: F401 - each registers itself
+from . import arm, loongarch, ppc, riscv, s390x, x86  # noqa: F401 - each registers itself
 from .base import REGISTRY, Arch, CpuSection, family_of
 
 #: Sections that carry per-CPU state besides ``cpu``, paired with CPUs by order.
@@ -80,7 +80,18 @@ def cpus(mig: Migration) -> list[CpuState]:
             peers={k: v[pos] for k, v in peers.items() if v is not None},
         )
         arch, family = _recognise(section)
-        out.append(CpuState(dev.instance_id, arch, family.decode(section, arch)))
+        try:
+            registers = family.decode(section, arch)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            # a description whose 'cpu' fields have other types or shapes than the
+            # architecture's VMSD (hand-made or damaged)
+            raise DescriptionError(
+                f"cpu {dev.instance_id}: the description of the 'cpu' section does not "
+                f"have the fields of a {arch} CPU ({type(e).__name__}: {e})",
+                offset=dev.record.body_offset,
+                section="cpu",
+            ) from None
+        out.append(CpuState(dev.instance_id, arch, registers))
     return out
 
 
@@ -95,7 +106,10 @@ def _by_order(mig: Migration, name: str, count: int) -> list[StateNode] | None:
 
 def _recognise(section: CpuSection) -> tuple[str, Arch]:
     for family in REGISTRY:
-        arch = family.detect(section)
+        try:
+            arch = family.detect(section)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            arch = None  # fields of the family's names, of other types: not its CPU
         if arch is not None:
             return arch, family
     names = ", ".join(f.desc.name for f in section.state.fields[:6])

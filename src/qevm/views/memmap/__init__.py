@@ -19,6 +19,7 @@ RAM block names or CPU architectures) it covers.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from ...migration import Migration
 
 
+X86 = ("x86_64", "i386")
+
+
 @dataclass(frozen=True)
 class Family:
     """A family of machines sharing one layout function."""
@@ -40,39 +44,47 @@ class Family:
     #: regular expression on the machine type (configuration section)
     machine: str
     build: Callable[[Context, Painter], None]
-    #: for machine types several targets share (``virt``): a block name or CPU arch it needs
-    blocks: tuple[str, ...] = ()
+    #: CPU architectures the family's machines have (the ``cpu`` section tells)
     arches: tuple[str, ...] = ()
+    #: RAM blocks only this board has, and device sections only it has: what tells
+    #: the board when the stream does not name the machine (or shares the name)
+    blocks: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
 
 
 FAMILIES: list[Family] = [
-    Family("q35", r"^pc-q35-|^q35$", lambda c, p: x86.layout(c, p, "q35")),
-    Family("microvm", r"^microvm", lambda c, p: x86.layout(c, p, "microvm")),
-    Family("isapc", r"^isapc$", lambda c, p: x86.layout(c, p, "isapc")),
-    Family("pc", r"^pc(-i440fx-.*|-\d.*)?$|^xenfv", lambda c, p: x86.layout(c, p, "pc")),
-    Family("pseries", r"^pseries", boards.pseries),
-    Family("s390-ccw-virtio", r"^s390-ccw-virtio", boards.s390_ccw),
+    Family(
+        "q35",
+        r"^pc-q35-|^q35$",
+        lambda c, p: x86.layout(c, p, "q35"),
+        X86,
+        ("pc.ram",),
+        ("*/mch",),
+    ),
+    Family("microvm", r"^microvm", lambda c, p: x86.layout(c, p, "microvm"), X86, ("microvm.ram",)),
+    Family(
+        "pc",
+        r"^pc(-i440fx-.*|-\d.*)?$|^xenfv",
+        lambda c, p: x86.layout(c, p, "pc"),
+        X86,
+        ("pc.ram",),
+        ("*/I440FX",),
+    ),
+    # the PC without PCI: its RAM blocks and no chipset section
+    Family("isapc", r"^isapc$", lambda c, p: x86.layout(c, p, "isapc"), X86, ("pc.ram",)),
+    Family("pseries", r"^pseries", boards.pseries, ("ppc64",), ("ppc_spapr.ram",)),
+    Family("s390-ccw-virtio", r"^s390-ccw-virtio", boards.s390_ccw, ("s390x",), ("s390.ram",)),
     Family(
         "riscv virt",
         r"^virt$",
         boards.riscv_virt,
-        blocks=("riscv_virt_board.ram", "riscv_virt_board.mrom"),
-        arches=("riscv64", "riscv32"),
+        ("riscv64", "riscv32"),
+        ("riscv_virt_board.ram", "riscv_virt_board.mrom"),
     ),
     Family(
-        "loongarch virt",
-        r"^virt$",
-        boards.loongarch_virt,
-        blocks=("loongarch.ram",),
-        arches=("loongarch64",),
+        "loongarch virt", r"^virt$", boards.loongarch_virt, ("loongarch64",), ("loongarch.ram",)
     ),
-    Family(
-        "arm virt",
-        r"^virt(-\d.*)?$",
-        boards.arm_virt,
-        blocks=("mach-virt.ram",),
-        arches=("aarch64", "arm"),
-    ),
+    Family("arm virt", r"^virt(-\d.*)?$", boards.arm_virt, ("aarch64", "arm"), ("mach-virt.ram",)),
 ]
 
 
@@ -86,6 +98,10 @@ class MemoryMap:
     #: RAM blocks that back no guest-physical range (and why, when known)
     unmapped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Pages per block that no record gave (they read as zeros).
+    missing: dict[str, int] = field(default_factory=dict)
+    #: Parts of the layout assumed, not derived from the stream.
+    guesses: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,21 +110,48 @@ class MemoryMap:
             "ranges": [r.to_json() for r in self.ranges],
             "unmapped_blocks": self.unmapped,
             "notes": self.notes,
+            "guesses": self.guesses,
+            "missing_pages": self.missing,
         }
 
 
+def _evidence(ctx: Context, f: Family) -> str | None:
+    """What in the stream points to ``f`` (its RAM blocks, its chipset), or None."""
+    blocks = [b for b in f.blocks if b in ctx.blocks]
+    if not blocks:
+        return None
+    if f.sections:
+        names = (d.name for d in ctx.mig.devices())
+        found = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in f.sections)]
+        if not found:
+            return None
+        return f"RAM block {blocks[0]!r} and section {found[0]!r}"
+    return f"RAM block {blocks[0]!r}"
+
+
 def family_for(ctx: Context) -> Family | None:
-    """The registered family of the stream's machine type."""
-    machine = ctx.machine
-    candidates = [f for f in FAMILIES if re.search(f.machine, machine)]
-    if len(candidates) <= 1:
-        return candidates[0] if candidates else None
-    for f in candidates:
-        if any(b in ctx.blocks for b in f.blocks):
-            return f
-    arch = ctx.arch()
-    for f in candidates:
-        if arch in f.arches:
+    """The family of the stream's machine: by machine type and CPU architecture.
+
+    Where the stream names no machine type (no configuration section: machine
+    types up to 2.3, or ``send-configuration=off``) or names one several boards
+    share (``virt``) and the architecture is not known (no description), the
+    board's RAM blocks and chipset decide, and that is recorded as a guess.
+    """
+    machine, arch = ctx.machine, ctx.arch()
+    fams = [f for f in FAMILIES if arch is None or arch in f.arches]
+    if machine:
+        fams = [f for f in fams if re.search(f.machine, machine)]
+        if len(fams) == 1:
+            return fams[0]
+        why = f"machine {machine!r}, CPU architecture unknown (no description)"
+    else:
+        why = "no machine type in the stream (no configuration section)"
+    if arch is not None:
+        why += f", {arch} CPU"
+    for f in fams:
+        evidence = _evidence(ctx, f)
+        if evidence is not None:
+            ctx.guess(f"{why}: taken as {f.name} from its {evidence}")
             return f
     return None
 
@@ -144,9 +187,14 @@ def layout(
     if fam is not None:
         fam.build(ctx, painter)
     elif not items:
+        arch = ctx.arch()
+        what = f"machine {mig.machine!r}" if mig.machine else "a machine whose type the stream "
+        if not mig.machine:
+            what += "does not name"
         raise UsageError(
-            f"qevm does not know the memory layout of machine {mig.machine or '(unknown)'!r}; "
-            f"give it with --map BLOCK=GPA[+OFFSET:LEN] (blocks: {', '.join(blocks)})"
+            f"qevm does not know the memory layout of {what}"
+            + (f" ({arch} CPU)" if arch else "")
+            + f"; give it with --map BLOCK=GPA[+OFFSET:LEN] (blocks: {', '.join(blocks)})"
         )
     if items:
         _apply_overrides(painter, blocks, items)  # type: ignore[arg-type]
@@ -156,7 +204,12 @@ def layout(
     for b in mig.ram_blocks:
         if not b.in_stream and b.name in used:
             ctx.notes.append(f"{b.name} is not in the stream (x-ignore-shared): reads as zeros")
-    return MemoryMap(mig.machine, fam.name if fam else None, ranges, unmapped, ctx.notes)
+    try:
+        missing = mig.missing_pages()
+    except UsageError:  # RAM read through ``read`` only: nothing counted
+        missing = {}
+    fam_name = fam.name if fam else None
+    return MemoryMap(mig.machine, fam_name, ranges, unmapped, ctx.notes, missing, ctx.guesses)
 
 
 def _apply_overrides(

@@ -88,20 +88,48 @@ def s390_ccw(ctx: Context, painter: Painter) -> None:
     _simple(ctx, painter, "s390-ccw-virtio", ("s390.ram",), (), 0, [])
 
 
+#: hw/loongarch/virt.c: RAM above the first 256 MiB is mapped here (QEMU 9.0 and later) ...
+LOONGARCH_HIGH = 0x80000000
+#: ... and here before (QEMU 7.1 to 8.2)
+LOONGARCH_HIGH_OLD = 0x90000000
+
+
+def _loongarch_rule(ctx: Context) -> tuple[int, bool, str]:
+    """(high RAM base, device memory 1 GiB-aligned?, why) when ACPI does not say.
+
+    The machine type has no version; what else the stream shows tells some
+    QEMU versions apart: 16 KiB target pages are QEMU 8.1 or older (8.2
+    changed TARGET_PAGE_BITS to 12); version 3 of the ``cpu`` section is QEMU
+    9.1 or newer.  QEMU 8.2 and 9.0 look alike and differ here.
+    """
+    ps = ctx.mig.page_size
+    if ps == 16384:
+        return LOONGARCH_HIGH_OLD, True, "16 KiB target pages: QEMU 8.1 or older"
+    version = ctx.cpu_version()
+    if version is not None and version >= 3:
+        return LOONGARCH_HIGH, False, f"cpu section version {version}: QEMU 9.1 or newer"
+    ctx.guess(
+        "loongarch virt without ACPI tables: high RAM taken to be at 0x80000000 as in "
+        "QEMU 9.0 and later (QEMU 8.2 and older put it at 0x90000000)"
+    )
+    return LOONGARCH_HIGH, False, "QEMU 9.0 rule (assumed)"
+
+
 def loongarch_virt(ctx: Context, painter: Painter) -> None:
     """hw/loongarch/virt.c: the first 256 MiB of RAM at 0, the rest at the high window.
 
-    The high window is at 0x80000000 in current QEMU (0x90000000 before 8.1);
-    the machine type has no version, so ACPI SRAT decides when it is there.
+    ACPI SRAT (built whenever ACPI is on) gives the high window and the device
+    memory base; without it, :func:`_loongarch_rule`.
     """
     srat = acpi.memory_affinity(ctx.block_bytes(acpi.TABLES_BLOCK))
     low = 256 * MiB
-    high = 0x80000000
-    how = "loongarch virt rule: high RAM at 0x80000000"
-    for e in srat or ():
-        if not e.hotpluggable and e.base >= low:
-            high = min(high, e.base) if how.startswith("ACPI") else e.base
-            how = f"ACPI SRAT: high RAM at {high:#x}"
+    boot = [e.base for e in srat or () if not e.hotpluggable and e.base >= low]
+    hot = [e.base for e in srat or () if e.hotpluggable]
+    if boot:
+        high, aligned, how = min(boot), False, f"ACPI SRAT: high RAM at {min(boot):#x}"
+    else:
+        high, aligned, why = _loongarch_rule(ctx)
+        how = f"loongarch virt: high RAM at {high:#x} ({why})"
     mram = machine_ram(
         ctx,
         ("loongarch.ram",),
@@ -119,6 +147,11 @@ def loongarch_virt(ctx: Context, painter: Painter) -> None:
             painter.paint(Range(gpa, ctx.blocks[name], name, 0, f"loongarch virt: {name}", "romd"))
     paint_pci_blocks(ctx, painter)
     if mram.device:
-        paint_device_memory(
-            painter, ctx, mram.device, _round_gib(high + size - low), "loongarch virt rule"
-        )
+        end = high + max(size - low, 0)
+        if hot:
+            base, why = min(hot), "ACPI SRAT hotpluggable range"
+        elif aligned:
+            base, why = _round_gib(end), "loongarch virt: 1 GiB boundary above RAM (QEMU 8.1-)"
+        else:
+            base, why = end, "loongarch virt: right above RAM"
+        paint_device_memory(painter, ctx, mram.device, base, why)

@@ -110,7 +110,14 @@ class Context:
     #: Reads bytes of a block (zeros where the stream has none).
     read: Callable[[str, int, int], bytes]
     notes: list[str] = field(default_factory=list)
+    #: What was assumed where the stream does not say (the layout may be wrong there).
+    guesses: list[str] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
+
+    def guess(self, text: str) -> None:
+        """Record that a part of the layout is assumed, not derived from the stream."""
+        if text not in self.guesses:
+            self.guesses.append(text)
 
     @property
     def machine(self) -> str:
@@ -143,6 +150,11 @@ class Context:
             except QevmError:
                 self._cache["arch"] = None
         return self._cache["arch"]
+
+    def cpu_version(self) -> int | None:
+        """The version of the first ``cpu`` section (its VMSD's version_id)."""
+        found = self.mig.devices("cpu")
+        return found[0].version if found else None
 
 
 def parse_size(text: str) -> int:

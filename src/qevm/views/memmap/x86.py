@@ -102,6 +102,12 @@ def layout(ctx: Context, painter: Painter, kind: str) -> None:
     else:
         below, how = _rule_split(kind, ctx.machine, ram_size)
         above = ram_size - below
+        big = {"q35": 0xB0000000, "pc": 0xE0000000}.get(kind)
+        if big is not None and ram_size >= big and _version(ctx.machine) is None:
+            ctx.guess(
+                f"no CMOS memory size and no machine type version: RAM split at {below:#x} "
+                "as machine types 2.0 and later do (1.7 and older split higher)"
+            )
         if split:
             ctx.notes.append(
                 f"CMOS says {split[0] + split[1]:#x} bytes of RAM but the RAM blocks have "
