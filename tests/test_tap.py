@@ -22,7 +22,6 @@ import pytest
 from conftest import have_qemu
 from gen_live import MIB, PATTERN_ADDR, WINDOW, Capture, Spec, TapRun
 
-import qevm
 from qevm.cli import main as cli_main
 
 RAM_MB = 64
@@ -220,13 +219,15 @@ def test_tap_when_the_destination_fails(qemu, tmp_path):
     refused = _error_section((tmp_path / "dst.err").read_text())
     rec = tmp_path / "rec"
     assert summary["recording"] == str(rec) and (rec / "main.mig").exists()
-    with qevm.open(rec / "main.mig") as mig:
-        where = {f"{d.name}": d.record.offset for d in mig.devices()}
+    session = json.loads((rec / "session.json").read_text())
+    # the recording may end early (the destination hung up, the source was reset):
+    # the sections the tap saw go by are in its events
+    where = {e["name"]: e["offset"] for e in session["events"] if e["event"] == "section"}
     assert refused in where
     sent = fail["source_had_sent"]
     assert sent["offset"] > where[refused]
     assert sent["record"]
-    assert json.loads((rec / "session.json").read_text())["summary"]["status"] == "failed"
+    assert session["summary"]["status"] == "failed"
 
 
 @pytest.mark.qemu
