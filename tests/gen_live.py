@@ -2,11 +2,12 @@
 
 The shared corpus has one raw multifd capture (QEMU 11.1) and no
 postcopy-preempt one.  This script makes the missing kinds with the installed
-QEMU (Debian 7.2, TCG): a source QEMU migrates over loopback TCP to a recording
-proxy, which connects each accepted connection to the destination QEMU in
-accept order and records its source->destination bytes to its own file (the
-main channel, then the multifd or postcopy-preempt channels), plus the
-destination->source bytes of the main channel (the return path).
+QEMU (Debian 7.2, TCG): a source QEMU migrates over loopback TCP through
+``qevm tap``, which forwards each connection to the destination QEMU (the
+main stream first) and records each direction (``main.mig``, the multifd or
+postcopy-preempt channels ``channel-N.bin`` in the order the source opened
+them, the return path).  The tests of ``qevm tap`` (tests/test_tap.py) drive
+the same migrations.
 
 Guest: ``-M pc -m 128 -nodefaults`` with a 64 KiB ``-bios`` of our own
 (:data:`GUEST_CODE`), a real-mode loop that never stops rewriting memory, and
@@ -42,14 +43,13 @@ import lzma
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from conftest import pattern1m  # noqa: E402
@@ -105,7 +105,12 @@ DEST_TRACE = [
     "postcopy_preempt_new_channel",
     "ram_block_discard_range",
 ]
-SOURCE_TRACE = ["multifd_send", "multifd_send_thread_end", "ram_save_queue_pages"]
+SOURCE_TRACE = [
+    "multifd_send",
+    "multifd_send_thread_end",
+    "ram_save_queue_pages",
+    "save_xbzrle_page_skipping",
+]
 
 FLAG_ZERO, FLAG_PAGE, FLAG_EOS, FLAG_CONTINUE = 0x2, 0x8, 0x10, 0x20
 MULTIFD_COMPRESSION = {0: "none", 2: "zlib", 4: "zstd"}
@@ -178,83 +183,59 @@ def chunk_digests(data: bytes | bytearray) -> list[str]:
     return [hashlib.sha256(buf[i : i + MIB]).hexdigest() for i in range(0, len(buf), MIB)]
 
 
-# -- the recording proxy ------------------------------------------------------------
+# -- the recording tap ---------------------------------------------------------------
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 
 
-class Proxy:
-    """Forward every accepted connection to ``dest_port``, recording it.
+class TapRun:
+    """``qevm tap --json`` between the source and the destination, recording to ``rec``."""
 
-    Connections are connected to the destination one at a time in accept
-    order, so QEMU sees them in the order the source made them (7.2 takes the
-    first one for the main channel).
-    """
+    def __init__(self, dest_port: int, rec: pathlib.Path, *extra: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+        self.rec = rec
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "qevm", "tap", "--json", "--record", str(rec)),
+                *("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{dest_port}"),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if not first:
+            raise RuntimeError(f"qevm tap did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+        self.port = int(json.loads(first)["listen"][1])
+        self.events: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.returncode: int | None = None
+        self.stderr = ""
 
-    def __init__(self, dest_port: int, workdir: pathlib.Path) -> None:
-        self.dest_port = dest_port
-        self.workdir = workdir
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[dict[str, Any]] = []
-        self._threads: list[threading.Thread] = []
-        self._closing = False
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, peer = self.listener.accept()
-            except OSError:
-                return
-            if self._closing:
-                down.close()
-                return
-            up = socket.create_connection(("127.0.0.1", self.dest_port))
-            for s in (down, up):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            i = len(self.conns)
-            rec: dict[str, Any] = {"index": i, "accepted": time.time(), "peer": list(peer)}
-            self.conns.append(rec)
-            for direction, a, b in (("s2d", down, up), ("d2s", up, down)):
-                path = self.workdir / f"conn{i}.{direction}"
-                t = threading.Thread(
-                    target=self._pump, args=(a, b, open(path, "wb"), rec, direction), daemon=True
-                )
-                t.start()
-                self._threads.append(t)
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.events[-1] if self.events and self.events[-1]["event"] == "summary" else {}
 
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket, f: BinaryIO, rec: dict, direction: str) -> None:
-        n = 0
+    def close(self, timeout: float = 30) -> int:
+        """Wait for the tap to exit (it does once the migration's connections closed)."""
         try:
-            while True:
-                data = a.recv(1 << 20)
-                if not data:
-                    break
-                f.write(data)
-                n += len(data)
-                b.sendall(data)
-        except OSError as e:
-            rec[f"{direction}_error"] = str(e)
-        finally:
-            f.close()
-            rec[f"{direction}_bytes"] = n
-            rec[f"{direction}_closed"] = time.time()
-            try:
-                b.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def close(self, timeout: float = 10) -> None:
-        self._closing = True
-        self.listener.close()
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in self._threads):
-            raise RuntimeError("proxy connections did not close")
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.returncode = self.proc.wait(10)
+        self._reader.join(10)
+        self.stderr = self.proc.stderr.read() if self.proc.stderr else ""  # type: ignore[union-attr]
+        return self.returncode
 
 
 # -- QEMU processes -----------------------------------------------------------------
@@ -309,7 +290,10 @@ class Vm:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
-        self.qmp.close()
+        try:
+            self.qmp.close()
+        except OSError:
+            pass  # QEMU went first (a destination that failed exits)
         return rc
 
 
@@ -476,12 +460,27 @@ def capture(name: str, spec: Spec, out: pathlib.Path, log: Any = print) -> dict[
 
 
 class Capture:
-    """One migration: both QEMUs and the proxy in ``work``, and what they reported."""
+    """One migration: both QEMUs and the tap in ``work``, and what they reported."""
 
-    def __init__(self, name: str, spec: Spec, work: pathlib.Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: Spec,
+        work: pathlib.Path,
+        qemu: str = QEMU,
+        ram_mb: int = RAM_MB,
+        source_ram: bool = False,
+    ) -> None:
         self.name = name
         self.spec = spec
         self.work = work
+        self.qemu = qemu
+        self.ram_mb = ram_mb
+        #: also take the source's RAM after the migration (src.pmem)
+        self.source_ram = source_ram
+        self.tap: TapRun | None = None
+        self.src: Vm | None = None
+        self.dst: Vm | None = None
         self.t0 = time.monotonic()
         self.timeline: list[dict[str, Any]] = []
         self.polls: list[dict[str, Any]] = []
@@ -490,17 +489,14 @@ class Capture:
     def mark(self, what: str, **kw: Any) -> None:
         self.timeline.append({"t": round(time.monotonic() - self.t0, 3), "what": what, **kw})
 
-    def run(self, out: pathlib.Path, log: Any = print) -> dict[str, Any]:
-        """Migrate, take the destination's RAM, write the capture files to ``out``."""
-        work = self.work
-        (work / "bios.bin").write_bytes(guest_bios())
-        (work / "pattern1m.bin").write_bytes(pattern1m())
-        argv = [
-            QEMU,
+    def argv(self) -> list[str]:
+        """The QEMU command line both sides share."""
+        return [
+            self.qemu,
             "-machine",
             "pc,accel=tcg",
             "-m",
-            str(RAM_MB),
+            str(self.ram_mb),
             "-nodefaults",
             "-display",
             "none",
@@ -510,27 +506,37 @@ class Capture:
             f"loader,file=pattern1m.bin,addr={PATTERN_ADDR:#x}",
             "-S",
         ]
-        dst = src = proxy = None
+
+    def migrate(self) -> None:
+        """Migrate through ``qevm tap`` (recording to ``work/rec``); take the destination's RAM."""
+        work = self.work
+        (work / "bios.bin").write_bytes(guest_bios())
+        (work / "pattern1m.bin").write_bytes(pattern1m())
+        argv = self.argv()
         rc: dict[str, int] = {}
         try:
-            dst = Vm("dst", [*argv, "-incoming", "defer"], work, DEST_TRACE)
-            src = Vm("src", argv, work, SOURCE_TRACE)
+            self.dst = Vm("dst", [*argv, "-incoming", "defer"], work, DEST_TRACE)
+            self.src = Vm("src", argv, work, SOURCE_TRACE)
             self.mark("both started")
-            proxy = self._migrate(src, dst)
-            self._finish(src, dst)
+            self._migrate(self.src, self.dst)
+            self._finish(self.src, self.dst)
         finally:
-            for vm in (src, dst):
+            for vm in (self.src, self.dst):
                 if vm is not None:
                     rc[vm.role] = vm.close()
-            if proxy is not None:
-                proxy.close()
+            if self.tap is not None:
+                self.tap.close()
         self.mark("closed", exit_codes=rc)
-        assert src is not None and dst is not None and proxy is not None
-        truth = summarise_dest(parse_trace(dst.trace_path), self.result["dest_ramblocks"])
-        self._check(truth)
-        return self._write(out, proxy, src, dst, truth, log)
 
-    def _migrate(self, src: Vm, dst: Vm) -> Proxy:
+    def run(self, out: pathlib.Path, log: Any = print) -> dict[str, Any]:
+        """Migrate, take the destination's RAM, write the capture files to ``out``."""
+        self.migrate()
+        assert self.src is not None and self.dst is not None and self.tap is not None
+        truth = summarise_dest(parse_trace(self.dst.trace_path), self.result["dest_ramblocks"])
+        self._check(truth)
+        return self._write(out, self.src, self.dst, truth, log)
+
+    def _migrate(self, src: Vm, dst: Vm) -> None:
         spec = self.spec
         caps = [*spec.capabilities, "events"]
         for vm in (dst, src):
@@ -539,15 +545,14 @@ class Capture:
                 vm.cmd("migrate-set-parameters", **spec.both)
         self.result["dest_parameters"] = dst.qmp.cmd("query-migrate-parameters")
         dst.cmd("migrate-incoming", uri="tcp:127.0.0.1:0")
-        proxy = Proxy(int(dst.status()["socket-address"][0]["port"]), self.work)
+        self.tap = TapRun(int(dst.status()["socket-address"][0]["port"]), self.work / "rec")
         src.cmd("migrate-set-parameters", **{**spec.source, "downtime-limit": 1})
         self.result["source_parameters"] = src.qmp.cmd("query-migrate-parameters")
         src.cmd("cont")
         time.sleep(0.5)  # let the guest loop run a while first
-        src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
+        src.cmd("migrate", uri=f"tcp:127.0.0.1:{self.tap.port}")
         self.mark("migrate issued")
         self._drive(src, dst)
-        return proxy
 
     def _drive(self, src: Vm, dst: Vm) -> None:
         """Poll the source until it finishes, steering it as the spec says."""
@@ -603,7 +608,9 @@ class Capture:
         dst_state = dst.qmp.cmd("query-status")
         if dst_state["running"]:
             raise RuntimeError(f"{self.name}: the destination runs, its RAM is not the stream's")
-        dst.cmd("pmemsave", val=0, size=RAM_MB * MIB, filename="dst.pmem")
+        dst.cmd("pmemsave", val=0, size=self.ram_mb * MIB, filename="dst.pmem")
+        if self.source_ram:
+            src.cmd("pmemsave", val=0, size=self.ram_mb * MIB, filename="src.pmem")
         self.mark("pmemsave done")
         self.result.update(
             {
@@ -630,7 +637,6 @@ class Capture:
     def _write(
         self,
         out: pathlib.Path,
-        proxy: Proxy,
         src: Vm,
         dst: Vm,
         truth: dict[str, Any],
@@ -651,29 +657,35 @@ class Capture:
                 "xz_bytes": len(packed),
             }
 
-        for c in proxy.conns:
-            i = c["index"]
-            fname = f"{name}.mig" if i == 0 else f"{name}.ch{i}.bin"
-            store(work / f"conn{i}.s2d", fname)
-            head = (work / f"conn{i}.s2d").read_bytes()[:4].hex()
-            channels.append({"file": fname, "first4": head, **c})
-            if i == 0 and c.get("d2s_bytes"):
-                store(work / f"conn{i}.d2s", f"{name}.rp.bin")
+        rec = work / "rec"
+        session = json.loads((rec / "session.json").read_text())
+        for c in session["connections"]:
+            recorded = (c.get("s2d") or {}).get("file")
+            if recorded is None:
+                continue
+            if recorded == "main.mig":
+                fname = f"{name}.mig"
+            else:
+                fname = f"{name}.ch{int(recorded.split('-')[1].split('.')[0])}.bin"
+            store(rec / recorded, fname)
+            channels.append({"file": fname, "recorded_as": recorded, **c})
+        if (rec / "return-path.bin").exists():
+            store(rec / "return-path.bin", f"{name}.rp.bin")
         pmem = (work / "dst.pmem").read_bytes()
         digests = {
-            "source": f"pmemsave 0 {RAM_MB * MIB:#x} on the destination (tests/gen_live.py)",
+            "source": f"pmemsave 0 {self.ram_mb * MIB:#x} on the destination (tests/gen_live.py)",
             "chunk_size": MIB,
             "zeroed": list(WINDOW),
             "size": len(pmem),
             "sha256": chunk_digests(pmem),
         }
         (out / f"{name}.pmem-sha256.json").write_text(json.dumps(digests, indent=1) + "\n")
-        version = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
+        version = subprocess.run([self.qemu, "--version"], capture_output=True, text=True).stdout
         recipe = {
             "name": name,
             "description": self.spec.description,
             "qemu": version.splitlines()[0].strip(),
-            "ram_mb": RAM_MB,
+            "ram_mb": self.ram_mb,
             "guest": GUEST,
             "guest_code": GUEST_CODE.hex(),
             "source_cmdline": src.argv,
@@ -684,6 +696,7 @@ class Capture:
             "timeline": self.timeline,
             "source_polls": self.polls,
             "channels": channels,
+            "tap_summary": self.tap.summary if self.tap else None,
             "truth": truth,
             "source_trace": summarise_source(parse_trace(src.trace_path)),
             "files": files,

@@ -129,3 +129,23 @@ def test_demo_runs_on_the_example_in_the_package():
     with qevm.open(path) as mig:
         assert not mig.errors and mig.devices()
         assert all(d.state is not None for d in mig.devices())
+
+
+def _info_pages(path: pathlib.Path) -> dict[str, str]:
+    res = _qevm("info", unpack(path))
+    assert res.returncode == 0, res.stderr
+    rows = res.stdout.split("RAM blocks\n", 1)[1].splitlines()[1:]
+    return {r.split()[0]: r.split(None, 2)[2] for r in rows if r.startswith("  ")}
+
+
+def test_info_tells_blocks_on_other_connections_from_unmigrated_ones():
+    # multifd (7.2): the two 4 KiB ROM blocks' only pages went on the channels
+    recipe = json.loads(LIVE["multifd-72"].with_name("multifd-72.json").read_text())
+    assert "multifd" in recipe["dest_capabilities"]
+    pages = _info_pages(LIVE["multifd-72"])
+    on_channels = [n for n, p in pages.items() if p.startswith("none in this stream (multifd")]
+    assert on_channels == ["/rom@etc/table-loader", "/rom@etc/acpi/rsdp"], pages
+    # x-ignore-shared: the shared memory backend m0 is not migrated at all
+    pages = _info_pages(STREAMS["q35-ignore-shared-7.2"])
+    assert pages["m0"].startswith("not migrated (x-ignore-shared)")
+    assert not any("none in this stream" in p for p in pages.values())

@@ -92,10 +92,13 @@ class StreamParser:
     # -- top level --------------------------------------------------------
     def parse(self) -> ParsedStream:
         header = self._header()
+        self._announce(header)
         records: list[Record] = [header]
         records.extend(self._records(top=True))
         if not self._ended and not self.r.at_end():
-            records.extend(self._after_eof())
+            for rec in self._after_eof():
+                records.append(rec)
+                self._announce(rec)
         self.devices.finish(self.stream_desc)
         return ParsedStream(
             self.input,
@@ -108,6 +111,10 @@ class StreamParser:
             self.ctx,
             self.errors,
         )
+
+    def _announce(self, rec: Record) -> None:
+        if self.options.on_record is not None:
+            self.options.on_record(rec)
 
     def error(self, error: QevmError) -> None:
         """Keep ``error`` (non-strict) or raise it.
@@ -164,6 +171,7 @@ class StreamParser:
                 if rec is None:
                     break
             out.append(rec)
+            self._announce(rec)
             if isinstance(rec, EofRecord):
                 if not top:
                     self.ctx.warn(f"EOF marker inside a PACKAGED blob at {off:#x}")

@@ -193,6 +193,10 @@ class ParseOptions:
     decode_devices: bool = True
     #: Raise the first error (else keep going: see the module docstring).
     strict: bool = True
+    #: Called with every record as soon as it has been read (nested ones of a
+    #: PACKAGED blob before the blob's own record), for readers that follow a
+    #: stream while it is being written.
+    on_record: Callable[[Record], None] | None = None
 
 
 @dataclass(eq=False)

@@ -31,7 +31,18 @@ class Reader:
     in place; call :meth:`ensure` before touching ``buf[pos:pos+n]``.
     """
 
-    __slots__ = ("source", "buf", "pos", "base", "limit", "_mapped", "_eof", "_mark", "_released")
+    __slots__ = (
+        "source",
+        "buf",
+        "pos",
+        "base",
+        "limit",
+        "_mapped",
+        "_eof",
+        "_error",
+        "_mark",
+        "_released",
+    )
 
     def __init__(self, source: Source, offset: int | None = None) -> None:
         self.source = source
@@ -39,6 +50,8 @@ class Reader:
         view = source.view()
         self.limit: int | None = None
         self._eof = False
+        #: A source's error held back until what it delivered before has been read.
+        self._error: QevmError | None = None
         self._mark: int | None = None
         self._released = 0
         if view is not None:
@@ -121,7 +134,8 @@ class Reader:
         keep = self.buf[drop:]
         self.base += drop
         self.pos -= drop
-        want = max(n - (len(keep) - self.pos), CHUNK)
+        need = n - (len(keep) - self.pos)
+        want = max(need, CHUNK)
         src = self.source
         if src.seekable:
             end = self.base + len(keep)
@@ -132,25 +146,36 @@ class Reader:
             return
         if self._eof:
             self.buf = bytearray(keep)
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
             return
         # A new buffer each time: views of the old one (pages waiting to be
-        # written) stay valid.
+        # written) stay valid.  A source may fill less than asked (a file that
+        # is still being written returns what is there, a decompressor what it
+        # had before failing); only what is needed is waited for, and a read of
+        # nothing is the end.
         buf = bytearray(len(keep) + want)
         buf[: len(keep)] = keep
+        got = 0
         try:
             with memoryview(buf) as view:
-                got = src.readinto(view[len(keep) :])
-        except QevmError:
+                while got < need:
+                    more = src.readinto(view[len(keep) + got :])
+                    if not more:
+                        self._eof = True
+                        break
+                    got += more
+        except QevmError as e:
             # A source that failed (a corrupt compressed input) gives nothing more:
-            # later reads meet the end instead of failing (and allocating) again.
+            # what it delivered before is read first, then its error comes once,
+            # and later reads meet the end instead of failing (and allocating) again.
             self._eof = True
-            self.buf = bytearray(keep)
-            raise
-        if got < want:
-            # Only nothing at all is the end: a short read can be a source
-            # that delivered what it had before failing (the next read says why).
-            self._eof = got == 0
-            del buf[len(keep) + got :]
+            if not got:
+                self.buf = bytearray(keep)
+                raise
+            self._error = e
+        del buf[len(keep) + got :]
         self.buf = buf
 
     def release_behind(self) -> None:

@@ -59,9 +59,12 @@ def _print_info(mig: Migration, out: Any) -> None:
         w("RAM blocks\n")
         w(f"  {'name':40} {'size':>12}  pages\n")
         for b in j["ram_blocks"]:
-            pages = (
-                ", ".join(f"{k} {v}" for k, v in sorted(b["pages"].items())) or "not in the stream"
-            )
+            pages = ", ".join(f"{k} {v}" for k, v in sorted(b["pages"].items()))
+            if not b["in_stream"]:
+                pages = "not migrated (x-ignore-shared)"
+            elif not pages:
+                # a complete stream sends every page of a block it migrates
+                pages = "none in this stream (multifd or postcopy-preempt channels carry them)"
             extra = f"  mr_addr {b['mr_addr']:#x}" if "mr_addr" in b else ""
             w(f"  {b['name']:40} {b['size']:#12x}  {pages}{extra}\n")
     for k in j["kernels"]:

@@ -61,7 +61,11 @@ class Source:
         raise NotImplementedError
 
     def readinto(self, view: memoryview) -> int:
-        """Fill ``view`` from the current position; fewer bytes only at the end."""
+        """Read into ``view`` from the current position; the number of bytes read.
+
+        Sources fill ``view`` whole when they can, but may return fewer bytes
+        (a file that is still growing returns what it holds); 0 only at the end.
+        """
         data = self.read(len(view))
         view[: len(data)] = data
         return len(data)

@@ -108,9 +108,15 @@ def channel_kind(source: Source) -> str:
     )
 
 
-def apply_channel(state: RamState, source: Source, src_no: int) -> ChannelSummary:
-    """Read an extra connection's pages into the RAM state's consumer."""
-    kind = channel_kind(source)
+def apply_channel(
+    state: RamState, source: Source, src_no: int, kind: str | None = None
+) -> ChannelSummary:
+    """Read an extra connection's pages into the RAM state's consumer.
+
+    ``kind`` (``multifd`` or ``postcopy-preempt``) is found from the first
+    bytes when not given (which needs a seekable source).
+    """
+    kind = kind or channel_kind(source)
     if kind == "postcopy-preempt":
         return _apply_preempt(state, source, src_no)
     return _apply_multifd(state, source, src_no)
@@ -212,13 +218,50 @@ def read_packets(r: Reader, page_size: int) -> Iterator[Packet]:
         yield Packet(hdr, offsets, r.offset, hdr.next_packet_size if has_pages else 0)
 
 
+def packet_page_size(r: Reader) -> int:
+    """The target page size, from the first packet after the handshake.
+
+    For a channel read when nothing else stated the page size (a main
+    stream without page records or description yet).  A packet's header
+    holds an offset slot per page of 512 KiB: ``pages_alloc`` says how many
+    (SYNC packets since 9.0 leave it 0: then the size that puts the next
+    packet, or the end of the channel, right after the header is the one).
+    """
+    off = r.offset
+    head = r.peek(MultiFDPacket.size)
+    if len(head) < MultiFDPacket.size:
+        raise FormatError("multifd channel given but the page size is unknown", offset=off)
+    hdr = MultiFDPacket.unpack(head, off)
+    if hdr.pages_alloc:
+        ps = MULTIFD_PACKET_SIZE // hdr.pages_alloc
+        if MULTIFD_PACKET_SIZE % hdr.pages_alloc or ps & (ps - 1) or ps < 1024:
+            raise FormatError(
+                f"multifd packet with {hdr.pages_alloc} page slots",
+                offset=hdr.offset_of("pages_alloc"),
+                field="pages_alloc",
+                expected="512 KiB divided by a page size",
+            )
+        return ps
+    nxt = struct.pack(">II", MULTIFD_MAGIC, MULTIFD_VERSION)
+    for ps in (65536, 32768, 16384, 8192, 4096, 2048, 1024):  # shortest header first
+        end = off + MultiFDPacket.size + 8 * (MULTIFD_PACKET_SIZE // ps)
+        head = r.peek_at(end - 1, 9)
+        if head[1:] == nxt or len(head) == 1:
+            return ps
+    raise FormatError(
+        "cannot tell the target page size from the multifd packets",
+        offset=off,
+        expected="a packet header of 320 + 8 * (512 KiB / page size) bytes",
+    )
+
+
 def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
-    ps = state.page_size
-    if ps is None:
-        raise FormatError("multifd channel given but the page size is unknown", offset=0)
     r = Reader(source, 0)
     init = read_handshake(r)
     summary = ChannelSummary(source.name, "multifd", init.id, init.uuid.hex())
+    if r.at_end():
+        return summary
+    ps = state.page_size or packet_page_size(r)
     consumer = state.consumer
     inflater: _Inflater | None = None
     epoch = 0

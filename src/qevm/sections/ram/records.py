@@ -161,6 +161,8 @@ class RamState:
         self.runs = ContinueRuns()
         self._records_seen = 0
         self._seen_flush = False
+        #: Multifd sync points read so far (also before the consumer exists).
+        self.syncs = 0
         #: The input the records being read are in (0: the main stream; an
         #: extra channel's number while its bare RAM records are read).
         self.src = 0
@@ -182,6 +184,8 @@ class RamState:
                 self.runs.numpy = numpy
             for b in self.blocks.values():
                 self.consumer.add_block(b)
+            if self.syncs:
+                self.consumer.epoch = self.syncs
 
     def _probe_page_size(self, r: Reader, record_off: int) -> int:
         """Find the target page size from the framing of the first PAGE record."""
@@ -288,8 +292,8 @@ class RamState:
                         yield RamRun(start, r.offset, block, nz, npg)
             elif kind == RAM_SAVE_FLAG_EOS:
                 rec.end = r.offset
-                if not self._seen_flush and self.consumer is not None:
-                    self.consumer.epoch += 1  # legacy multifd: each EOS is a sync point
+                if not self._seen_flush:
+                    self._sync_point()  # legacy multifd: each EOS is a sync point
                 self._records_seen += n + 1
                 self._housekeeping(r)
                 if self.consumer is not None:
@@ -301,8 +305,7 @@ class RamState:
                     rec.blocks = read_block_list(self, r, rec.addr)
                 elif kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:
                     self._seen_flush = True
-                    if self.consumer is not None:
-                        self.consumer.epoch += 1
+                    self._sync_point()
                 else:
                     _bad_record(kind, flags, off)
                 rec.end = r.offset
@@ -311,6 +314,12 @@ class RamState:
             if n >= next_check:
                 next_check = n + HOUSEKEEPING_RECORDS
                 self._housekeeping(r, n)
+
+    def _sync_point(self) -> None:
+        """A multifd sync point: channel pages after it belong to the next round."""
+        self.syncs += 1
+        if self.consumer is not None:
+            self.consumer.epoch = self.syncs
 
     def _page(self, r: Reader, rec: RamRecord, kind: int) -> RamBlock:
         """Read a page record's block name and payload; hand the page to the consumer."""

@@ -1,0 +1,144 @@
+"""A recording that is still being written, read as a stream (``tail -f``).
+
+The tap's decoder reads each connection from its recording file while the
+forwarding side is still appending to it: :class:`FollowSource` returns what
+the file holds, waits when it has caught up, and ends only once the recording
+is declared complete (:meth:`FollowSource.finish`) and read to its last byte.
+The decoder thus never slows the forwarding: it may fall behind, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+
+from ..source.base import Source
+
+#: How long a reader that has caught up sleeps before looking at the file again.
+POLL_INTERVAL = 0.02
+#: Bytes read at once around the page cache, and their alignment.
+BLOCK = 4 << 20
+ALIGN = 4096
+
+
+class FollowSource(Source):
+    """A forward-only source over a file another process is appending to."""
+
+    seekable = False
+    container = "live recording"
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
+        super().__init__()
+        self.name = name or os.fspath(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        # Read around the page cache where possible: the recording was written
+        # around it, and gigabytes of it there would only push out other data.
+        self._direct = _open_direct(path)
+        self._block = mmap.mmap(-1, BLOCK) if self._direct is not None else None
+        self._block_at = 0
+        self._block_len = 0
+        #: The final size, once the recording is complete.
+        self._final: int | None = None
+        self._grown = threading.Event()
+        self._closed = False
+
+    def finish(self, size: int) -> None:
+        """The recording is complete at ``size`` bytes: read to there, then end."""
+        self._final = size
+        self._grown.set()
+
+    def abandon(self) -> None:
+        """Make readers see the end now, whatever is left (the decoder is stopping)."""
+        self._closed = True
+        self._grown.set()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the final size is known."""
+        return self._final is not None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the recording has ended and everything in it has been read."""
+        return self._final is not None and self._pos >= self._final
+
+    def readinto(self, view: memoryview) -> int:
+        while True:
+            if self._closed:
+                return 0
+            want = len(view)
+            if self._final is not None:
+                want = min(want, self._final - self._pos)
+                if want <= 0:
+                    return 0
+            n = self._read(view[:want])
+            if n:
+                self._pos += n
+                return n
+            self._grown.wait(POLL_INTERVAL)
+            self._grown.clear()
+
+    def _read(self, view: memoryview) -> int:
+        """Bytes at the position into ``view`` (0: none yet)."""
+        if self._block is None:
+            return os.readv(self._fd, [view])
+        pos = self._pos
+        if not self._block_at <= pos < self._block_at + self._block_len:
+            at = pos - pos % ALIGN
+            try:
+                got = os.preadv(self._direct, [self._block], at)  # type: ignore[arg-type]
+            except OSError:
+                self._close_direct()  # refused after all: through the page cache
+                return os.preadv(self._fd, [view], pos)
+            self._block_at, self._block_len = at, got
+            if pos >= at + got:
+                return 0
+        start = pos - self._block_at
+        n = min(len(view), self._block_len - start)
+        view[:n] = self._block[start : start + n]
+        return n
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        if self._block is not None:
+            self._block.close()
+            self._block = None
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        got = 0
+        with memoryview(buf) as view:
+            while got < n:
+                k = self.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+        del buf[got:]
+        return bytes(buf)
+
+    def read_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes, as soon as there are any (b"" at the end)."""
+        buf = bytearray(n)
+        with memoryview(buf) as view:
+            k = self.readinto(view)
+        return bytes(buf[:k])
+
+    def close(self) -> None:
+        self._close_direct()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _open_direct(path: str | os.PathLike[str]) -> int | None:
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | flag)
+    except OSError:
+        return None

@@ -1,0 +1,262 @@
+"""Forwarding one direction of a connection, byte for byte, and recording it.
+
+On Linux the forwarded bytes never enter the process: ``splice`` moves them
+from the receiving socket into a pipe, ``tee`` duplicates the pipe's pages
+into a second pipe, ``splice`` moves the first pipe into the sending socket,
+and a recorder thread drains the second pipe into the recording file
+(:mod:`.record`: written behind, the forwarding waits for the recording only
+when a whole pipe of it is pending).  Elsewhere, or when the kernel refuses,
+the bytes are read into memory, sent, and queued for a recorder thread.
+
+A pump ends at the end of its input (the peer shut down its sending side,
+which is passed on) or at an error on either socket (which the connection
+then mirrors by resetting both sides).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from .record import ChunkWriter, open_direct
+
+#: Most bytes moved per system call.
+CHUNK = 1 << 20
+#: Pipe size asked for (the kernel may grant less: /proc/sys/fs/pipe-max-size).
+PIPE_SIZE = 4 << 20
+#: Bytes the copying recorder may hold before the forwarding waits for it.
+COPY_BACKLOG = 64 << 20
+
+_F_SETPIPE_SZ = 1031
+
+
+def _load_tee():
+    if not hasattr(os, "splice"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        tee = libc.tee
+    except (OSError, AttributeError):
+        return None
+    tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+    tee.restype = ctypes.c_ssize_t
+    return tee
+
+
+_TEE = _load_tee()
+
+
+def zero_copy_available() -> bool:
+    """Whether this platform forwards with splice and tee."""
+    return _TEE is not None
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    for size in (PIPE_SIZE, 1 << 20):
+        try:
+            import fcntl
+
+            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+            break
+        except (ImportError, OSError):
+            continue
+    return r, w
+
+
+def _tee(src: int, dst: int, n: int) -> int:
+    assert _TEE is not None
+    while True:
+        k = _TEE(src, dst, n, 0)
+        if k >= 0:
+            return k
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+
+
+class Pump:
+    """Bytes from ``src`` to ``dst``, recorded to ``record`` (an open file descriptor).
+
+    :meth:`run` is a thread's target.  ``bytes`` counts what was forwarded;
+    ``first_byte`` / ``ended`` are ``time.time()`` stamps; ``read_error`` and
+    ``write_error`` say why it stopped when it was not the end of the input.
+    """
+
+    def __init__(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        record: int,
+        on_first_byte: Callable[[], None] | None = None,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.record = record
+        #: Bytes received from ``src``, bytes handed to ``dst``, bytes recorded.
+        self.bytes = 0
+        self.delivered = 0
+        self._recorded = 0
+        self._record_error: OSError | None = None
+        self._writer: ChunkWriter | None = None
+        self.first_byte: float | None = None
+        self.ended: float | None = None
+        self.read_error: OSError | None = None
+        self.write_error: OSError | None = None
+        self._on_first_byte = on_first_byte
+        self._on_chunk = on_chunk
+        self.zero_copy = zero_copy_available()
+
+    @property
+    def recorded(self) -> int:
+        """Bytes handed to the recording (all in the file once the pump has ended)."""
+        return self._writer.recorded if self._writer is not None else self._recorded
+
+    @property
+    def record_error(self) -> OSError | None:
+        """The first error writing the recording (the forwarding went on)."""
+        return self._writer.error if self._writer is not None else self._record_error
+
+    @property
+    def failed(self) -> bool:
+        return self.read_error is not None or self.write_error is not None
+
+    def run(self) -> None:
+        try:
+            if self.zero_copy:
+                try:
+                    self._splice()
+                except _SpliceRefused:
+                    self.zero_copy = False
+                    self._copy()
+            else:
+                self._copy()
+        finally:
+            self.ended = time.time()
+            if not self.failed:
+                try:
+                    self.dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+    def _got(self, n: int) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.time()
+            if self._on_first_byte is not None:
+                self._on_first_byte()
+        self.bytes += n
+        if self._on_chunk is not None:
+            self._on_chunk(self.bytes)
+
+    # -- zero copy ---------------------------------------------------------------
+    def _splice(self) -> None:
+        sfd, dfd = self.src.fileno(), self.dst.fileno()
+        fwd_r, fwd_w = _pipe()
+        rec_r, rec_w = _pipe()
+        direct = open_direct(self.record)
+        if direct is not None:
+            self._writer = ChunkWriter(self.record, direct)
+            drain = self._writer.drain
+        else:
+            drain = self._drain_pipe
+        recorder = threading.Thread(target=drain, args=(rec_r,), name="tap-record", daemon=True)
+        recorder.start()
+        try:
+            while True:
+                try:
+                    n = os.splice(sfd, fwd_w, CHUNK)
+                except OSError as e:
+                    if e.errno == errno.EINVAL and self.bytes == 0:
+                        raise _SpliceRefused from None
+                    self.read_error = e
+                    return
+                if not n:
+                    return
+                self._got(n)
+                left = n
+                while left:
+                    k = _tee(fwd_r, rec_w, left)
+                    try:
+                        while k:
+                            sent = os.splice(fwd_r, dfd, k)
+                            k -= sent
+                            left -= sent
+                            self.delivered += sent
+                    except OSError as e:
+                        self.write_error = e
+                        return
+        finally:
+            os.close(rec_w)
+            recorder.join()
+            os.close(rec_r)
+            os.close(fwd_r)
+            os.close(fwd_w)
+
+    def _drain_pipe(self, rec_r: int) -> None:
+        while True:
+            try:
+                n = os.splice(rec_r, self.record, CHUNK)
+            except OSError as e:
+                # The recording is lost from here (disk full...), the migration is not.
+                self._record_error = e
+                while os.read(rec_r, CHUNK):
+                    pass
+                return
+            if not n:
+                return
+            self._recorded += n
+
+    # -- copying -------------------------------------------------------------------
+    def _copy(self) -> None:
+        backlog: queue.Queue[bytes | None] = queue.Queue(max(1, COPY_BACKLOG // CHUNK))
+        recorder = threading.Thread(
+            target=self._drain_queue, args=(backlog,), name="tap-record", daemon=True
+        )
+        recorder.start()
+        try:
+            while True:
+                try:
+                    data = self.src.recv(CHUNK)
+                except OSError as e:
+                    self.read_error = e
+                    return
+                if not data:
+                    return
+                self._got(len(data))
+                backlog.put(data)
+                try:
+                    self.dst.sendall(data)
+                except OSError as e:
+                    self.write_error = e
+                    return
+                self.delivered += len(data)
+        finally:
+            backlog.put(None)
+            recorder.join()
+
+    def _drain_queue(self, backlog: queue.Queue[bytes | None]) -> None:
+        while True:
+            data = backlog.get()
+            if data is None:
+                return
+            if self._record_error is not None:
+                continue
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.record, view) :]
+                self._recorded += len(data)
+            except OSError as e:
+                self._record_error = e
+
+
+class _SpliceRefused(Exception):
+    """The kernel does not splice these descriptors: copy instead."""
