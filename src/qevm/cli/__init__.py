@@ -6,6 +6,7 @@ Each module of this package registers its subcommands with :func:`command`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -174,7 +175,11 @@ def warn_missing(missing: dict[str, int]) -> None:
         )
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (built once per process: building it takes about
+    15 ms, much of it argparse's message look-ups, which a program calling
+    :func:`main` many times should pay once)."""
     import importlib
     import pkgutil
 
