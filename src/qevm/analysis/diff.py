@@ -13,6 +13,10 @@ of one qcow2, compressed files, pipes) and compares
   by 64-bit digests (:mod:`.pages`), so multi-GiB guests take a few MiB;
 * CPU registers by name (:func:`~qevm.views.cpu.cpus`).
 
+``a_channels``/``b_channels`` are the recorded extra connections of a live
+migration (multifd, postcopy-preempt) whose pages complete that side's RAM;
+pages no record gave are compared as zeros, and a warning says how many.
+
 ``ignore`` globs drop what they match: a section (``timer``), a field
 (``cpu#0:env.tsc``, ``*:*timer*``), a RAM block (``pc.ram``), a register
 (``cpu:rip``, ``cpu#1:*``), a configuration item (``configuration:uuid``).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +98,17 @@ class _Side:
     pages: Pages | None
 
 
-def _open(path: Any, snapshot: str | None, fmt: str) -> _Side:
+def _open(path: Any, snapshot: str | None, fmt: str, channels: Sequence[Any] = ()) -> _Side:
     """Open one input with one digest per RAM page."""
     from .. import open as qopen
     from ..source import open_source
 
+    if channels:
+        # pages of several connections are put in order through the page index,
+        # which reads them back: an input read once is copied to a file first
+        mig = qopen(path, snapshot=snapshot, format=fmt, index_ram=True, strict=False,
+                    channels=list(channels), spool=True)  # fmt: skip
+        return _Side(mig, IndexPages(mig) if mig.ram is not None else None)
     src = open_source(path, format=fmt, snapshot=snapshot)
     if src.seekable:
         mig = qopen(src, index_ram=True, strict=False)
@@ -121,11 +132,13 @@ def diff(
     b_snapshot: str | None = None,
     a_format: str = "auto",
     b_format: str = "auto",
+    a_channels: Sequence[str | os.PathLike[str]] = (),
+    b_channels: Sequence[str | os.PathLike[str]] = (),
 ) -> DiffReport:
     """Compare inputs ``a`` and ``b``."""
-    side_a = _open(a, a_snapshot, a_format)
+    side_a = _open(a, a_snapshot, a_format, a_channels)
     try:
-        side_b = _open(b, b_snapshot, b_format)
+        side_b = _open(b, b_snapshot, b_format, b_channels)
         try:
             return diff_migrations(side_a, side_b, os.fspath(a), os.fspath(b), _Ignore(ignore))
         finally:
@@ -142,10 +155,11 @@ def diff_opened(
     b_snapshot: str | None = None,
     b_format: str = "auto",
     a_label: str | None = None,
+    b_channels: Sequence[str | os.PathLike[str]] = (),
 ) -> DiffReport:
     """Compare ``a``, already open (with ``index_ram=True`` to compare RAM), with input ``b``."""
     pages = IndexPages(a) if a.ram is not None and _indexed(a) else None
-    side_b = _open(b, b_snapshot, b_format)
+    side_b = _open(b, b_snapshot, b_format, b_channels)
     try:
         return diff_migrations(
             _Side(a, pages), side_b, a_label or a.source.name, os.fspath(b), _Ignore(ignore)
@@ -299,6 +313,7 @@ def _ram(a: _Side, b: _Side, rep: DiffReport, ignore: _Ignore) -> None:
             rep.warnings.append(
                 f"{label}: pages no record gave (read as zeros): "
                 + ", ".join(f"{n} {k}" for n, k in absent.items())
+                + f" (a migration's extra connections carry such pages: --{label}-channel)"
             )
     rep.memory = _guest_physical(a, b, ps, rep, ignore)
     if a.mig.machine != b.mig.machine:

@@ -149,6 +149,15 @@ def _diff_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("b", help="the second input")
     p.add_argument("--a-snapshot", metavar="NAME|ID", help="qcow2: the snapshot of A")
     p.add_argument("--b-snapshot", metavar="NAME|ID", help="qcow2: the snapshot of B")
+    for side in ("a", "b"):
+        p.add_argument(
+            f"--{side}-channel",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help=f"a recorded extra connection of {side.upper()}'s migration (multifd, "
+            "postcopy-preempt channel); repeat for each",
+        )
     p.add_argument(
         "--ignore",
         action="append",
@@ -167,7 +176,15 @@ def run_diff(args: argparse.Namespace) -> int:
     from ..analysis.diff import diff
 
     a_snap, b_snap = args.a_snapshot, args.b_snapshot
-    report = diff(args.a, args.b, ignore=args.ignore, a_snapshot=a_snap, b_snapshot=b_snap)
+    report = diff(
+        args.a,
+        args.b,
+        ignore=args.ignore,
+        a_snapshot=a_snap,
+        b_snapshot=b_snap,
+        a_channels=args.a_channel,
+        b_channels=args.b_channel,
+    )
     emit(args, report, _print_diff)
     return 0 if report.equal else 1
 
