@@ -149,3 +149,18 @@ def test_info_tells_blocks_on_other_connections_from_unmigrated_ones():
     pages = _info_pages(STREAMS["q35-ignore-shared-7.2"])
     assert pages["m0"].startswith("not migrated (x-ignore-shared)")
     assert not any("none in this stream" in p for p in pages.values())
+
+
+def test_report_says_which_pages_are_missing(tmp_path):
+    # multifd (QEMU 7.2): without its channels the stream lacks the pages they carried
+    main = unpack(LIVE["multifd-72"])
+    chans = sorted(LIVE["multifd-72"].parent.glob("multifd-72.ch*.bin.xz"))
+    res = _qevm("report", main, "-o", tmp_path / "r.html")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^warning: pc\.ram: \d+ pages missing", res.stderr, re.M), res.stderr
+    with_ch = [a for c in chans for a in ("--channel", unpack(c))]
+    res = _qevm("report", main, "-o", tmp_path / "r.html", *with_ch)
+    assert res.returncode == 0, res.stderr
+    assert "missing" not in res.stderr
+    res = _qevm("report", main, "-o", tmp_path / "r.html", "--diff-channel", unpack(chans[0]))
+    assert res.returncode == 1 and "does nothing without --diff" in res.stderr

@@ -8,7 +8,16 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from . import add_channel, add_input, add_map, add_output, command, open_stream, outcome
+from . import (
+    add_channel,
+    add_input,
+    add_map,
+    add_output,
+    command,
+    open_stream,
+    outcome,
+    warn_missing,
+)
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -21,6 +30,14 @@ def _setup(p: argparse.ArgumentParser) -> None:
         "changed ranges, fields and registers",
     )
     p.add_argument("--diff-snapshot", metavar="NAME|ID", help="qcow2 B: the snapshot to read")
+    p.add_argument(
+        "--diff-channel",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a recorded extra connection of B's migration (multifd, postcopy-preempt); "
+        "repeat for each",
+    )
     p.add_argument(
         "--ignore",
         action="append",
@@ -59,9 +76,10 @@ def run_report(args: argparse.Namespace) -> int:
         for other in (args.file, args.diff, args.against):
             if other and other != "-" and os.path.exists(other) and os.path.samefile(other, out):
                 raise UsageError(f"-o {args.output} is an input; give another file")
-    if args.ignore and not args.diff:
-        print("qevm: --ignore does nothing without --diff", file=sys.stderr)
-        return 1
+    for opt in ("ignore", "diff_channel"):
+        if getattr(args, opt) and not args.diff:
+            print(f"qevm: --{opt.replace('_', '-')} does nothing without --diff", file=sys.stderr)
+            return 1
     with _open(args) as mig:
         diff = check_report = None
         if args.diff:
@@ -73,6 +91,7 @@ def run_report(args: argparse.Namespace) -> int:
                 ignore=args.ignore,
                 b_snapshot=args.diff_snapshot,
                 a_label=args.file,
+                b_channels=args.diff_channel,
             )
         if args.against:
             from ..analysis import check
@@ -82,4 +101,5 @@ def run_report(args: argparse.Namespace) -> int:
             mig, out, diff=diff, check=check_report, overrides=args.map, title=args.title
         )
         print(f"{args.output}: {size} bytes")
+        warn_missing(mig.missing_pages())  # the map shows them as absent, reads as zeros
         return outcome(mig)
