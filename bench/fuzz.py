@@ -2,6 +2,7 @@
 
     python bench/fuzz.py --cases 5000 --seed 1 --jobs 2        # a campaign
     python bench/fuzz.py --cases 100000 --seed 1 --resume      # go on after an interruption
+    python bench/fuzz.py --seed 1 --first 523 --cases 524      # case 523 again
 
 Seeds are small real streams derived from ``tests/data`` (:mod:`fuzz_seeds`);
 case ``i`` of seed ``S`` picks a seed, a mutation kind and its parameters from
@@ -227,6 +228,8 @@ class Campaign:
         self.warm_up(seeds[0])
         if args.resume and self.state_path.exists():
             self.load()
+        else:
+            self.next_case = args.first
         first = self.next_case
         end = args.cases
         running: dict[int, tuple[int, str, Path, Seed, list[bytes], str, float]] = {}
@@ -345,7 +348,10 @@ class Campaign:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", type=int, default=1000, help="run cases 0..N-1")
+    p.add_argument("--cases", type=int, default=1000, help="run cases up to N-1")
+    p.add_argument(
+        "--first", type=int, default=0, help="the first case (e.g. to run a finding's case again)"
+    )
     p.add_argument("--seed", type=int, default=1, help="master seed")
     p.add_argument("--jobs", type=int, default=2, help="cases run at once")
     p.add_argument("--out", default=str(Path(__file__).parent / "work" / "fuzz"))

@@ -95,6 +95,35 @@ def test_ram_block_with_an_empty_name(tmp_path, capsys):
     assert rc == 1 and "empty RAM block name" in err and "not indexed" not in err
 
 
+def test_page_flags_beyond_the_first_guess_of_the_page_size(tmp_path, capsys):
+    """Seed 2026 case 54249: a bit flipped above the flags of the first RAM page record
+    (ZERO of s390.ram, 0x2 -> 0x802) of a stream whose page size nothing states (its
+    description, which would, broken by a second flip).  The flags were first masked
+    with the known flag bits (ZERO), then again once the page size was found, and
+    0x802 named no record kind: KeyError in every command.  Now it is an unknown
+    record, as QEMU says ("Unknown combination of migration flags")."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from fuzz_seeds import shrink  # the fuzzer's seed: long runs of CONTINUE records cut
+    finally:
+        sys.path.remove(str(BENCH))
+    data = bytearray(shrink(unpack(S390).read_bytes(), tmp_path / "seed.mig"))
+    at = data.index(b"\x08s390.ram", 0x40) - 8  # the first page record's address word
+    assert struct.unpack_from(">Q", data, at)[0] == 0x2  # ZERO, address 0
+    struct.pack_into(">Q", data, at, 0x802)
+    end = data.rindex(b"}")  # the description's last byte: the JSON no longer parses
+    assert end > len(data) - 8
+    data[end] = ord("u")
+    (tmp_path / "f.mig").write_bytes(data)
+    for cmd in ("info", "state", "ram"):
+        rc, _, err = cli(capsys, cmd, tmp_path / "f.mig")
+        _clean(rc, err)
+        assert rc in (1, 2) and "unknown RAM record flags 0x802" in err, err
+    rc, _, err = cli(capsys, "extract", tmp_path / "f.mig", "-o", tmp_path / "out")
+    _clean(rc, err)
+    assert rc in (1, 2) and "unknown RAM record flags 0x802" in err
+
+
 @pytest.mark.parametrize("where", [0.25, 0.5, 0.75])
 def test_corrupt_zstd_is_read_once_up_to_the_damage(where, tmp_path):
     """Seed 7 case 93: a chunk of a zstd file repeated.  Each device section after the

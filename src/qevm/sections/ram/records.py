@@ -335,6 +335,9 @@ class RamState:
             v = rec.addr | rec.flags
             rec.flags = v & (ps - 1)
             rec.addr = v - rec.flags
+            if rec.kind != kind:
+                # the flags below the page size hold more bits than the first guess saw
+                _bad_record(rec.kind, rec.flags, off)
         addr = rec.addr
         self._check_addr(block, addr, off)
         if kind == RAM_SAVE_FLAG_ZERO:
