@@ -43,6 +43,7 @@ def with_description(src: Path, out: Path, edit) -> Path:
 
 S390 = DATA / "notes" / "s390x-notes.mig.xz"
 RISCV = DATA / "notes" / "riscv64-virt-notes.mig.xz"
+AARCH64_SVE = DATA / "notes" / "aarch64-max-sve-notes.mig.xz"
 
 
 def _cpu_field(doc: dict, instance: int, sub: int, field: int) -> dict:
@@ -122,6 +123,29 @@ def test_page_flags_beyond_the_first_guess_of_the_page_size(tmp_path, capsys):
     rc, _, err = cli(capsys, "extract", tmp_path / "f.mig", "-o", tmp_path / "out")
     _clean(rc, err)
     assert rc in (1, 2) and "unknown RAM record flags 0x802" in err
+
+
+def test_array_of_no_elements(tmp_path, capsys):
+    """Seed 2026 case 51987: a description whose array of uint64 had ``array_len`` 0
+    (QEMU writes it only above 1).  The empty array passed the size check and its
+    first element was looked at: IndexError in every command.  Now it is read as
+    empty (as analyze-migration.py reads it), and the bytes it leaves are refused
+    where they do not fit."""
+
+    def edit(doc):
+        cpu = next(d for d in doc["devices"] if d["name"] == "cpu")
+        vfp = next(s for s in cpu["subsections"] if s["vmsd_name"] == "cpu/vfp")
+        f = next(f for f in vfp["fields"] if f["name"] == "env.vfp.zregs[19].d")
+        assert f["array_len"] > 1
+        f["array_len"] = 0
+
+    path = with_description(unpack(AARCH64_SVE), tmp_path / "a.mig", edit)
+    for cmd in ("info", "state", "cpu"):
+        rc, _, err = cli(capsys, cmd, path)
+        _clean(rc, err)
+        assert rc == 1 and "field 'cpu/" in err, err
+    rc, _, err = cli(capsys, "memory", path, "-o", tmp_path / "c.elf")
+    _clean(rc, err)
 
 
 @pytest.mark.parametrize("where", [0.25, 0.5, 0.75])

@@ -159,7 +159,7 @@ class Decoder:
                 field=f.name,
                 expected=f"{f.count} x {f.size} bytes",
             )
-        elif isinstance(value[0], StateNode) and value[0].size != f.size:
+        elif value and isinstance(value[0], StateNode) and value[0].size != f.size:
             raise DescriptionError(
                 f"first {f.type} element is {value[0].size} bytes on the wire",
                 offset=start,
