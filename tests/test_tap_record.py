@@ -1,14 +1,17 @@
 """The tap's recording and its reader: bytes written behind, read while they grow.
 
-A writer thread feeds a pipe in bursts with pauses (so that the recorder both
-fills whole chunks, written with O_DIRECT, and shows what came at a pause
-through the page cache), while a :class:`FollowSource` reads the growing file
-the way the decoder does.  Everything read must be what was fed, at once and
-in order: a reader must never see a byte before it is in the file.
+A writer thread feeds a pipe in bursts with pauses while the recorder splices
+it into the file and a :class:`FollowSource` reads the growing file the way
+the decoder does: everything read must be what was fed, in order, also where
+the recorder has already dropped it from the page cache.  And the recorder's
+part of the page cache stays within its window: the kernel's own account
+(``mincore``) of what of the file is cached.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import random
 import threading
@@ -17,48 +20,39 @@ import time
 import pytest
 
 from qevm.tap.follow import FollowSource
-from qevm.tap.record import CHUNK, ChunkWriter, open_direct
+from qevm.tap.record import Recorder
+
+MiB = 1 << 20
 
 
 def _feed(w: int, data: bytes, seed: int) -> None:
     rnd = random.Random(seed)
     pos = 0
     while pos < len(data):
-        n = rnd.choice([100, 4096, 65536, 1 << 20, 3 << 20])
+        n = rnd.choice([100, 4096, 65536, MiB, 3 * MiB])
         pos += os.write(w, data[pos : pos + n])
         if rnd.random() < 0.2:
-            time.sleep(0.03)  # a pause: the recorder shows what came
+            time.sleep(0.03)  # a pause: the reader catches up and waits
     os.close(w)
-
-
-class SlowDisk(ChunkWriter):
-    """Direct writes that take their time (a busy disk): the window for a reader
-    to see a range before its bytes are there."""
-
-    def _write(self, fd, data, offset, direct=False):
-        if direct:
-            time.sleep(0.15)
-        super()._write(fd, data, offset, direct)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_recording_read_while_it_grows(tmp_path, seed):
-    data = random.Random(seed).randbytes(3 * CHUNK + 12345)
+    data = random.Random(seed).randbytes(12 * MiB + 12345)
     path = tmp_path / "rec.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    direct = open_direct(fd)
-    assert direct is not None  # this file system takes O_DIRECT: the path under test
-    writer = SlowDisk(fd, direct)
+    # a small window, so that the reader also reads what was dropped from the cache
+    recorder = Recorder(fd, window=2 * MiB, flush=MiB // 2)
     r, w = os.pipe()
     feeder = threading.Thread(target=_feed, args=(w, data, seed))
-    drainer = threading.Thread(target=writer.drain, args=(r,))
+    drainer = threading.Thread(target=recorder.drain, args=(r,))
     src = FollowSource(path)
     got = bytearray()
     reader_error: list[BaseException] = []
 
     def read() -> None:
         try:
-            while chunk := src.read_some(1 << 20):
+            while chunk := src.read_some(MiB):
                 got.extend(chunk)
         except BaseException as e:  # noqa: BLE001 - reported below
             reader_error.append(e)
@@ -70,11 +64,54 @@ def test_recording_read_while_it_grows(tmp_path, seed):
     drainer.join(60)
     os.close(r)
     os.close(fd)
-    assert writer.error is None
-    assert writer.recorded == len(data)
-    src.finish(writer.recorded)
+    assert recorder.error is None
+    assert recorder.recorded == len(data)
+    src.finish(recorder.recorded)
     reader.join(60)
     src.close()
     assert not reader_error
     assert path.read_bytes() == data
     assert bytes(got) == data
+
+
+def _cached_bytes(path, start: int, end: int) -> int:
+    """Bytes of ``path`` in ``[start, end)`` that the page cache holds (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 4
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size, page = os.path.getsize(path), mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            assert libc.mincore(addr, size, vec) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec[start // page : end // page]) * page
+
+
+def test_recording_keeps_a_bounded_window_in_the_page_cache(tmp_path):
+    """What lies a window behind the end is dropped from the cache once on disk;
+    without that, all 48 MiB written here would stay cached."""
+    path = tmp_path / "rec.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    window, flush = 4 * MiB, MiB
+    recorder = Recorder(fd, window=window, flush=flush)
+    piece = random.Random(7).randbytes(MiB // 4)
+    for i in range(48 * 4):
+        recorder.write(piece)
+        if i % 4 == 3:
+            time.sleep(0.005)  # a disk's pace: each stretch is written back before long
+    os.close(fd)
+    assert recorder.error is None and recorder.recorded == 48 * MiB
+    old = recorder.recorded - 2 * window - flush
+    # pages still being written back when they were dropped may stay: at most a window's worth
+    assert _cached_bytes(path, 0, old) <= window
+    # and the newest window was left where the decoder reads it
+    assert _cached_bytes(path, recorder.recorded - window, recorder.recorded) == window

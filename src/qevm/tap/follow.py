@@ -10,7 +10,6 @@ other way round.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 
@@ -18,9 +17,6 @@ from ..source.base import Source
 
 #: How long a reader that has caught up sleeps before looking at the file again.
 POLL_INTERVAL = 0.02
-#: Bytes read at once around the page cache, and their alignment.
-BLOCK = 4 << 20
-ALIGN = 4096
 
 
 class FollowSource(Source):
@@ -33,12 +29,6 @@ class FollowSource(Source):
         super().__init__()
         self.name = name or os.fspath(path)
         self._fd = os.open(path, os.O_RDONLY)
-        # Read around the page cache where possible: the recording was written
-        # around it, and gigabytes of it there would only push out other data.
-        self._direct = _open_direct(path)
-        self._block = mmap.mmap(-1, BLOCK) if self._direct is not None else None
-        self._block_at = 0
-        self._block_len = 0
         #: The final size, once the recording is complete.
         self._final: int | None = None
         self._grown = threading.Event()
@@ -73,40 +63,12 @@ class FollowSource(Source):
                 want = min(want, self._final - self._pos)
                 if want <= 0:
                     return 0
-            n = self._read(view[:want])
+            n = os.readv(self._fd, [view[:want]])
             if n:
                 self._pos += n
                 return n
             self._grown.wait(POLL_INTERVAL)
             self._grown.clear()
-
-    def _read(self, view: memoryview) -> int:
-        """Bytes at the position into ``view`` (0: none yet)."""
-        if self._block is None:
-            return os.readv(self._fd, [view])
-        pos = self._pos
-        if not self._block_at <= pos < self._block_at + self._block_len:
-            at = pos - pos % ALIGN
-            try:
-                got = os.preadv(self._direct, [self._block], at)  # type: ignore[arg-type]
-            except OSError:
-                self._close_direct()  # refused after all: through the page cache
-                return os.preadv(self._fd, [view], pos)
-            self._block_at, self._block_len = at, got
-            if pos >= at + got:
-                return 0
-        start = pos - self._block_at
-        n = min(len(view), self._block_len - start)
-        view[:n] = self._block[start : start + n]
-        return n
-
-    def _close_direct(self) -> None:
-        if self._direct is not None:
-            os.close(self._direct)
-            self._direct = None
-        if self._block is not None:
-            self._block.close()
-            self._block = None
 
     def read(self, n: int) -> bytes:
         buf = bytearray(n)
@@ -128,17 +90,6 @@ class FollowSource(Source):
         return bytes(buf[:k])
 
     def close(self) -> None:
-        self._close_direct()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _open_direct(path: str | os.PathLike[str]) -> int | None:
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(path, os.O_RDONLY | flag)
-    except OSError:
-        return None

@@ -3,7 +3,7 @@
 On Linux the forwarded bytes never enter the process: ``splice`` moves them
 from the receiving socket into a pipe, ``tee`` duplicates the pipe's pages
 into a second pipe, ``splice`` moves the first pipe into the sending socket,
-and a recorder thread drains the second pipe into the recording file
+and a recorder thread splices the second pipe into the recording file
 (:mod:`.record`: written behind, the forwarding waits for the recording only
 when a whole pipe of it is pending).  Elsewhere, or when the kernel refuses,
 the bytes are read into memory, sent, and queued for a recorder thread.
@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .record import ChunkWriter, open_direct
+from .record import Recorder
 
 #: Most bytes moved per system call.
 CHUNK = 1 << 20
@@ -101,12 +101,10 @@ class Pump:
         self.src = src
         self.dst = dst
         self.record = record
-        #: Bytes received from ``src``, bytes handed to ``dst``, bytes recorded.
+        #: Bytes received from ``src``, bytes handed to ``dst``.
         self.bytes = 0
         self.delivered = 0
-        self._recorded = 0
-        self._record_error: OSError | None = None
-        self._writer: ChunkWriter | None = None
+        self._recorder = Recorder(record)
         self.first_byte: float | None = None
         self.ended: float | None = None
         self.read_error: OSError | None = None
@@ -117,13 +115,13 @@ class Pump:
 
     @property
     def recorded(self) -> int:
-        """Bytes handed to the recording (all in the file once the pump has ended)."""
-        return self._writer.recorded if self._writer is not None else self._recorded
+        """Bytes written to the recording."""
+        return self._recorder.recorded
 
     @property
     def record_error(self) -> OSError | None:
         """The first error writing the recording (the forwarding went on)."""
-        return self._writer.error if self._writer is not None else self._record_error
+        return self._recorder.error
 
     @property
     def failed(self) -> bool:
@@ -161,13 +159,9 @@ class Pump:
         sfd, dfd = self.src.fileno(), self.dst.fileno()
         fwd_r, fwd_w = _pipe()
         rec_r, rec_w = _pipe()
-        direct = open_direct(self.record)
-        if direct is not None:
-            self._writer = ChunkWriter(self.record, direct)
-            drain = self._writer.drain
-        else:
-            drain = self._drain_pipe
-        recorder = threading.Thread(target=drain, args=(rec_r,), name="tap-record", daemon=True)
+        recorder = threading.Thread(
+            target=self._recorder.drain, args=(rec_r,), name="tap-record", daemon=True
+        )
         recorder.start()
         try:
             while True:
@@ -200,20 +194,6 @@ class Pump:
             os.close(fwd_r)
             os.close(fwd_w)
 
-    def _drain_pipe(self, rec_r: int) -> None:
-        while True:
-            try:
-                n = os.splice(rec_r, self.record, CHUNK)
-            except OSError as e:
-                # The recording is lost from here (disk full...), the migration is not.
-                self._record_error = e
-                while os.read(rec_r, CHUNK):
-                    pass
-                return
-            if not n:
-                return
-            self._recorded += n
-
     # -- copying -------------------------------------------------------------------
     def _copy(self) -> None:
         backlog: queue.Queue[bytes | None] = queue.Queue(max(1, COPY_BACKLOG // CHUNK))
@@ -243,19 +223,8 @@ class Pump:
             recorder.join()
 
     def _drain_queue(self, backlog: queue.Queue[bytes | None]) -> None:
-        while True:
-            data = backlog.get()
-            if data is None:
-                return
-            if self._record_error is not None:
-                continue
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self.record, view) :]
-                self._recorded += len(data)
-            except OSError as e:
-                self._record_error = e
+        while (data := backlog.get()) is not None:
+            self._recorder.write(data)
 
 
 class _SpliceRefused(Exception):

@@ -1,150 +1,125 @@
-"""Writing a recording behind the forwarding, cheaply.
+"""Writing a recording behind the forwarding, in a bounded window of the page cache.
 
-A migration moves gigabytes; writing them through the page cache costs the
-kernel a page allocation (and, on a machine whose memory is full of cache, a
-reclaim) per 4 KiB: more CPU time than forwarding them, taken from the QEMUs.
-So the recording is written in 4 MiB chunks with ``O_DIRECT``, straight from
-a few reused page-aligned buffers to the disk, by a writer thread while the
-next chunk fills.  What arrives slowly (the return path, a postcopy phase) is
-also written as it comes, through the page cache, so that the decoder sees it
-at once; the chunk written directly later covers those bytes again.  Where
-the file system refuses ``O_DIRECT``, everything goes through the page cache.
+The recording goes through the page cache: the decoder, following the file,
+then reads what just came from memory, not from the disk the recording is
+being written to (on a disk slower than the migration, reading it back there
+halved the rate at which the tap could forward).  A migration moves
+gigabytes, though, and a tap on a host running virtual machines must not
+push their cache out with them: so writeback of each new stretch is started
+at once, and what lies more than ``window`` bytes behind the end is dropped
+from the cache once it is on disk (nothing waits for a write to finish).
+The pages dropped are the ones the next writes get, instead of pages
+reclaimed from everyone else's cache.  A decoder that has fallen further
+behind than that reads from the disk: slower, the same bytes.
 """
 
 from __future__ import annotations
 
-import errno
-import mmap
+import ctypes
+import ctypes.util
 import os
-import queue
-import select
-import threading
 
-#: Bytes written at once with O_DIRECT (a multiple of every block size).
-CHUNK = 4 << 20
-#: Chunks per recording: one filling, the others being written.
-POOL = 4
-#: Most bytes moved from the pipe per read.
+#: Bytes of each recording kept in the page cache behind its end.
+WINDOW = 256 << 20
+#: Writeback of what came is started every this many bytes.
+FLUSH = 32 << 20
+#: Most bytes moved from the pipe per system call.
 READ = 1 << 20
-#: Seconds without new bytes after which what came is written at once.
-SHOW_AFTER = 0.02
+
+# <linux/fs.h>: start writeback of the range, without waiting for it
+_SYNC_FILE_RANGE_WRITE = 2
 
 
-def open_direct(fd: int) -> int | None:
-    """The file open as ``fd``, opened again for O_DIRECT writes (None: not possible)."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
+def _load_sync_file_range():
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag)
-    except OSError:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
         return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
-class ChunkWriter:
-    """Drains a pipe into the recording open as ``fd``; :meth:`drain` runs on a thread.
+_SYNC_FILE_RANGE = _load_sync_file_range()
 
-    ``recorded`` counts the bytes taken from the pipe (all in the file once
-    :meth:`drain` has returned); ``error`` is the first write error, after
-    which the pipe is still read to its end (the forwarding must never wait
-    for a failed disk) but nothing more is written.
+
+class Recorder:
+    """Appends to the recording open as ``fd``, keeping its cached part bounded.
+
+    :meth:`drain` (a thread's target) moves a pipe's bytes into the file;
+    :meth:`write` appends bytes in memory.  ``recorded`` counts the bytes in
+    the file; ``error`` is the first write error, after which nothing more is
+    written but a pipe is still read to its end (the forwarding must never
+    wait for a failed disk).
     """
 
-    def __init__(self, fd: int, direct: int) -> None:
+    def __init__(self, fd: int, window: int = WINDOW, flush: int = FLUSH) -> None:
         self.fd = fd
-        self._direct: int | None = direct
+        self.window = window
+        self.flush = flush
         self.recorded = 0
         self.error: OSError | None = None
-        self._free: queue.Queue[mmap.mmap] = queue.Queue()
-        self._full: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
-        #: Chunks handed to the writer and not written yet.
-        self._pending = 0
-        self._written = threading.Condition()
+        #: Writeback has been started up to here; the cache dropped up to here.
+        self._flushed = 0
+        self._dropped = 0
 
     def drain(self, pipe: int) -> None:
-        """Read ``pipe`` to its end, writing what it holds at its offsets."""
-        direct = self._direct
-        os.set_blocking(pipe, False)
-        for _ in range(POOL):
-            self._free.put(mmap.mmap(-1, CHUNK))
-        writer = threading.Thread(target=self._write_chunks, name="tap-write", daemon=True)
-        writer.start()
-        try:
-            self._fill(pipe)
-        finally:
-            self._full.put(None)
-            writer.join()
-            if direct is not None:
-                os.close(direct)
-
-    def _fill(self, pipe: int) -> None:
-        buf = self._free.get()
-        view = memoryview(buf)
-        base = fill = shown = 0
+        """Move everything ``pipe`` holds into the file, until its end."""
         while True:
+            if self.error is not None:
+                while os.read(pipe, READ):
+                    pass
+                return
             try:
-                n = os.readv(pipe, [view[fill : min(fill + READ, CHUNK)]])
-            except BlockingIOError:
-                if select.select([pipe], [], [], SHOW_AFTER)[0]:
-                    continue
-                if fill > shown:  # a pause: let the decoder see what came
-                    self._show(view[shown:fill], base + shown)
-                    shown = fill
-                select.select([pipe], [], [])
+                n = os.splice(pipe, self.fd, READ)
+            except OSError as e:  # the disk is full...: the recording ends here, not the migration
+                self.error = e
                 continue
             if not n:
-                if fill > shown:
-                    self._show(view[shown:fill], base + shown)
-                view.release()
                 return
-            fill += n
-            self.recorded += n
-            if fill == CHUNK:
-                view.release()
-                with self._written:
-                    self._pending += 1
-                self._full.put((buf, base))
-                buf = self._free.get()
-                view = memoryview(buf)
-                base += CHUNK
-                fill = shown = 0
+            self._advance(n)
 
-    def _show(self, data: memoryview, offset: int) -> None:
-        """Write bytes past the chunks handed to the writer, once those are written.
-
-        Extending the file while a chunk before them is still being written
-        directly would make its range readable before it holds its bytes
-        (as zeros: a reader would take them for the stream).
-        """
-        with self._written:
-            self._written.wait_for(lambda: self._pending == 0)
-        self._write(self.fd, data, offset)
-
-    def _write_chunks(self) -> None:
-        while (item := self._full.get()) is not None:
-            buf, base = item
-            with memoryview(buf) as view:
-                if self._direct is not None:
-                    try:
-                        self._write(self._direct, view, base, direct=True)
-                    except OSError:
-                        self._direct = None  # refused after all: the page cache from here
-                if self._direct is None:
-                    self._write(self.fd, view, base)
-            self._free.put(buf)
-            with self._written:
-                self._pending -= 1
-                self._written.notify_all()
-
-    def _write(self, fd: int, data: memoryview, offset: int, direct: bool = False) -> None:
-        """All of ``data`` at ``offset`` (a refused O_DIRECT write raises, for a retry)."""
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (nothing once writing has failed)."""
         if self.error is not None:
             return
         try:
-            while data:
-                n = os.pwrite(fd, data, offset)
-                data, offset = data[n:], offset + n
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self._advance(n)
         except OSError as e:
-            if direct and e.errno == errno.EINVAL and len(data) == CHUNK:
-                raise
             self.error = e
+
+    def _advance(self, n: int) -> None:
+        self.recorded += n
+        if self.recorded - self._flushed < self.flush:
+            return
+        try:
+            if _SYNC_FILE_RANGE is not None:
+                _SYNC_FILE_RANGE(
+                    self.fd,
+                    self._flushed,
+                    self.recorded - self._flushed,
+                    _SYNC_FILE_RANGE_WRITE,
+                )
+            self._flushed = self.recorded
+            old = self._flushed - self.window
+            if old - self._dropped >= self.flush:
+                self._drop(self._dropped, old)
+        except OSError:
+            pass  # only the cache's size is at stake, not the recording
+
+    def _drop(self, start: int, end: int) -> None:
+        """Evict what of ``[start, end)`` is on disk from the page cache.
+
+        Nothing waits for the disk here: pages still being written back stay,
+        and are tried again with the next stretch (a window's worth further
+        back); what a slow disk leaves behind is ordinary clean cache after
+        that, which the kernel reclaims as it needs.
+        """
+        start = max(0, start - self.window)
+        os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        self._dropped = end
