@@ -2,12 +2,19 @@
 
 Two QEMUs (the installed one, Debian's 7.2; ``$QEVM_BENCH_QEMU`` overrides it)
 migrate a paused guest (``-S``) whose RAM holds ``--size`` MiB of random bytes
-over TCP on 127.0.0.1, with ``max-bandwidth`` lifted and a downtime limit so
-large that the migration is one pass: the time is the time to move the data.
-Each round migrates once directly and once through ``qevm tap --record DIR
---json`` (in alternating order), and takes QEMU's own ``total-time`` of the
-source's ``query-migrate``.  The tap run must complete with the page counts
-QEMU reports.  Then the same with multifd (``--channels`` channels).
+over TCP on 127.0.0.1, with ``max-bandwidth`` lifted (or set to
+``--bandwidth`` MB/s) and a downtime limit so large that the migration is one
+pass: the time is the time to move the data.  Both QEMUs preallocate their
+RAM (``-mem-prealloc``), so that the destination's first touch of each page
+of RAM, which on a virtual machine can cost more than the whole migration and
+varies tenfold from run to run, is paid before the clock starts.
+
+Each round migrates three ways, in an order that rotates: directly; through
+``bench/forward.py``, a bare ``splice`` forwarder (the cost of any proxy: the
+extra TCP hop); and through ``qevm tap --record DIR --json``.  The time is
+QEMU's own ``total-time`` of the source's ``query-migrate``.  The tap run must
+complete with the page counts QEMU reports.  Then the same with multifd
+(``--channels`` channels).
 
 Target (issue 16): through the tap at most 1.3x as long as directly, on the
 median of the rounds.
@@ -33,6 +40,8 @@ from qemuvm import Vm  # noqa: E402  (the tests' QMP driver)
 
 TARGET = 1.3
 OUT = WORK / "tap"
+MODES = ("direct", "forwarder", "tap")
+CPU = ("qemu_cpu", "proxy_cpu")
 
 
 def free_port() -> int:
@@ -77,18 +86,45 @@ def argv(size_mib: int, bios: Path, payload: Path) -> list[str]:
     mem = size_mib + 256
     return [
         *("-machine", "pc,accel=tcg", "-m", str(mem), "-nodefaults", "-display", "none"),
-        *("-bios", str(bios), "-S"),
+        *("-bios", str(bios), "-S", "-mem-prealloc"),
         *("-device", f"loader,file={payload},addr=0x10000000"),
     ]
 
 
-def migrate(qemu: str, args: list[str], channels: int, tapped: bool) -> dict:
-    """One migration; QEMU's query-migrate, and the tap's summary when tapped."""
+def start_tap(rec: Path, dport: int) -> tuple[subprocess.Popen, int]:
+    """``qevm tap`` recording to ``rec``, forwarding to ``dport``; and its port."""
+    tap = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "qevm", "tap", "--json", "--record", str(rec)),
+            *("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{dport}"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=qevm_env(),
+    )
+    assert tap.stdout is not None
+    return tap, json.loads(tap.stdout.readline())["listen"][1]
+
+
+def start_forwarder(dport: int) -> tuple[subprocess.Popen, int]:
+    """``bench/forward.py`` forwarding to ``dport``; and its port."""
+    port = free_port()
+    fwd = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("forward.py")), str(port), str(dport)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fwd.stdout is not None and fwd.stdout.readline().strip() == "ready"
+    return fwd, port
+
+
+def migrate(qemu: str, args: list[str], channels: int, mode: str, bandwidth: int) -> dict:
+    """One migration ``mode``; QEMU's query-migrate, and the tap's summary."""
     dport = free_port()
     rec = OUT / "rec"
     shutil.rmtree(rec, ignore_errors=True)
     OUT.joinpath("vm").mkdir(exist_ok=True)
-    tap = None
+    proxy = None
     with (
         Vm(qemu, [*args, "-incoming", f"tcp:127.0.0.1:{dport}"], OUT / "vm", "dst") as dst,
         Vm(qemu, args, OUT / "vm", "src") as src,
@@ -98,51 +134,45 @@ def migrate(qemu: str, args: list[str], channels: int, tapped: bool) -> dict:
                 caps = [{"capability": "multifd", "state": True}]
                 vm.cmd("migrate-set-capabilities", capabilities=caps)
                 vm.cmd("migrate-set-parameters", **{"multifd-channels": channels})
-        src.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40, "downtime-limit": 600000})
+        limits = {"max-bandwidth": bandwidth or 1 << 40, "downtime-limit": 600000}
+        src.cmd("migrate-set-parameters", **limits)
         port = dport
-        if tapped:
-            tap = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "qevm", "tap", "--json", "--record", str(rec)),
-                    *("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{dport}"),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-                env=qevm_env(),
-            )
-            assert tap.stdout is not None
-            port = json.loads(tap.stdout.readline())["listen"][1]
+        if mode == "tap":
+            proxy, port = start_tap(rec, dport)
+        elif mode == "forwarder":
+            proxy, port = start_forwarder(dport)
         subprocess.run(["sync"], check=False)
         pids = [src.proc.pid, dst.proc.pid]
         qemu0 = sum(map(cpu_seconds, pids))
-        tap0 = cpu_seconds(tap.pid, True) if tap is not None else 0.0
+        proxy0 = cpu_seconds(proxy.pid, True) if proxy is not None else 0.0
         t0 = time.perf_counter()
         src.cmd("migrate", uri=f"tcp:127.0.0.1:{port}")
         while (query := src.cmd("query-migrate"))["status"] not in ("completed", "failed"):
             time.sleep(0.005)
         wall = time.perf_counter() - t0
         qemu_cpu = sum(map(cpu_seconds, pids)) - qemu0
-        tap_cpu = cpu_seconds(tap.pid, True) - tap0 if tap is not None else 0.0
+        proxy_cpu = cpu_seconds(proxy.pid, True) - proxy0 if proxy is not None else 0.0
         assert query["status"] == "completed", query
         dst.wait_migration(300)  # the destination has loaded it all
-    out = {"query": query, "wall": wall, "qemu_cpu": qemu_cpu, "tap_cpu": tap_cpu}
-    if tap is not None:
-        lines = tap.communicate(timeout=300)[0].splitlines()
-        out["summary"] = json.loads(lines[-1])
-        out["tap_rc"] = tap.returncode
+    out = {"query": query, "wall": wall, "qemu_cpu": qemu_cpu, "proxy_cpu": proxy_cpu}
+    if proxy is not None:
+        lines = proxy.communicate(timeout=300)[0].splitlines()
+        if mode == "tap":
+            out["summary"] = json.loads(lines[-1])
+            out["tap_rc"] = proxy.returncode
     shutil.rmtree(rec, ignore_errors=True)
     return out
 
 
-def run(qemu: str, size: int, channels: int, rounds: int) -> dict[str, list[dict]]:
+def run(qemu: str, size: int, channels: int, rounds: int, bandwidth: int) -> dict[str, list[dict]]:
     """``rounds`` migrations each way; per mode: time (ms) and CPU seconds of each."""
     bios, payload = guest_files(size)
     args = argv(size, bios, payload)
-    runs: dict[str, list[dict]] = {"direct": [], "tap": []}
+    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     label = f"multifd x{channels}" if channels else "single connection"
     for i in range(rounds):
-        for mode in ("direct", "tap") if i % 2 == 0 else ("tap", "direct"):
-            r = migrate(qemu, args, channels, mode == "tap")
+        for mode in MODES[i % 3 :] + MODES[: i % 3]:
+            r = migrate(qemu, args, channels, mode, bandwidth)
             # QEMU's own measure; 7.2 sometimes reports 0 for a migration that
             # ends within its first iteration: then the time polled here
             r["ms"] = r["query"]["total-time"] or round(r["wall"] * 1000)
@@ -158,8 +188,8 @@ def run(qemu: str, size: int, channels: int, rounds: int) -> dict[str, list[dict
                     raise SystemExit(f"tap run wrong: {s.get('status')} {s.get('pages')} {ram}")
             runs[mode].append(r)
             print(
-                f"  {label:18} round {i + 1:2}  {mode:6}  {r['ms']:6d} ms  "
-                f"QEMU CPU {r['qemu_cpu']:5.2f} s  tap CPU {r['tap_cpu']:5.2f} s",
+                f"  {label:18} round {i + 1:2}  {mode:9}  {r['ms']:6d} ms  "
+                f"QEMU CPU {r['qemu_cpu']:5.2f} s  {mode} CPU {r['proxy_cpu']:5.2f} s",
                 flush=True,
             )
     return runs
@@ -170,6 +200,9 @@ def main() -> int:
     ap.add_argument("-n", "--rounds", type=int, default=9)
     ap.add_argument("--size", type=int, default=512, help="MiB of random data in the guest")
     ap.add_argument("--channels", type=int, default=4, help="multifd channels (0: skip)")
+    ap.add_argument(
+        "--bandwidth", type=int, default=0, help="the source's max-bandwidth in MB/s (0: none)"
+    )
     ap.add_argument("--qemu", default=os.environ.get("QEVM_BENCH_QEMU", "qemu-system-x86_64"))
     a = ap.parse_args()
     compile_qevm()
@@ -177,29 +210,34 @@ def main() -> int:
     if load > 1:
         print(f"warning: load average {load:.1f} at the start", file=sys.stderr)
     t0 = time.time()
-    results = [(c, run(a.qemu, a.size, c, a.rounds)) for c in sorted({0, a.channels})]
+    bandwidth = a.bandwidth * 1000 * 1000
+    results = [(c, run(a.qemu, a.size, c, a.rounds, bandwidth)) for c in sorted({0, a.channels})]
     med = statistics.median
     print()
     print(
-        "| connections | direct ms: median (min-max) | through the tap | ratio of medians "
-        "| QEMU CPU s direct / tapped | tap CPU s |"
+        "| connections | direct ms: median (min-max) | bare forwarder | through the tap "
+        "| tap / direct | forwarder / direct | tap / forwarder "
+        "| QEMU CPU s direct / forwarded / tapped | forwarder, tap CPU s |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     verdicts = []
     for channels, runs in results:
-        d = [r["ms"] for r in runs["direct"]]
-        t = [r["ms"] for r in runs["tap"]]
-        ratio = med(t) / med(d)
+        ms = {mode: [r["ms"] for r in runs[mode]] for mode in MODES}
+        m = {mode: med(ms[mode]) for mode in MODES}
+        span = {mode: f"{m[mode]:.0f} ({min(ms[mode])}-{max(ms[mode])})" for mode in MODES}
+        cpu = {k: {mode: med(r[k] for r in runs[mode]) for mode in MODES} for k in CPU}
+        qemu_cpu = " / ".join(f"{cpu['qemu_cpu'][mode]:.2f}" for mode in MODES)
+        proxy_cpu = ", ".join(f"{cpu['proxy_cpu'][mode]:.2f}" for mode in MODES[1:])
+        ratio = m["tap"] / m["direct"]
         name = f"main + {channels} multifd" if channels else "main"
-        qd = med(r["qemu_cpu"] for r in runs["direct"])
-        qt = med(r["qemu_cpu"] for r in runs["tap"])
-        tc = med(r["tap_cpu"] for r in runs["tap"])
         print(
-            f"| {name} | {med(d):.0f} ({min(d)}-{max(d)}) | {med(t):.0f} ({min(t)}-{max(t)}) "
-            f"| {ratio:.2f}x | {qd:.2f} / {qt:.2f} | {tc:.2f} |"
+            f"| {name} | {span['direct']} | {span['forwarder']} | {span['tap']} | {ratio:.2f}x "
+            f"| {m['forwarder'] / m['direct']:.2f}x | {m['tap'] / m['forwarder']:.2f}x "
+            f"| {qemu_cpu} | {proxy_cpu} |"
         )
         verdicts.append((name, ratio))
-    print(f"\n{a.size} MiB of random data, {a.rounds} rounds, {time.time() - t0:.0f} s in all")
+    limit = f"max-bandwidth {a.bandwidth} MB/s" if a.bandwidth else "no bandwidth limit"
+    print(f"\n{a.size} MiB of random data, {limit}, {a.rounds} rounds, {time.time() - t0:.0f} s")
     ok = True
     for name, ratio in verdicts:
         good = ratio <= TARGET
