@@ -231,6 +231,18 @@ def test_tap_when_the_destination_fails(qemu, tmp_path):
     assert session["summary"]["status"] == "failed"
 
 
+def _plain_guest(tmp_path: pathlib.Path, name: str) -> tuple[list[str], int]:
+    """A plain guest's QEMU arguments (its files written to ``tmp_path``), and a free port."""
+    import socket
+
+    cap = Capture(name, SPECS["plain"], tmp_path, ram_mb=RAM_MB)
+    (tmp_path / "bios.bin").write_bytes(gen_live.guest_bios())
+    (tmp_path / "pattern1m.bin").write_bytes(gen_live.pattern1m())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return cap.argv(), s.getsockname()[1]
+
+
 @pytest.mark.qemu
 def test_tap_cli_text_and_connection_without_data(tmp_path):
     """Without --json the tap logs text; a connection that closes empty is not forwarded."""
@@ -239,13 +251,7 @@ def test_tap_cli_text_and_connection_without_data(tmp_path):
     import subprocess
     import sys
 
-    cap = Capture("plain", SPECS["plain"], tmp_path, ram_mb=RAM_MB)
-    (tmp_path / "bios.bin").write_bytes(gen_live.guest_bios())
-    (tmp_path / "pattern1m.bin").write_bytes(gen_live.pattern1m())
-    argv = cap.argv()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    argv, port = _plain_guest(tmp_path, "plain")
     dst = src = None
     tap = subprocess.Popen(
         [sys.executable, "-m", "qevm", "tap", "--listen", f"127.0.0.1:{port}", "--to", "x"],
@@ -293,17 +299,10 @@ def test_tap_cli_text_and_connection_without_data(tmp_path):
 def test_tap_keep_serves_the_next_migration(tmp_path):
     """--keep: two migrations through one tap, recorded in DIR/1 and DIR/2."""
     import signal
-    import socket
     import time
 
     _need(QEMU_72)
-    cap = Capture("keep", SPECS["plain"], tmp_path, ram_mb=RAM_MB)
-    (tmp_path / "bios.bin").write_bytes(gen_live.guest_bios())
-    (tmp_path / "pattern1m.bin").write_bytes(gen_live.pattern1m())
-    argv = cap.argv()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    argv, port = _plain_guest(tmp_path, "keep")
     incoming = [*argv, "-incoming", f"tcp:127.0.0.1:{port}"]
     queries = []
     src = dst = tap = None
