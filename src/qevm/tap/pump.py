@@ -16,7 +16,6 @@ then mirrors by resetting both sides).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import queue
@@ -25,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import libc
 from .record import Recorder
 
 #: Most bytes moved per system call.
@@ -37,20 +37,13 @@ COPY_BACKLOG = 64 << 20
 _F_SETPIPE_SZ = 1031
 
 
-def _load_tee():
-    if not hasattr(os, "splice"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        tee = libc.tee
-    except (OSError, AttributeError):
-        return None
-    tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
-    tee.restype = ctypes.c_ssize_t
-    return tee
-
-
-_TEE = _load_tee()
+_TEE = (
+    libc.function(
+        "tee", [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint], ctypes.c_ssize_t
+    )
+    if hasattr(os, "splice")
+    else None
+)
 
 
 def zero_copy_available() -> bool:
@@ -100,7 +93,6 @@ class Pump:
     ) -> None:
         self.src = src
         self.dst = dst
-        self.record = record
         #: Bytes received from ``src``, bytes handed to ``dst``.
         self.bytes = 0
         self.delivered = 0

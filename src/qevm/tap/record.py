@@ -16,8 +16,9 @@ behind than that reads from the disk: slower, the same bytes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+
+from . import libc
 
 #: Bytes of each recording kept in the page cache behind its end.
 WINDOW = 256 << 20
@@ -30,18 +31,9 @@ READ = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _load_sync_file_range():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE = libc.function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+)
 
 
 class Recorder:
