@@ -10,7 +10,10 @@ bytes themselves (forwarded and recorded byte for byte).
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import socket
 import threading
 import time
@@ -64,12 +67,20 @@ class FakeDestination:
             t.join(10)
 
 
-def _replay(tmp_path, streams: list[bytes], reply: bytes = b"", delay: float = 0.0):
-    """Send ``streams`` (one connection each, opened in this order) through a tap."""
+def _replay(
+    tmp_path,
+    streams: list[bytes],
+    reply: bytes = b"",
+    delay: float = 0.0,
+    statuses: list[int] | None = None,
+):
+    """Send ``streams`` (one connection each, opened in this order) through a tap
+    (what its ``serve`` returned appended to ``statuses``)."""
     dest = FakeDestination(reply)
     events: list[dict] = []
     tap = Tap(("127.0.0.1", 0), ("127.0.0.1", dest.port), tmp_path / "rec", on_event=events.append)
-    server = threading.Thread(target=tap.serve, daemon=True)
+    done = statuses if statuses is not None else []
+    server = threading.Thread(target=lambda: done.append(tap.serve()), daemon=True)
     server.start()
     socks = []
     for _ in streams:
@@ -239,3 +250,79 @@ def test_destination_reset_is_reported_where_the_source_was(tmp_path):
     assert sent["record"].startswith("section 'ram'")  # RAM was on its way
     assert "into_body" in sent
     assert (tmp_path / "rec" / "main.mig").read_bytes() == main[: summary["bytes"]]
+
+
+def _multifd_72() -> tuple[bytes, list[bytes], dict]:
+    recipe = json.loads((LIVE / "multifd-72.json").read_text())
+    main = unpack(LIVE / "multifd-72.mig.xz").read_bytes()
+    chans = [unpack(LIVE / f"multifd-72.ch{i}.bin.xz").read_bytes() for i in (1, 2)]
+    return main, chans, recipe
+
+
+def test_recording_that_fails_leaves_the_migration_alone_and_says_so(tmp_path, monkeypatch):
+    """A disk that fills up: everything is still forwarded, the migration completes,
+    and the summary says which recordings stopped where; the tap exits 1 (its counts
+    cover only what was recorded), not 0."""
+    from qevm.tap import record
+
+    advance = record.Recorder._advance
+
+    def disk_full(self, n):
+        advance(self, n)
+        if self.recorded >= 200_000 and self.error is None:
+            self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(record.Recorder, "_advance", disk_full)
+    monkeypatch.setattr(record, "READ", 4096)  # the disk fills in the middle of a stream
+    main, chans, recipe = _multifd_72()
+    statuses: list[int] = []
+    dest, _events, summary = _replay(tmp_path, [main, *chans], statuses=statuses)
+    assert dest.received == [main, *chans]
+    assert summary["status"] == "completed", summary.get("failure")
+    assert statuses == [1]
+    stopped = [w for w in summary["incomplete"] if "recording stopped after" in w]
+    assert stopped and stopped[0].startswith("main.mig: ") and "No space left" in stopped[0]
+    assert (tmp_path / "rec" / "main.mig").stat().st_size < len(main)
+    ram = recipe["source_query_migrate"]["ram"]
+    assert summary["pages"]["normal"] < ram["normal"]
+
+
+def test_multifd_page_outside_its_block_is_an_error_not_a_count(tmp_path):
+    """The tap checks a channel's packets as ``qevm extract`` does: a page offset past
+    its block stops that channel's decoding with the error, and the tap exits 1."""
+    from qevm.sections.ram.multifd import MultiFDPacket, read_handshake, read_packets
+    from qevm.source.base import StreamSource
+    from qevm.wire import Reader
+
+    main, chans, _recipe = _multifd_72()
+    r = Reader(StreamSource(io.BytesIO(chans[0]), "channel"))
+    read_handshake(r)
+    pkt = next(p for p in read_packets(r, 4096) if p.header.normal_pages)
+    at = pkt.header.at + MultiFDPacket.size  # the first of its page offsets
+    bad = bytearray(chans[0])
+    bad[at : at + 8] = (1 << 40).to_bytes(8, "big")
+    r = Reader(StreamSource(io.BytesIO(bytes(bad)), "channel"))
+    read_handshake(r)
+    assert next(p for p in read_packets(r, 4096) if p.header.normal_pages).offsets[0] == 1 << 40
+    statuses: list[int] = []
+    dest, _events, summary = _replay(tmp_path, [main, bytes(bad), chans[1]], statuses=statuses)
+    assert dest.received == [main, bytes(bad), chans[1]]
+    assert statuses == [1]
+    [why] = [w for w in summary["incomplete"] if w.startswith("channel-1.bin: ")]
+    assert "0x10000000000 is outside block 'pc.ram'" in why, why
+
+
+def test_passes_wait_for_a_connection_the_tap_has_not_opened_yet():
+    """Until the tap says what an accepted connection is, it may be a multifd channel
+    with pages of any sync interval: no interval is closed before."""
+    from collections import Counter
+
+    from qevm.tap.decoder import Decoder
+    from qevm.tap.passes import Item
+
+    d = Decoder("/nonexistent", io.StringIO())
+    d.pending(1)
+    d.main_epoch([Item(0, 10, Counter(normal=11), 11 * 4104, "main.mig")], 0, 1)
+    assert d.passes.count == 0
+    d.settled(1)
+    assert d.passes.count == 1

@@ -60,7 +60,9 @@ class Connection:
         self.error: str | None = None
         #: ``closed-empty``, ``refused``... when it was never forwarded.
         self.outcome: str | None = None
-        #: (reply bytes, request bytes delivered, time) at each reply chunk.
+        #: (reply bytes, bytes the source had sent, time) at each reply chunk.  What
+        #: the source had sent, not what was handed on: the destination may read
+        #: bytes the forwarding thread has not counted as handed on yet.
         self.reply_marks: list[tuple[int, int, float]] = []
         #: Set once the connection has ended and everything about it was passed on.
         self.done = threading.Event()
@@ -79,12 +81,17 @@ class Connection:
         self.times["connected"] = time.time()
 
     def forward(self, directory: str, on_event) -> None:
-        """Start forwarding both ways, recording to ``directory``."""
+        """Start forwarding both ways, recording to ``directory`` (OSError: cannot record)."""
         assert self.up is not None
-        fds = {
-            d: os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            for d, name in self.files.items()
-        }
+        fds: dict[str, int] = {}
+        try:
+            for d, name in self.files.items():
+                path = os.path.join(directory, name)
+                fds[d] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            for fd in fds.values():
+                os.close(fd)
+            raise
         self.s2d = Pump(self.down, self.up, fds["s2d"])
         self.d2s = Pump(
             self.up,
@@ -94,7 +101,7 @@ class Connection:
             on_chunk=self._reply_chunk,
         )
         threads = []
-        for name, pump in (("s2d", self.s2d), ("d2s", self.d2s)):
+        for name, pump in self.pumps():
             t = threading.Thread(
                 target=self._pump, args=(pump, fds[name]), name=f"tap-{name}", daemon=True
             )
@@ -104,9 +111,13 @@ class Connection:
             target=self._finish, args=(threads, on_event), name="tap-conn", daemon=True
         ).start()
 
+    def pumps(self) -> list[tuple[str, Pump]]:
+        """Its directions (``s2d``, ``d2s``) and their pumps, once it is forwarded."""
+        return [(d, p) for d, p in (("s2d", self.s2d), ("d2s", self.d2s)) if p is not None]
+
     def _reply_chunk(self, total: int) -> None:
         s2d = self.s2d
-        self.reply_marks.append((total, s2d.delivered if s2d else 0, time.time()))
+        self.reply_marks.append((total, s2d.bytes if s2d else 0, time.time()))
 
     def _pump(self, pump: Pump, fd: int) -> None:
         try:
@@ -114,10 +125,10 @@ class Connection:
         finally:
             os.close(fd)
             if pump.failed:
-                self._abort()
+                self.abort()
 
-    def _abort(self) -> None:
-        """One side failed: reset both, as a failing peer would have."""
+    def abort(self) -> None:
+        """Reset both sides, as a failing peer would have (one side failed, or the tap stops)."""
         with self._lock:
             for sock in (self.down, self.up):
                 if sock is not None:
@@ -164,6 +175,9 @@ class Connection:
         if outcome != "closed-empty":
             reset(self.down)
         self.down.close()
+        if self.up is not None:
+            reset(self.up)
+            self.up.close()
         self.done.set()
 
     def to_json(self) -> dict[str, Any]:
@@ -177,9 +191,7 @@ class Connection:
         }
         if self.outcome:
             out["outcome"] = self.outcome
-        for d, pump in (("s2d", self.s2d), ("d2s", self.d2s)):
-            if pump is None:
-                continue
+        for d, pump in self.pumps():
             out[d] = {
                 "file": self.files[d] if pump.bytes else None,
                 "bytes": pump.bytes,

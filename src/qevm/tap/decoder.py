@@ -55,6 +55,9 @@ class Decoder:
         self._main_epoch = 0
         self._chan_items: dict[int, dict[str, list[Item]]] = {}
         self._chan_epoch: dict[str, int] = {}
+        #: Connections the tap accepted and has not forwarded or dropped yet: any
+        #: may be a multifd channel whose pages of the next interval are to come.
+        self._pending: set[int] = set()
         self._placed = 0
         #: Pages the channels carried in each sync interval, per block (a bit each).
         self._sent: dict[tuple[int, str], bytearray] = {}
@@ -66,11 +69,6 @@ class Decoder:
         with self._out_lock:
             self._out.write(line + "\n")
             self._out.flush()
-
-    @property
-    def page_size(self) -> int | None:
-        m = self.main
-        return m.ram.page_size if m is not None and m.ram is not None else None
 
     # -- files -----------------------------------------------------------------
     def open(self, name: str, role: str) -> None:
@@ -95,6 +93,17 @@ class Decoder:
         self.watchers[name] = watcher
         watcher.start()
 
+    def pending(self, index: int) -> None:
+        """The tap accepted connection ``index``; what it is, is not known yet."""
+        with self._lock:
+            self._pending.add(index)
+
+    def settled(self, index: int) -> None:
+        """Connection ``index`` was opened (:meth:`open`) or will never be."""
+        with self._lock:
+            self._pending.discard(index)
+            self._place()
+
     def close(self, name: str, size: int) -> None:
         """Recording ``name`` is complete at ``size`` bytes."""
         src = self.sources.get(name)
@@ -106,6 +115,9 @@ class Decoder:
         for name, src in self.sources.items():
             if not src.finished:
                 src.finish(os.path.getsize(os.path.join(self.directory, name)))
+        with self._lock:
+            self._pending.clear()
+            self._place()
 
     def stop(self) -> None:
         """Stop following: readers see the end of every recording now."""
@@ -136,14 +148,16 @@ class Decoder:
         with self._lock:
             self._chan_items.setdefault(epoch, {}).setdefault(name, []).append(item)
 
-    def fresh(self, epoch: int, block: str, size: int, addrs: tuple[int, ...]) -> list[bool]:
-        """Which of the pages ``addrs`` of ``block`` no channel carried yet in ``epoch``.
+    def fresh(
+        self, epoch: int, block: str, size: int, ps: int, addrs: tuple[int, ...]
+    ) -> list[bool]:
+        """Which of the pages ``addrs`` (of ``ps`` bytes) of ``block`` no channel carried
+        yet in ``epoch``.
 
         A page is dirty at most once between two sync points, so QEMU queues
         it at most once; QEMU 7.2 could still put a queued page into two
         packets (a race of its channel threads), counted once by QEMU.
         """
-        ps = self.page_size or 4096
         with self._lock:
             bits = self._sent.get((epoch, block))
             if bits is None:
@@ -169,6 +183,8 @@ class Decoder:
             self._place()
 
     def _place(self) -> None:
+        if self._pending:
+            return  # a channel still to be opened may hold pages of any interval
         limit = min([self._main_epoch, *self._chan_epoch.values()])
         known = max([*self._main_items, *self._chan_items, -1])
         while self._placed < limit and self._placed <= known:
@@ -192,7 +208,7 @@ class Decoder:
         """Pages by kind over all connections, and per connection."""
         pages = {"normal": 0, "zero": 0, "xbzrle": 0, "compressed": 0}
         per_file: dict[str, Any] = {}
-        for name, w in self.watchers.items():
+        for name, w in list(self.watchers.items()):
             counts = getattr(w, "counter", None) or getattr(w, "counts", None)
             if counts is None:
                 continue
@@ -205,7 +221,7 @@ class Decoder:
     def progress(self) -> dict[str, Any]:
         out = self.totals()
         out["passes"] = self.passes.count
-        out["decoded"] = {n: s.position for n, s in self.sources.items()}
+        out["decoded"] = {n: s.position for n, s in list(self.sources.items())}
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -270,6 +286,10 @@ def serve(directory: str, control: TextIO, out: TextIO) -> None:
             op = msg.get("op")
             if op == "open":
                 dec.open(msg["file"], msg["role"])
+            elif op == "pending":
+                dec.pending(msg["index"])
+            elif op == "settled":
+                dec.settled(msg["index"])
             elif op == "close":
                 dec.close(msg["file"], msg["size"])
             elif op == "end":

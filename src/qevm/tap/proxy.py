@@ -87,8 +87,9 @@ class Tap:
     def serve(self) -> int:
         """Forward migrations until one ended (or, with ``keep``, until stopped).
 
-        Returns 0 when the (last) migration completed, 1 when it failed (see
-        :attr:`interrupted` for a stop in the middle of one).
+        Returns 0 when the (last) migration completed and was recorded and
+        decoded whole, 1 otherwise (see :attr:`interrupted` for a stop in the
+        middle of one).
         """
         self.on_event({"event": "listening", "listen": list(self.address), "to": list(self.to)})
         status = 1
@@ -104,7 +105,9 @@ class Tap:
                     summary["recording"] = None
                 self.summaries.append(summary)
                 self.on_event(summary)
-                status = 0 if summary["status"] == "completed" else 1
+                # the counts and the recording must be whole too
+                ok = summary["status"] == "completed" and not summary.get("incomplete")
+                status = 0 if ok else 1
                 if not self.keep:
                     break
         finally:
@@ -125,7 +128,8 @@ class Tap:
                 try:
                     sock, peer = self.listener.accept()
                 except TimeoutError:
-                    session.end()
+                    session.end(self._stopping)
+                    self.interrupted = self._stopping.is_set() and session.decoded is None
                     return session
                 finally:
                     self.listener.settimeout(0.2)

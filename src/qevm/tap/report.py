@@ -123,16 +123,16 @@ def _field(main_path: Path, record_offset: int, offset: int) -> str | None:
 
 
 def _failure_offset(session: Session, decoded: dict[str, Any]) -> int | None:
-    """How much of the main stream the destination had been given when it failed."""
+    """How much of the main stream the source had sent when the destination failed."""
     main = session.main
     if main is None or main.s2d is None:
         return None
     rp = decoded.get("return_path") or {}
     shut = next((m for m in reversed(rp.get("last", [])) if m["message"] == "SHUT"), None)
     if rp.get("shut") and shut is not None:
-        for reply_bytes, delivered, _t in main.reply_marks:
+        for reply_bytes, sent, _t in main.reply_marks:
             if reply_bytes > shut["offset"]:
-                return delivered
+                return sent
     return main.s2d.delivered
 
 
@@ -155,7 +155,14 @@ def outcome(session: Session, decoded: dict[str, Any]) -> tuple[bool, list[str]]
     if main is not None and main.outcome is None and not session.decoded:
         last = (session.decoder.stderr.strip().splitlines() or ["no message"])[-1]
         why.append(f"the decoding process ended without a result ({last})")
-    elif main is not None and main.outcome is None and not dmain.get("complete") and not main.error:
+    elif (
+        main is not None
+        and main.outcome is None
+        and not dmain.get("complete")
+        and not main.error
+        and main.s2d is not None
+        and main.s2d.record_error is None  # then only the recording is short: said apart
+    ):
         # (a connection that was reset explains a stream cut short already)
         errs = decoded.get("errors") or []
         mine = [e for e in errs if e.get("file") == main.files.get("s2d")]
@@ -164,6 +171,22 @@ def outcome(session: Session, decoded: dict[str, Any]) -> tuple[bool, list[str]]
         else:
             why.append("the main stream ended before its EOF marker")
     return not why, why
+
+
+def _incomplete(session: Session, decoded: dict[str, Any]) -> list[str]:
+    """Why the counts cover less than the migration moved: recordings that
+    could not be written, recordings that could not be decoded."""
+    out = []
+    for c in session.conns:
+        for d, pump in c.pumps():
+            if pump.record_error is not None:
+                out.append(
+                    f"{c.files[d]}: recording stopped after {pump.recorded} of "
+                    f"{pump.bytes} bytes ({pump.record_error.strerror or pump.record_error})"
+                )
+    for e in decoded.get("errors") or []:
+        out.append(f"{e.get('file')}: not decoded to its end ({e.get('text') or e.get('message')})")
+    return out
 
 
 def summarize(session: Session) -> dict[str, Any]:
@@ -190,6 +213,9 @@ def summarize(session: Session) -> dict[str, Any]:
     }
     if resent:
         out["resent_pages"] = resent
+    incomplete = _incomplete(session, decoded)
+    if incomplete:
+        out["incomplete"] = incomplete
     for key in ("per_pass", "postcopy", "channels", "return_path", "errors", "pages_by_file"):
         if decoded.get(key):
             out[key] = decoded[key]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .connection import Connection
+from .pump import Pump
 from .roles import HEAD, MAIN, PREEMPT, RETURN_PATH, classify, recording_name
 
 #: How long a connection may stay silent, once the main stream is forwarded,
@@ -47,19 +48,27 @@ class Timeline:
     def __init__(self) -> None:
         self._t: dict[str, list[float]] = {}
         self._n: dict[str, list[int]] = {}
+        # sampled by the forwarding side, read by the decoder's events
+        self._lock = threading.Lock()
 
     def sample(self, name: str, t: float, n: int) -> None:
         """``n`` bytes of ``name`` had arrived at ``t`` (the first sample: its first byte)."""
-        ns = self._n.setdefault(name, [])
-        ts = self._t.setdefault(name, [])
-        if not ns or n > ns[-1]:
-            ns.append(n)
-            ts.append(t)
+        with self._lock:
+            ns = self._n.setdefault(name, [])
+            ts = self._t.setdefault(name, [])
+            if not ns or n > ns[-1]:
+                ns.append(n)
+                ts.append(t)
+
+    def _samples(self, name: str) -> tuple[list[int], list[float]]:
+        """A consistent copy of ``name``'s samples."""
+        with self._lock:
+            return list(self._n.get(name, ())), list(self._t.get(name, ()))
 
     def time_of(self, name: str, offset: int) -> float | None:
         """When byte ``offset`` arrived (interpolated between samples)."""
-        ns, ts = self._n.get(name), self._t.get(name)
-        if not ns or not ts:
+        ns, ts = self._samples(name)
+        if not ns:
             return None
         i = bisect.bisect_right(ns, offset)
         if i >= len(ns):
@@ -71,8 +80,8 @@ class Timeline:
 
     def rate(self, name: str, now: float, window: float = 1.0) -> float:
         """Bytes per second over the last ``window`` seconds."""
-        ns, ts = self._n.get(name), self._t.get(name)
-        if not ns or not ts or len(ns) < 2:
+        ns, ts = self._samples(name)
+        if len(ns) < 2:
             return 0.0
         i = bisect.bisect_left(ts, now - window)
         i = min(i, len(ts) - 2)
@@ -135,11 +144,12 @@ class DecoderProcess:
             except (OSError, ValueError):
                 pass  # the decoder is gone; the forwarding goes on
 
-    def finish(self, op: str | None = "end") -> None:
+    def finish(self, op: str | None = "end", interrupt: threading.Event | None = None) -> None:
         """Tell it to finish; wait for its last event.
 
         It may still have recorded bytes to decode; as long as it reports
-        progress it is waited for, silent for STALLED seconds it is stopped.
+        progress it is waited for, silent for STALLED seconds (or once
+        ``interrupt`` is set: the user stopped the tap) it is stopped.
         """
         if op is not None:
             self.send(op=op)
@@ -153,7 +163,10 @@ class DecoderProcess:
                 self.proc.wait(timeout=1)
                 break
             except subprocess.TimeoutExpired:
-                if time.time() - self.last_event > STALLED:
+                if interrupt is not None and interrupt.is_set():
+                    self.proc.kill()
+                    self.stderr += "stopped before it had decoded everything\n"
+                elif time.time() - self.last_event > STALLED:
                     self.proc.kill()
                     self.stderr += f"the decoder reported nothing for {STALLED} s: stopped\n"
         self._reader.join()
@@ -223,8 +236,8 @@ class Session:
         now = time.time()
         counts, rates = {}, {}
         for c in self.conns:
-            for d, pump in (("s2d", c.s2d), ("d2s", c.d2s)):
-                if pump is None or not pump.bytes:
+            for d, pump in c.pumps():
+                if not pump.bytes:
                     continue
                 name = c.files[d]
                 counts[name] = pump.bytes
@@ -235,10 +248,14 @@ class Session:
         while not self.finished.wait(SAMPLE_EVERY):
             now = time.time()
             for c in list(self.conns):
-                for d, pump in (("s2d", c.s2d), ("d2s", c.d2s)):
-                    if pump is not None and pump.first_byte is not None:
-                        self.timeline.sample(c.files[d], pump.first_byte, 0)
-                        self.timeline.sample(c.files[d], now, pump.bytes)
+                for d, pump in c.pumps():
+                    self._sample(c.files[d], pump, now)
+
+    def _sample(self, name: str, pump: Pump, now: float) -> None:
+        """Where ``pump``'s recording ``name`` stands at ``now``, on the timeline."""
+        if pump.first_byte is not None:
+            self.timeline.sample(name, pump.first_byte, 0)
+            self.timeline.sample(name, now, pump.bytes)
 
     # -- admission -------------------------------------------------------------------
     def add(self, sock: socket.socket, peer: Any) -> None:
@@ -247,6 +264,7 @@ class Session:
             conn = Connection(len(self.conns), sock, peer)
             self.conns.append(conn)
             self.quiet.clear()
+        self.decoder.send(op="pending", index=conn.index)
         threading.Thread(target=self._admit, args=(conn,), name="tap-admit", daemon=True).start()
 
     def _admit(self, conn: Connection) -> None:
@@ -314,16 +332,17 @@ class Session:
         try:
             conn.connect(self.to)
         except OSError as e:
-            conn.close_unforwarded("refused")
-            conn.error = f"cannot connect to the destination: {e.strerror or e}"
-            self.emit("connection", index=conn.index, role=role, error=conn.error)
-            if role == MAIN:
-                self.main_forwarded.set()
-            self._settled(conn)
+            self._not_forwarded(
+                conn, "refused", f"cannot connect to the destination: {e.strerror or e}"
+            )
             return
-        conn.forward(str(self.dir), self._conn_event)
+        try:
+            conn.forward(str(self.dir), self._conn_event)
+        except OSError as e:
+            self._not_forwarded(conn, "record-failed", f"cannot record it: {e.strerror or e}")
+            return
+        self.decoder.send(op="open", file=conn.files["s2d"], role=role)  # before it settles
         self._settled(conn)
-        self.decoder.send(op="open", file=conn.files["s2d"], role=role)
         self.emit(
             "connection",
             index=conn.index,
@@ -333,6 +352,15 @@ class Session:
         )
         if role == MAIN:
             self.main_forwarded.set()
+
+    def _not_forwarded(self, conn: Connection, outcome: str, error: str) -> None:
+        """A connection classified that could not go on: closed with ``error``."""
+        conn.close_unforwarded(outcome)
+        conn.error = error
+        self.emit("connection", index=conn.index, role=conn.role, error=error)
+        if conn.role == MAIN:
+            self.main_forwarded.set()
+        self._settled(conn)
 
     def _wait_turn(self, conn: Connection) -> None:
         """Until the main stream and every connection opened before this one went on.
@@ -350,18 +378,15 @@ class Session:
         with self._turn:
             conn.settled = True
             self._turn.notify_all()
+        self.decoder.send(op="settled", index=conn.index)
 
     def _conn_event(self, kind: str, conn: Connection) -> None:
         if kind == "reply":
             role = RETURN_PATH if conn is self.main else "reply"
             self.decoder.send(op="open", file=conn.files["d2s"], role=role)
         elif kind == "closed":
-            for d, pump in (("s2d", conn.s2d), ("d2s", conn.d2s)):
-                if pump is None:
-                    continue
-                if pump.first_byte is not None:
-                    self.timeline.sample(conn.files[d], pump.first_byte, 0)
-                    self.timeline.sample(conn.files[d], pump.ended or time.time(), pump.bytes)
+            for d, pump in conn.pumps():
+                self._sample(conn.files[d], pump, pump.ended or time.time())
                 self.decoder.send(op="close", file=conn.files[d], size=pump.recorded)
                 if not pump.bytes:
                     try:
@@ -389,23 +414,20 @@ class Session:
             if all(c.done.is_set() for c in self.conns):
                 self.quiet.set()  # the listener ends the session, unless one more is waiting
 
-    def end(self) -> None:
-        """Every connection has closed: finish decoding (the listener calls this)."""
+    def end(self, interrupt: threading.Event | None = None) -> None:
+        """Every connection has closed: finish decoding (the listener calls this),
+        unless ``interrupt`` is set meanwhile."""
         with self._lock:
             if self._ending:
                 return
             self._ending = True
-        self.decoder.finish()
+        self.decoder.finish(interrupt=interrupt)
         self.finished.set()
 
     def stop(self) -> None:
         """Interrupted: reset every connection, stop decoding."""
-        from .connection import reset
-
         for c in self.conns:
-            for sock in (c.down, c.up):
-                if sock is not None:
-                    reset(sock)
+            c.abort()
         with self._lock:
             self._ending = True
         self.decoder.finish("stop")

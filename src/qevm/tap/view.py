@@ -131,8 +131,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
                 f"  the destination had read at least to {read['offset']:#x} of main.mig "
                 f"(it answered the PING {read['ping']} there)"
             )
-    for e in s.get("errors") or []:
-        out.append(f"  could not decode {e.get('file')}: {e.get('text') or e.get('message')}")
+    for why in s.get("incomplete") or []:
+        out.append(f"  incomplete: {why}")
     if s.get("recording"):
         out.append(f"  recording  {s['recording']}")
     return out

@@ -18,15 +18,13 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FormatError, QevmError
+from ..errors import QevmError
 from ..format import (
     MIG_CMD_PACKAGED,
     MIG_CMD_PING,
     MIG_CMD_POSTCOPY_LISTEN,
     MIG_CMD_POSTCOPY_RUN,
     MIG_CMD_SWITCHOVER_START,
-    MULTIFD_COMPRESSION,
-    MULTIFD_FLAG_COMPRESSION_MASK,
     MULTIFD_FLAG_SYNC,
     SECTION_END,
     SECTION_FULL,
@@ -36,7 +34,13 @@ from ..format import (
 from ..loadvm import parse_stream
 from ..sections.ram.blocks import RamBlock
 from ..sections.ram.consumer import PageConsumer
-from ..sections.ram.multifd import apply_channel, packet_page_size, read_handshake, read_packets
+from ..sections.ram.multifd import (
+    apply_channel,
+    checked_pages,
+    packet_page_size,
+    read_handshake,
+    read_packets,
+)
 from ..sections.ram.records import RamState
 from ..stream import (
     CommandRecord,
@@ -298,7 +302,8 @@ class ChannelWatcher(Watcher):
         d = self.decoder
         n = self.counts.counts.n
         epoch = 0
-        for pkt in read_packets(r, main.ram.page_size or packet_page_size(r)):
+        ps = main.ram.page_size or packet_page_size(r)
+        for pkt in read_packets(r, ps):
             r.skip(pkt.payload_length)
             self.bytes = r.offset
             self.info["packets"] += 1
@@ -309,23 +314,18 @@ class ChannelWatcher(Watcher):
                 )
                 continue
             if hdr.normal_pages or hdr.zero_pages:
-                self._pages(d, pkt, hdr, blocks, epoch, n)
+                self._pages(d, pkt, blocks, ps, epoch, n)
             if hdr.flags & MULTIFD_FLAG_SYNC:
                 self.info["syncs"] += 1
                 epoch += 1
                 d.channel_epoch(self.name, epoch)
 
-    def _pages(self, d: Decoder, pkt: Any, hdr: Any, blocks: Any, epoch: int, n: list) -> None:
-        comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK, hex(hdr.flags))
-        self.info["compression"] = comp
-        block = blocks.get(hdr.block_name)
-        if block is None:
-            raise FormatError(
-                f"multifd packet for unknown RAM block {hdr.block_name!r}", offset=hdr.at
-            )
+    def _pages(self, d: Decoder, pkt: Any, blocks: Any, ps: int, epoch: int, n: list) -> None:
+        block, self.info["compression"] = checked_pages(pkt, blocks, ps)
+        hdr = pkt.header
         normal, zero = hdr.normal_pages, hdr.zero_pages
         addrs = pkt.offsets[: normal + zero]
-        fresh = d.fresh(epoch, block.name, block.used_length, addrs)
+        fresh = d.fresh(epoch, block.name, block.used_length, ps, addrs)
         new_normal = sum(fresh[:normal])
         new_zero = sum(fresh[normal:])
         if new_normal + new_zero < normal + zero:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from ...wire import Reader
 
 if TYPE_CHECKING:
     from ...source.base import Source
+    from .blocks import RamBlock
     from .records import RamState
 
 
@@ -255,6 +256,35 @@ def packet_page_size(r: Reader) -> int:
     )
 
 
+def checked_pages(pkt: Any, blocks: Mapping[str, RamBlock], ps: int) -> tuple[RamBlock, str]:
+    """The RAM block and compression of a packet that carries pages, checked.
+
+    The block must be known, every page offset inside it and aligned, the
+    compression flag one QEMU writes, and an uncompressed payload exactly the
+    normal pages.
+    """
+    hdr = pkt.header
+    comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK)
+    if comp is None:
+        raise hdr.error("flags", f"multifd flags {hdr.flags:#x}")
+    block = blocks.get(hdr.block_name)
+    if block is None:
+        raise hdr.error("ramblock", f"multifd packet for unknown RAM block {hdr.block_name!r}")
+    normal = hdr.normal_pages
+    for a in pkt.offsets[: normal + hdr.zero_pages]:
+        if a > block.used_length - ps or a % ps:
+            raise FormatError(
+                f"multifd page offset {a:#x} is outside block {hdr.block_name!r}", offset=hdr.at
+            )
+    if normal and comp == "none" and pkt.payload_length != normal * ps:
+        raise hdr.error(
+            "next_packet_size",
+            f"multifd payload of {pkt.payload_length} bytes for {normal} pages",
+            expected=f"{normal * ps}",
+        )
+    return block, comp
+
+
 def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
     r = Reader(source, 0)
     init = read_handshake(r)
@@ -278,34 +308,14 @@ def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSumma
                 }
             )
             continue
-        comp = MULTIFD_COMPRESSION.get(hdr.flags & MULTIFD_FLAG_COMPRESSION_MASK)
-        if comp is None:
-            raise hdr.error("flags", f"multifd flags {hdr.flags:#x}")
         normal, zero = hdr.normal_pages, hdr.zero_pages
         # 7.2 sets the compression flag only on packets with pages.
         if normal or zero:
+            block, comp = checked_pages(pkt, state.blocks, ps)
             summary.compression = comp
-            bname = hdr.block_name
-            block = state.blocks.get(bname)
-            if block is None:
-                raise hdr.error(
-                    "ramblock",
-                    f"multifd packet for unknown RAM block {bname!r}",
-                )
             offs = pkt.offsets[: normal + zero]
-            for a in offs:
-                if a > block.used_length - ps or a % ps:
-                    raise FormatError(
-                        f"multifd page offset {a:#x} is outside block {bname!r}", offset=hdr.at
-                    )
             payload_off = pkt.payload_offset
             if normal and comp == "none":
-                if pkt.payload_length != normal * ps:
-                    raise hdr.error(
-                        "next_packet_size",
-                        f"multifd payload of {pkt.payload_length} bytes for {normal} pages",
-                        expected=f"{normal * ps}",
-                    )
                 r.ensure(pkt.payload_length)
                 for i, a in enumerate(offs[:normal]):
                     consumer.channel_page(block, a, src_no, payload_off + i * ps, epoch)
