@@ -185,15 +185,12 @@ def chunk_digests(data: bytes | bytearray) -> list[str]:
 
 # -- the recording tap ---------------------------------------------------------------
 
-SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
-
 
 class TapRun:
     """``qevm tap --json`` between the source and the destination, recording to ``rec``."""
 
     def __init__(self, dest_port: int, rec: pathlib.Path, *extra: str) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+        # qevm from this checkout: conftest, imported above, put it on PYTHONPATH
         self.rec = rec
         self.proc = subprocess.Popen(
             [
@@ -204,7 +201,6 @@ class TapRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
         )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
@@ -507,12 +503,16 @@ class Capture:
             "-S",
         ]
 
+    def prepare(self) -> list[str]:
+        """Write the guest's files into the work directory; the QEMU command line."""
+        (self.work / "bios.bin").write_bytes(guest_bios())
+        (self.work / "pattern1m.bin").write_bytes(pattern1m())
+        return self.argv()
+
     def migrate(self) -> None:
         """Migrate through ``qevm tap`` (recording to ``work/rec``); take the destination's RAM."""
         work = self.work
-        (work / "bios.bin").write_bytes(guest_bios())
-        (work / "pattern1m.bin").write_bytes(pattern1m())
-        argv = self.argv()
+        argv = self.prepare()
         rc: dict[str, int] = {}
         try:
             self.dst = Vm("dst", [*argv, "-incoming", "defer"], work, DEST_TRACE)

@@ -184,9 +184,7 @@ def test_tap_when_the_destination_fails(qemu, tmp_path):
     """A device the destination lacks: it fails at that section and says so (SHUT 1)."""
     _need(qemu)
     cap = Capture("failing", Spec("failing", ["return-path"]), tmp_path, qemu=qemu, ram_mb=RAM_MB)
-    (tmp_path / "bios.bin").write_bytes(gen_live.guest_bios())
-    (tmp_path / "pattern1m.bin").write_bytes(gen_live.pattern1m())
-    argv = cap.argv()
+    argv = cap.prepare()
     dst = src = tap = None
     try:
         dst = gen_live.Vm("dst", [*argv, "-incoming", "defer"], tmp_path, [])
@@ -210,6 +208,7 @@ def test_tap_when_the_destination_fails(qemu, tmp_path):
     fail = summary["failure"]
     # 10.0 says so on the return path; 7.2 exits without a word (the connection resets)
     shut = summary["return_path"]["shut"]
+    assert bool(shut) == (qemu == QEMU_NEW), shut
     if shut:
         assert any("SHUT 1" in why for why in fail["reasons"]), fail
     else:
@@ -235,12 +234,10 @@ def _plain_guest(tmp_path: pathlib.Path, name: str) -> tuple[list[str], int]:
     """A plain guest's QEMU arguments (its files written to ``tmp_path``), and a free port."""
     import socket
 
-    cap = Capture(name, SPECS["plain"], tmp_path, ram_mb=RAM_MB)
-    (tmp_path / "bios.bin").write_bytes(gen_live.guest_bios())
-    (tmp_path / "pattern1m.bin").write_bytes(gen_live.pattern1m())
+    argv = Capture(name, SPECS["plain"], tmp_path, ram_mb=RAM_MB).prepare()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return cap.argv(), s.getsockname()[1]
+        return argv, s.getsockname()[1]
 
 
 @pytest.mark.qemu

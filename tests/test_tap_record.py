@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import pathlib
 import random
+import tempfile
 import threading
 import time
 
@@ -96,10 +98,18 @@ def _cached_bytes(path, start: int, end: int) -> int:
     return sum(v & 1 for v in vec[start // page : end // page]) * page
 
 
-def test_recording_keeps_a_bounded_window_in_the_page_cache(tmp_path):
+@pytest.fixture
+def disk_dir():
+    """A directory on a disk file system: /var/tmp, where /tmp may be tmpfs (whose
+    files are their page cache: nothing there can be dropped)."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        yield pathlib.Path(d)
+
+
+def test_recording_keeps_a_bounded_window_in_the_page_cache(disk_dir):
     """What lies a window behind the end is dropped from the cache once on disk;
     without that, all 48 MiB written here would stay cached."""
-    path = tmp_path / "rec.bin"
+    path = disk_dir / "rec.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     window, flush = 4 * MiB, MiB
     recorder = Recorder(fd, window=window, flush=flush)
