@@ -10,7 +10,6 @@ without the tap); when both directions have ended it is closed.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -21,7 +20,6 @@ from typing import Any
 from .pump import Pump
 
 #: Errors that mean the peer reset the connection (or closed it with unread data).
-RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT)
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -58,6 +56,8 @@ class Connection:
         self.times: dict[str, float] = {"accepted": time.time()}
         #: Why it ended abnormally, in words (None: it did not).
         self.error: str | None = None
+        #: ``source`` or ``destination``: the side whose failure ended it.
+        self.failed_side: str | None = None
         #: ``closed-empty``, ``refused``... when it was never forwarded.
         self.outcome: str | None = None
         #: (reply bytes, bytes the source had sent, time) at each reply chunk.  What
@@ -138,13 +138,14 @@ class Connection:
         for t in threads:
             t.join()
         self.times["closed"] = time.time()
-        self.error = self._describe_error()
+        self.failed_side, self.error = self._describe_error()
         for sock in (self.down, self.up):
             if sock is not None:
                 sock.close()
         on_event("closed", self)  # which sets ``done`` once it has told the decoder
 
-    def _describe_error(self) -> str | None:
+    def _describe_error(self) -> tuple[str | None, str | None]:
+        """Which side failed first (``source``, ``destination``), and how, in words."""
         s, d = self.s2d, self.d2s
         assert s is not None and d is not None
         # the first failure is the cause; the reset that mirrors it follows
@@ -154,19 +155,20 @@ class Connection:
             default=None,
         )
         if first is None:
-            return None
+            return None, None
         if first is s:
             if s.read_error is not None:
-                return f"the source broke the connection ({s.read_error.strerror})"
-            return f"the destination stopped receiving ({s.write_error.strerror})"  # type: ignore[union-attr]
+                return "source", f"the source broke the connection ({s.read_error.strerror})"
+            err = s.write_error
+            return "destination", f"the destination stopped receiving ({err.strerror})"  # type: ignore[union-attr]
         if d.read_error is not None:
-            return f"the destination broke the connection ({d.read_error.strerror})"
-        return f"the source stopped receiving ({d.write_error.strerror})"  # type: ignore[union-attr]
+            return "destination", f"the destination broke the connection ({d.read_error.strerror})"
+        return "source", f"the source stopped receiving ({d.write_error.strerror})"  # type: ignore[union-attr]
 
     @property
     def destination_failed(self) -> bool:
-        """Whether the destination reset or refused the connection."""
-        return self.error is not None and "the destination" in self.error
+        """Whether the destination reset the connection, or stopped receiving."""
+        return self.failed_side == "destination"
 
     def close_unforwarded(self, outcome: str) -> None:
         """End a connection that was never forwarded."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..sections.ram.consumer import PageConsumer
-from .passes import BLOCK_SHIFT, Item
+from .passes import Item, position
 
 if TYPE_CHECKING:
     from ..sections.ram.blocks import RamBlock
@@ -155,7 +155,7 @@ class MainCounter(PlainCounter):
             if self.postcopy:
                 self.postcopy_counts.n[kind] += 1
             return
-        key = (self._order[block.name] << BLOCK_SHIFT) | addr
+        key = position(self._order[block.name], addr)
         if key <= self._last:
             self._close_item()
         if self._first < 0:
@@ -172,7 +172,7 @@ class MainCounter(PlainCounter):
             return
         import numpy as np
 
-        base = self._order[block.name] << BLOCK_SHIFT
+        base = position(self._order[block.name], 0)
         keys = addrs.astype(np.uint64) | np.uint64(base)
         cuts = (np.flatnonzero(keys[1:] <= keys[:-1]) + 1).tolist()
         start = 0

@@ -49,11 +49,6 @@ class FollowSource(Source):
         """Whether the final size is known."""
         return self._final is not None
 
-    @property
-    def complete(self) -> bool:
-        """Whether the recording has ended and everything in it has been read."""
-        return self._final is not None and self._pos >= self._final
-
     def readinto(self, view: memoryview) -> int:
         while True:
             if self._closed:

@@ -68,7 +68,6 @@ class Tap:
         self.address = self.listener.getsockname()[:2]
         #: The decoding process of the next migration, started ahead.
         self._spare: DecoderProcess | None = DecoderProcess()
-        self.sessions: list[Session] = []
         self.summaries: list[dict[str, Any]] = []
         self._stopping = threading.Event()
         self._count = 0
@@ -158,7 +157,6 @@ class Tap:
     def _session(self) -> Session:
         decoder, self._spare = self._spare, None
         session = Session(self._directory(), self.to, self.on_event, decoder)
-        self.sessions.append(session)
         if self.keep:
             self._spare = DecoderProcess()  # ready for the next migration
         return session

@@ -193,8 +193,6 @@ class Session:
         self._mains = 0
         self.started = time.time()
         self.timeline = Timeline()
-        #: The decoder's latest counts (bytes and rates added).
-        self.progress: dict[str, Any] = {}
         self.decoded: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
         self.finished = threading.Event()
@@ -218,8 +216,6 @@ class Session:
         if kind == "decoded":
             self.decoded = ev
             return
-        if kind == "progress":
-            self.progress = ev
         t = None
         if "file" in ev and "offset" in ev and ev["file"]:
             name = ev["file"]

@@ -56,7 +56,7 @@ from ..stream import (
 from ..wire import Reader
 from .counting import MainCounter, PlainCounter
 from .follow import FollowSource
-from .passes import BLOCK_SHIFT, Item
+from .passes import Item, position
 from .returnpath import SHUT, ReturnPathReader
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ class ChannelWatcher(Watcher):
             self.info["resent"] = self.info.get("resent", 0) + normal + zero - new_normal - new_zero
         n[0] += new_normal
         n[1] += new_zero
-        base = self._order[block.name] << BLOCK_SHIFT
+        base = position(self._order[block.name], 0)
         keys = [base | a for a, new in zip(addrs, fresh) if new]
         pages = +Counter({"normal": new_normal, "zero": new_zero})
         first, last = (min(keys), max(keys)) if keys else (None, None)
