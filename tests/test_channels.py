@@ -196,3 +196,30 @@ def test_multifd_channel_tells_the_page_size_nothing_else_stated(tmp_path):
         assert mig.page_size == 8192
         assert mig.page_index.read("pc.ram", 0x4000, 8192) == page
         assert mig.missing_pages()["pc.ram"] == 0x10000000 // 8192 - 1
+
+
+def test_preempt_page_outlives_older_multifd_pages_when_no_page_made_the_consumer(tmp_path):
+    """A page sent on the postcopy-preempt channel is newer than every multifd round
+    before it.  When the main stream gave no page (the consumer is made only when a
+    channel is added), that consumer used to start at round 0 after the stream's
+    11 sync points, and the multifd channels' copy of the page (round 1) replaced it."""
+    import qevm
+    from qevm.format import RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_PAGE
+
+    page = b"preempt!" * 512
+    preempt = tmp_path / "preempt.bin"
+    preempt.write_bytes(
+        RAM_SAVE_FLAG_PAGE.to_bytes(8, "big")  # pc.ram offset 0
+        + b"\x06pc.ram"
+        + page
+        + RAM_SAVE_FLAG_EOS.to_bytes(8, "big")
+    )
+    _, multifd = _files(LIVE_DIR, "multifd-111")
+    main = _main_without_description(tmp_path)
+    with qevm.open(main, channels=[preempt, *multifd], decode_devices=False) as mig:
+        assert mig.ram.syncs == 11
+        assert mig.page_index.read("pc.ram", 0, 4096) == page
+        assert mig.page_index.rounds("pc.ram", 0, 1)[0] == 11
+    with qevm.open(main, channels=multifd, decode_devices=False) as mig:
+        assert mig.page_index.rounds("pc.ram", 0, 1)[0] == 1  # the page is on the channels
+        assert mig.page_index.read("pc.ram", 0, 4096) != page

@@ -195,11 +195,9 @@ class Migration:
         (all pages went on extra channels, or the RAM section could not be read)."""
         ram = self.ram
         if ram is not None and ram.consumer is None and ram.ctx.options.ram_consumer is not None:
-            ram.consumer = ram.ctx.options.ram_consumer(
-                ram.ctx, ram.page_size or self.page_size or 4096
-            )
-            for b in ram.blocks.values():
-                ram.consumer.add_block(b)
+            if ram.page_size is None:
+                ram.set_page_size(self.page_size or 4096)
+            ram.ensure_consumer()
         return ram
 
     def add_channel(self, path: Any) -> Any:
