@@ -180,7 +180,9 @@ def test_multifd_channels_complete_each_side(tmp_path, capsys):
 
     report = diff(main, main, b_channels=chans)
     assert report.pages_differing == sum(want.values())
-    assert any("--a-channel" in w for w in report.warnings)
+    (hint,) = [w for w in report.warnings if w.startswith("a:")]
+    # the option that gives them is --a-channel under diff, --channel under report
+    assert "give that side's multifd and postcopy-preempt channels" in hint and "--" not in hint
     assert not any(w.startswith("b:") for w in report.warnings)
 
     b_ch = [a for c in chans for a in ("--b-channel", c)]

@@ -313,7 +313,8 @@ def _ram(a: _Side, b: _Side, rep: DiffReport, ignore: _Ignore) -> None:
             rep.warnings.append(
                 f"{label}: pages no record gave (read as zeros): "
                 + ", ".join(f"{n} {k}" for n, k in absent.items())
-                + f" (a migration's extra connections carry such pages: --{label}-channel)"
+                + " (a migration's extra connections carry such pages: give that side's"
+                " multifd and postcopy-preempt channels)"
             )
     rep.memory = _guest_physical(a, b, ps, rep, ignore)
     if a.mig.machine != b.mig.machine:
