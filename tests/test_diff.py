@@ -190,3 +190,6 @@ def test_multifd_channels_complete_each_side(tmp_path, capsys):
     rc, out, _ = cli(capsys, "diff", main, main, *a_ch, *b_ch)
     assert rc == 0, out
     assert "pages no record gave" not in out
+    # the xz file, read once, is copied to a file for its channels' pages
+    report = diff(LIVE["multifd-72"], main, a_channels=chans, b_channels=chans)
+    assert report.equal and report.pages > 30000 and not report.warnings

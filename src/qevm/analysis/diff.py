@@ -103,15 +103,11 @@ def _open(path: Any, snapshot: str | None, fmt: str, channels: Sequence[Any] = (
     from .. import open as qopen
     from ..source import open_source
 
-    if channels:
-        # pages of several connections are put in order through the page index,
-        # which reads them back: an input read once is copied to a file first
-        mig = qopen(path, snapshot=snapshot, format=fmt, index_ram=True, strict=False,
-                    channels=list(channels), spool=True)  # fmt: skip
-        return _Side(mig, IndexPages(mig) if mig.ram is not None else None)
     src = open_source(path, format=fmt, snapshot=snapshot)
-    if src.seekable:
-        mig = qopen(src, index_ram=True, strict=False)
+    if src.seekable or channels:
+        # pages of several connections are put in order through the page index,
+        # which reads them back: an input read once is then copied to a file first
+        mig = qopen(src, index_ram=True, strict=False, channels=list(channels), spool=True)
         return _Side(mig, IndexPages(mig) if mig.ram is not None else None)
     sink: list[PageDigests] = []
 
