@@ -304,13 +304,14 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0]
 
 
-def write_random(path: Path, size: int, h: Any) -> None:
-    """``size`` random bytes into ``path``, also fed to the hash ``h``."""
+def write_random(path: Path, size: int, h: Any = None) -> None:
+    """``size`` random bytes into ``path``, also fed to the hash ``h`` if given."""
     with open(path, "wb") as f:
         left = size
         while left:
             block = os.urandom(min(left, 16 * MiB))
-            h.update(block)
+            if h is not None:
+                h.update(block)
             f.write(block)
             left -= len(block)
 

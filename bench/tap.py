@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import REPO, WORK, MiB, compile_qevm, qevm_env
+from benchlib import QEMU, REPO, WORK, MiB, compile_qevm, qevm_env, warn_if_busy, write_random
 
 sys.path.insert(0, str(REPO / "tests"))
 from qemuvm import Vm  # noqa: E402  (the tests' QMP driver)
@@ -77,9 +77,7 @@ def guest_files(size_mib: int) -> tuple[Path, Path]:
     bios.write_bytes(bytes(0x10000))
     payload = OUT / f"random-{size_mib}m.bin"
     if not payload.exists() or payload.stat().st_size != size_mib * MiB:
-        with open(payload, "wb") as f:
-            for _ in range(size_mib):
-                f.write(os.urandom(MiB))
+        write_random(payload, size_mib * MiB)
     return bios, payload
 
 
@@ -209,12 +207,10 @@ def main() -> int:
     ap.add_argument(
         "--bandwidth", type=int, default=0, help="the source's max-bandwidth in MB/s (0: none)"
     )
-    ap.add_argument("--qemu", default=os.environ.get("QEVM_BENCH_QEMU", "qemu-system-x86_64"))
+    ap.add_argument("--qemu", default=QEMU)
     a = ap.parse_args()
     compile_qevm()
-    load = os.getloadavg()[0]
-    if load > 1:
-        print(f"warning: load average {load:.1f} at the start", file=sys.stderr)
+    warn_if_busy()
     t0 = time.time()
     bandwidth = a.bandwidth * 1000 * 1000
     results = [(c, run(a.qemu, a.size, c, a.rounds, bandwidth)) for c in sorted({0, a.channels})]

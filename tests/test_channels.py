@@ -11,6 +11,7 @@ after the last page asked for) is complete; an error in a channel names it.
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 
 import pytest
@@ -136,3 +137,89 @@ def test_error_in_a_channel_names_the_channel(tmp_path, capsys):
     )  # fmt: skip
     # the first packet's header (0x40) is whole, its page offsets (0x180: 1024 bytes) not
     assert rc == 2 and f"in channel {cut}, at offset 0x180: input ends" in err
+
+
+# -- a main stream that states no page size ----------------------------------------------
+
+
+def _main_without_description(tmp_path):
+    """multifd-111's main channel as QEMU writes it with suppress-vmdesc: cut after its
+    EOF byte, nothing in it states the page size (every page went on the channels)."""
+    import qevm
+    from qevm.stream import EofRecord
+
+    main = unpack(LIVE_DIR / "multifd-111.mig.xz")
+    with qevm.open(main, decode_devices=False) as mig:
+        (eof,) = [r for r in mig.records if isinstance(r, EofRecord)]
+    out = tmp_path / "main.mig"
+    out.write_bytes(main.read_bytes()[: eof.end])
+    with qevm.open(out, decode_devices=False) as mig:
+        assert mig.page_size is None
+    return out
+
+
+def _multifd_channel(tmp_path, page_size: int, pages: dict[int, bytes]) -> pathlib.Path:
+    """A multifd channel (multifd-111's handshake) with one packet of ``pages`` of pc.ram."""
+    from qevm.format import MULTIFD_MAGIC, MULTIFD_PACKET_SIZE, MULTIFD_VERSION, MultiFDPacket
+
+    slots = MULTIFD_PACKET_SIZE // page_size
+    hdr = MultiFDPacket(
+        magic=MULTIFD_MAGIC,
+        version=MULTIFD_VERSION,
+        pages_alloc=slots,
+        normal_pages=len(pages),
+        next_packet_size=len(pages) * page_size,
+        packet_num=1,
+        ramblock=b"pc.ram",
+    )
+    offsets = list(pages) + [0] * (slots - len(pages))
+    handshake = unpack(LIVE_DIR / "multifd-111.ch1.bin.xz").read_bytes()[:64]
+    out = tmp_path / f"multifd-{page_size}.bin"
+    out.write_bytes(
+        handshake
+        + hdr.pack()
+        + b"".join(a.to_bytes(8, "big") for a in offsets)
+        + b"".join(pages.values())
+    )
+    return out
+
+
+def test_multifd_channel_tells_the_page_size_nothing_else_stated(tmp_path):
+    """Pages of 8 KiB (alpha, sparc64) on a channel, the main stream silent on the size:
+    the consumer used to be made for a guessed 4 KiB and the channel read with 8 KiB,
+    each page indexed at the wrong place with no error."""
+    import qevm
+
+    page = bytes(range(256)) * 32
+    chan = _multifd_channel(tmp_path, 8192, {0x4000: page})
+    with qevm.open(_main_without_description(tmp_path), channels=[chan]) as mig:
+        assert mig.page_size == 8192
+        assert mig.page_index.read("pc.ram", 0x4000, 8192) == page
+        assert mig.missing_pages()["pc.ram"] == 0x10000000 // 8192 - 1
+
+
+def test_preempt_page_outlives_older_multifd_pages_when_no_page_made_the_consumer(tmp_path):
+    """A page sent on the postcopy-preempt channel is newer than every multifd round
+    before it.  When the main stream gave no page (the consumer is made only when a
+    channel is added), that consumer used to start at round 0 after the stream's
+    11 sync points, and the multifd channels' copy of the page (round 1) replaced it."""
+    import qevm
+    from qevm.format import RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_PAGE
+
+    page = b"preempt!" * 512
+    preempt = tmp_path / "preempt.bin"
+    preempt.write_bytes(
+        RAM_SAVE_FLAG_PAGE.to_bytes(8, "big")  # pc.ram offset 0
+        + b"\x06pc.ram"
+        + page
+        + RAM_SAVE_FLAG_EOS.to_bytes(8, "big")
+    )
+    _, multifd = _files(LIVE_DIR, "multifd-111")
+    main = _main_without_description(tmp_path)
+    with qevm.open(main, channels=[preempt, *multifd], decode_devices=False) as mig:
+        assert mig.ram.syncs == 11
+        assert mig.page_index.read("pc.ram", 0, 4096) == page
+        assert mig.page_index.rounds("pc.ram", 0, 1)[0] == 11
+    with qevm.open(main, channels=multifd, decode_devices=False) as mig:
+        assert mig.page_index.rounds("pc.ram", 0, 1)[0] == 1  # the page is on the channels
+        assert mig.page_index.read("pc.ram", 0, 4096) != page

@@ -195,33 +195,39 @@ class Migration:
         (all pages went on extra channels, or the RAM section could not be read)."""
         ram = self.ram
         if ram is not None and ram.consumer is None and ram.ctx.options.ram_consumer is not None:
-            ram.consumer = ram.ctx.options.ram_consumer(
-                ram.ctx, ram.page_size or self.page_size or 4096
-            )
-            for b in ram.blocks.values():
-                ram.consumer.add_block(b)
+            if ram.page_size is None:
+                ram.set_page_size(self.page_size or 4096)
+            ram.ensure_consumer()
         return ram
 
     def add_channel(self, path: Any) -> Any:
         """Add the pages of a recorded extra connection (multifd, postcopy-preempt)."""
-        from .sections.ram.multifd import apply_channel
+        from .sections.ram.multifd import apply_channel, channel_page_size
         from .source import open_source
 
-        ram = self._ram_consumed()
-        if ram is None or ram.consumer is None:
+        ram = self.ram
+        if ram is None or (ram.consumer is None and ram.ctx.options.ram_consumer is None):
             raise UsageError(
                 f"channel {os.fspath(path)}: the stream has no RAM section to add its pages to"
             )
         name = os.fspath(path)
         src = open_source(path, format="stream")  # its errors name the path
         self._channel_sources.append(src)
-        inputs = getattr(ram.consumer, "inputs", None)
-        if inputs is not None:
-            inputs.append(src)
-            src_no = len(inputs) - 1
-        else:
-            src_no = 0
         try:
+            if ram.consumer is None and ram.page_size is None and self.page_size is None:
+                # nothing stated the page size: a multifd channel's packets tell it,
+                # before the consumer is made with one
+                ps = channel_page_size(src)
+                if ps is not None:
+                    ram.set_page_size(ps)
+                    self.page_size = ps
+            self._ram_consumed()  # the consumer asked for, made now if no page made it
+            inputs = getattr(ram.consumer, "inputs", None)
+            if inputs is not None:
+                inputs.append(src)
+                src_no = len(inputs) - 1
+            else:
+                src_no = 0
             summary = apply_channel(ram, src, src_no)
         except QevmError as e:
             raise e.located(file=f"channel {name}") from None

@@ -103,15 +103,11 @@ def _open(path: Any, snapshot: str | None, fmt: str, channels: Sequence[Any] = (
     from .. import open as qopen
     from ..source import open_source
 
-    if channels:
-        # pages of several connections are put in order through the page index,
-        # which reads them back: an input read once is copied to a file first
-        mig = qopen(path, snapshot=snapshot, format=fmt, index_ram=True, strict=False,
-                    channels=list(channels), spool=True)  # fmt: skip
-        return _Side(mig, IndexPages(mig) if mig.ram is not None else None)
     src = open_source(path, format=fmt, snapshot=snapshot)
-    if src.seekable:
-        mig = qopen(src, index_ram=True, strict=False)
+    if src.seekable or channels:
+        # pages of several connections are put in order through the page index,
+        # which reads them back: an input read once is then copied to a file first
+        mig = qopen(src, index_ram=True, strict=False, channels=list(channels), spool=True)
         return _Side(mig, IndexPages(mig) if mig.ram is not None else None)
     sink: list[PageDigests] = []
 
@@ -313,7 +309,8 @@ def _ram(a: _Side, b: _Side, rep: DiffReport, ignore: _Ignore) -> None:
             rep.warnings.append(
                 f"{label}: pages no record gave (read as zeros): "
                 + ", ".join(f"{n} {k}" for n, k in absent.items())
-                + f" (a migration's extra connections carry such pages: --{label}-channel)"
+                + " (a migration's extra connections carry such pages: give that side's"
+                " multifd and postcopy-preempt channels)"
             )
     rep.memory = _guest_physical(a, b, ps, rep, ignore)
     if a.mig.machine != b.mig.machine:

@@ -117,14 +117,17 @@ def no_match(what: str, globs: Any) -> int:
     return 1
 
 
-def add_channel(p: argparse.ArgumentParser) -> None:
-    """``--channel FILE``, for every command that reads RAM."""
+def add_channel(
+    p: argparse.ArgumentParser, flag: str = "--channel", whose: str = "the migration"
+) -> None:
+    """``--channel FILE``, for every command that reads RAM (``flag`` for another input's:
+    ``--b-channel``, ``whose`` naming its migration)."""
     p.add_argument(
-        "--channel",
+        flag,
         action="append",
         default=[],
         metavar="FILE",
-        help="recorded bytes of an extra connection of the migration (multifd channel, "
+        help=f"recorded bytes of an extra connection of {whose} (multifd channel, "
         "postcopy-preempt channel); repeat for each",
     )
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from . import add_input, add_json, command, emit
+from . import add_channel, add_input, add_json, command, emit
 
 
 def _check_setup(p: argparse.ArgumentParser) -> None:
@@ -150,14 +150,7 @@ def _diff_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a-snapshot", metavar="NAME|ID", help="qcow2: the snapshot of A")
     p.add_argument("--b-snapshot", metavar="NAME|ID", help="qcow2: the snapshot of B")
     for side in ("a", "b"):
-        p.add_argument(
-            f"--{side}-channel",
-            action="append",
-            default=[],
-            metavar="FILE",
-            help=f"a recorded extra connection of {side.upper()}'s migration (multifd, "
-            "postcopy-preempt channel); repeat for each",
-        )
+        add_channel(p, f"--{side}-channel", f"{side.upper()}'s migration")
     p.add_argument(
         "--ignore",
         action="append",

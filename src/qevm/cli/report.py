@@ -30,14 +30,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
         "changed ranges, fields and registers",
     )
     p.add_argument("--diff-snapshot", metavar="NAME|ID", help="qcow2 B: the snapshot to read")
-    p.add_argument(
-        "--diff-channel",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a recorded extra connection of B's migration (multifd, postcopy-preempt); "
-        "repeat for each",
-    )
+    add_channel(p, "--diff-channel", "B's migration")
     p.add_argument(
         "--ignore",
         action="append",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...analysis.steps import version_refusal
 from .cursor import Cursor, LoadReading, Refusal, Stop
 
 if TYPE_CHECKING:
@@ -133,13 +134,13 @@ def read_subsections(
         cur.take(2 + n, f"{name} header")
         version = cur.be32(f"{name} version")
         local = spec.version if spec is not None else None
-        if local is not None and version > local:
+        refused = version_refusal(name, version, local, None)
+        if refused is not None:
             raise Stop(
                 Refusal(
                     at,
                     f"subsection {name} version {version}, qevm knows version {local}",
-                    f"{name}: incoming version_id {version} is too new for local version_id "
-                    f"{local}",
+                    refused[0],
                     certain=name in sent,
                     where=name,
                 )

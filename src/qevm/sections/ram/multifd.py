@@ -285,13 +285,28 @@ def checked_pages(pkt: Any, blocks: Mapping[str, RamBlock], ps: int) -> tuple[Ra
     return block, comp
 
 
+def channel_page_size(source: Source) -> int | None:
+    """The target page size a multifd channel's packets are sized for.
+
+    None for a postcopy-preempt channel (its records are framed like the main
+    stream's) and for a multifd channel without packets.
+    """
+    if channel_kind(source) != "multifd":
+        return None
+    r = Reader(source, 0)
+    read_handshake(r)
+    return None if r.at_end() else packet_page_size(r)
+
+
 def _apply_multifd(state: RamState, source: Source, src_no: int) -> ChannelSummary:
     r = Reader(source, 0)
     init = read_handshake(r)
     summary = ChannelSummary(source.name, "multifd", init.id, init.uuid.hex())
     if r.at_end():
         return summary
-    ps = state.page_size or packet_page_size(r)
+    if state.page_size is None:
+        state.set_page_size(packet_page_size(r), r.offset)
+    ps: int = state.page_size  # type: ignore[assignment]
     consumer = state.consumer
     inflater: _Inflater | None = None
     epoch = 0

@@ -229,12 +229,21 @@ class RamState:
             return step
         return None
 
-    def set_page_size(self, ps: int) -> None:
-        """Settle the target page size (stated by the stream or found by probing)."""
+    def set_page_size(self, ps: int, offset: int | None = None) -> None:
+        """Settle the target page size (stated by the stream or found by probing).
+
+        A size other than the one the page consumer was made with is an error
+        (its pages would be indexed at the wrong addresses), and is not kept.
+        """
+        made = getattr(self.consumer, "page_size", ps) if self.consumer is not None else ps
+        if made != ps:
+            raise FormatError(
+                f"page size {ps}, but pages were already indexed with {made}",
+                offset=offset,
+                expected=f"page size {made}",
+            )
         self.page_size = ps
         self.ctx.page_size = ps
-        if self.consumer is not None and getattr(self.consumer, "page_size", ps) != ps:
-            raise FormatError(f"page size changed to {ps} after pages were indexed")
 
     # -- records --------------------------------------------------------------
     def read_section(self, r: Reader, eof_ok: bool = False) -> RamRecordStats:
