@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CORPUS, DATA, HAVE_CORPUS, unpack
+from conftest import CORPUS, DATA, HAVE_CORPUS, LIVE, cli, unpack
+from test_live_capture import _wrong_mib
 
 from qevm.analysis.diff import diff
 
@@ -156,8 +157,8 @@ def test_multifd_channels_complete_each_side(tmp_path, capsys):
     """A live multifd capture (QEMU 7.2, 3 channels) against itself: with its
     channels on one side only, the pages that differ are those whose final
     contents only the channels carry, as two extractions (with and without the
-    channels, an independent path) show page by page."""
-    from conftest import LIVE, cli
+    channels; the one with them checked against the destination QEMU's RAM)
+    show page by page."""
 
     main = unpack(LIVE["multifd-72"])
     chans = sorted(unpack(p) for p in LIVE["multifd-72"].parent.glob("multifd-72.ch*.bin.xz"))
@@ -165,6 +166,9 @@ def test_multifd_channels_complete_each_side(tmp_path, capsys):
     with_ch = [a for c in chans for a in ("--channel", c)]
     rc, _, _ = cli(capsys, "extract", main, "-o", tmp_path / "full", *with_ch)
     assert rc == 0
+    truth = json.loads(LIVE["multifd-72"].with_name("multifd-72.pmem-sha256.json").read_text())
+    with open(tmp_path / "full" / "pc.ram", "rb") as f:
+        assert not _wrong_mib(lambda o, n: f.read(n), truth)
     rc, _, _ = cli(capsys, "extract", main, "-o", tmp_path / "main")
     assert rc == 0
     want = {}
