@@ -326,3 +326,19 @@ def test_passes_wait_for_a_connection_the_tap_has_not_opened_yet():
     assert d.passes.count == 0
     d.settled(1)
     assert d.passes.count == 1
+
+
+def test_destination_that_closes_without_shut_failed(tmp_path):
+    """With a return path, a destination that loaded everything says SHUT 0; QEMU 7.2
+    says nothing when it fails and exits, which can look as clean as a success when it
+    had read the whole stream: the tap, like the source, takes the missing SHUT for a
+    failure."""
+    main = unpack(LIVE / "postcopy-preempt-72.mig.xz").read_bytes()
+    chan = unpack(LIVE / "postcopy-preempt-72.ch1.bin.xz").read_bytes()
+    reply = unpack(LIVE / "postcopy-preempt-72.rp.bin.xz").read_bytes()
+    shut0 = bytes.fromhex("0001000400000000")  # MIG_RP_MSG_SHUT, 4 bytes, 0
+    assert reply.endswith(shut0)
+    statuses: list[int] = []
+    _dest, _events, summary = _replay(tmp_path, [main, chan], reply[: -len(shut0)], 0, statuses)
+    assert summary["status"] == "failed" and statuses == [1]
+    assert any("without the SHUT" in why for why in summary["failure"]["reasons"]), summary

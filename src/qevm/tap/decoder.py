@@ -244,6 +244,7 @@ class Decoder:
                 "switchover_offset": m.switchover,
                 "postcopy_offset": m.postcopy,
                 "pings": m.pings,
+                "return_path_offset": m.return_path,
                 "records": m.records,
             }
         chans = {}

@@ -170,7 +170,23 @@ def outcome(session: Session, decoded: dict[str, Any]) -> tuple[bool, list[str]]
             why.append(f"the main stream could not be decoded: {mine[0].get('text', mine[0])}")
         else:
             why.append("the main stream ended before its EOF marker")
+    if not why and _closed_without_shut(decoded):
+        why.append(
+            "the destination closed the connection without the SHUT that ends a migration "
+            "with a return path (its source takes that for a failure)"
+        )
     return not why, why
+
+
+def _closed_without_shut(decoded: dict[str, Any]) -> bool:
+    """Whether the source opened a return path and the destination never sent SHUT.
+
+    A destination that loads the whole stream says SHUT 0 (QEMU 2.5 on); 7.2
+    says nothing when it fails, it exits: when it had read everything before
+    the section it refused, its connection ends as cleanly as a success's.
+    """
+    opened = (decoded.get("main") or {}).get("return_path_offset") is not None
+    return opened and (decoded.get("return_path") or {}).get("shut") is None
 
 
 def _incomplete(session: Session, decoded: dict[str, Any]) -> list[str]:
@@ -229,7 +245,9 @@ def summarize(session: Session) -> dict[str, Any]:
     if not ok:
         out["failure"] = {"reasons": why}
         dest = session.main is not None and (
-            session.main.destination_failed or (decoded.get("return_path") or {}).get("shut")
+            session.main.destination_failed
+            or (decoded.get("return_path") or {}).get("shut")
+            or _closed_without_shut(decoded)
         )
         at = _failure_offset(session, decoded) if dest else None
         if at is not None and session.main is not None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import QevmError
 from ..format import (
+    MIG_CMD_OPEN_RETURN_PATH,
     MIG_CMD_PACKAGED,
     MIG_CMD_PING,
     MIG_CMD_POSTCOPY_LISTEN,
@@ -126,6 +127,8 @@ class MainWatcher(Watcher):
         self.sections = 0
         #: PING values and where they are (the destination answers each when it reads it).
         self.pings: dict[int, int] = {}
+        #: Where the source asked the destination to open its return path.
+        self.return_path: int | None = None
 
     def _consumer(self, ctx: Any, page_size: int) -> PageConsumer:
         self.ctx = ctx
@@ -225,6 +228,8 @@ class MainWatcher(Watcher):
         self._keep(rec, f"command {rec.name}")
         if rec.cmd == MIG_CMD_PING:
             self.pings.setdefault(rec.info["value"], rec.end)
+        if rec.cmd == MIG_CMD_OPEN_RETURN_PATH and self.return_path is None:
+            self.return_path = rec.offset
         if rec.cmd == MIG_CMD_SWITCHOVER_START and self.switchover is None:
             self._switchover(rec.offset, "SWITCHOVER_START")
         postcopy = (MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, MIG_CMD_PACKAGED)
