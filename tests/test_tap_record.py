@@ -1,5 +1,10 @@
 """The tap's recording and its reader: bytes written behind, read while they grow.
 
+The forwarding hands the recorder its bytes through a backlog of pipes, so a
+recorder held up for a while does not hold the forwarding until the backlog is
+full; the recording is the same bytes in the same order however many pipes
+they went through.
+
 A writer thread feeds a pipe in bursts with pauses while the recorder splices
 it into the file and a :class:`FollowSource` reads the growing file the way
 the decoder does: everything read must be what was fed, in order, also where
@@ -22,7 +27,7 @@ import time
 import pytest
 
 from qevm.tap.follow import FollowSource
-from qevm.tap.record import Recorder
+from qevm.tap.record import Backlog, Recorder, pipe, pipe_size
 
 MiB = 1 << 20
 
@@ -125,3 +130,62 @@ def test_recording_keeps_a_bounded_window_in_the_page_cache(disk_dir):
     assert _cached_bytes(path, 0, old) <= window
     # and the newest window was left where the decoder reads it
     assert _cached_bytes(path, recorder.recorded - window, recorder.recorded) == window
+
+
+class _HeldRecorder(Recorder):
+    """A recorder that waits for ``go`` before it writes anything."""
+
+    def __init__(self, fd: int, go: threading.Event) -> None:
+        super().__init__(fd)
+        self.go = go
+
+    def drain(self, pipe: int) -> None:
+        self.go.wait(60)
+        super().drain(pipe)
+
+
+def test_backlog_lets_the_forwarding_run_ahead_of_a_held_recorder(tmp_path):
+    """While the recorder is held the forwarding goes on until about ``limit``
+    bytes wait in the backlog's pipes, then waits; released, the recorder writes
+    every byte, in order, across all the pipes."""
+    go = threading.Event()
+    fd = os.open(tmp_path / "rec.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    recorder = _HeldRecorder(fd, go)
+    src_r, src_w = pipe()
+    cap = pipe_size(src_w)
+    limit = 8 * cap
+    backlog = Backlog(recorder, limit=limit)
+    data = random.Random(5).randbytes(20 * cap + 777)
+    sink = os.open(os.devnull, os.O_WRONLY)
+    forwarded = 0
+
+    def forward() -> None:
+        nonlocal forwarded
+        pos = 0
+        while pos < len(data):
+            n = os.write(src_w, data[pos : pos + cap // 3])
+            pos += n
+            while n:  # as the pump does: what was teed is consumed before the next tee
+                k = backlog.tee(src_r, n)
+                n -= k
+                forwarded += k
+                while k:
+                    k -= os.splice(src_r, sink, k)
+
+    fwd = threading.Thread(target=forward)
+    fwd.start()
+    deadline = time.time() + 30
+    while forwarded < limit - 2 * cap and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    held = forwarded  # the forwarding got this far with nothing written
+    assert limit - 2 * cap <= held <= limit + cap and recorder.recorded == 0
+    assert fwd.is_alive()  # and waits there for the recorder
+    go.set()
+    fwd.join(60)
+    backlog.close()
+    for f in (src_r, src_w, sink, fd):
+        os.close(f)
+    assert forwarded == len(data)
+    assert recorder.error is None and recorder.recorded == len(data)
+    assert (tmp_path / "rec.bin").read_bytes() == data

@@ -158,7 +158,7 @@ def test_forwarding_and_recording_by_copying(tmp_path, monkeypatch):
     """Without splice (read, send, record behind): the same bytes, the same counts."""
     import qevm.tap.pump as pump
 
-    monkeypatch.setattr(pump, "_TEE", None)
+    monkeypatch.setattr(pump, "tee_available", lambda: False)
     main = unpack(LIVE / "multifd-zstd-72.mig.xz").read_bytes()
     chans = [unpack(LIVE / f"multifd-zstd-72.ch{i}.bin.xz").read_bytes() for i in (1, 2)]
     dest, _events, summary = _replay(tmp_path, [main, *chans])

@@ -15,7 +15,6 @@ then mirrors by resetting both sides).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import queue
@@ -24,55 +23,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import libc
-from .record import Recorder
+from .record import Backlog, Recorder, pipe, tee_available
 
 #: Most bytes moved per system call.
 CHUNK = 1 << 20
-#: Pipe size asked for (the kernel may grant less: /proc/sys/fs/pipe-max-size).
-PIPE_SIZE = 4 << 20
 #: Bytes the copying recorder may hold before the forwarding waits for it.
 COPY_BACKLOG = 64 << 20
-
-_F_SETPIPE_SZ = 1031
-
-
-_TEE = (
-    libc.function(
-        "tee", [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint], ctypes.c_ssize_t
-    )
-    if hasattr(os, "splice")
-    else None
-)
-
-
-def zero_copy_available() -> bool:
-    """Whether this platform forwards with splice and tee."""
-    return _TEE is not None
-
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe()
-    for size in (PIPE_SIZE, 1 << 20):
-        try:
-            import fcntl
-
-            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
-            break
-        except (ImportError, OSError):
-            continue
-    return r, w
-
-
-def _tee(src: int, dst: int, n: int) -> int:
-    assert _TEE is not None
-    while True:
-        k = _TEE(src, dst, n, 0)
-        if k >= 0:
-            return k
-        err = ctypes.get_errno()
-        if err != errno.EINTR:
-            raise OSError(err, os.strerror(err))
 
 
 class Pump:
@@ -103,7 +59,7 @@ class Pump:
         self.write_error: OSError | None = None
         self._on_first_byte = on_first_byte
         self._on_chunk = on_chunk
-        self.zero_copy = zero_copy_available()
+        self.zero_copy = tee_available()
 
     @property
     def recorded(self) -> int:
@@ -149,12 +105,8 @@ class Pump:
     # -- zero copy ---------------------------------------------------------------
     def _splice(self) -> None:
         sfd, dfd = self.src.fileno(), self.dst.fileno()
-        fwd_r, fwd_w = _pipe()
-        rec_r, rec_w = _pipe()
-        recorder = threading.Thread(
-            target=self._recorder.drain, args=(rec_r,), name="tap-record", daemon=True
-        )
-        recorder.start()
+        fwd_r, fwd_w = pipe()
+        backlog = Backlog(self._recorder)
         try:
             while True:
                 try:
@@ -169,7 +121,7 @@ class Pump:
                 self._got(n)
                 left = n
                 while left:
-                    k = _tee(fwd_r, rec_w, left)
+                    k = backlog.tee(fwd_r, left)
                     try:
                         while k:
                             sent = os.splice(fwd_r, dfd, k)
@@ -180,9 +132,7 @@ class Pump:
                         self.write_error = e
                         return
         finally:
-            os.close(rec_w)
-            recorder.join()
-            os.close(rec_r)
+            backlog.close()
             os.close(fwd_r)
             os.close(fwd_w)
 

@@ -16,7 +16,10 @@ behind than that reads from the disk: slower, the same bytes.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import queue
+import threading
 
 from . import libc
 
@@ -26,14 +29,120 @@ WINDOW = 256 << 20
 FLUSH = 32 << 20
 #: Most bytes moved from the pipe per system call.
 READ = 1 << 20
+#: Bytes of pipes the recording may fall behind the forwarding (:class:`Backlog`).
+BACKLOG = 32 << 20
+#: Pipe size asked for (the kernel may grant less: /proc/sys/fs/pipe-max-size).
+PIPE_SIZE = 4 << 20
 
 # <linux/fs.h>: start writeback of the range, without waiting for it
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+_F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
+_SPLICE_F_NONBLOCK = 2
+
 _SYNC_FILE_RANGE = libc.function(
     "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
 )
+
+
+_TEE = libc.function(
+    "tee", [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint], ctypes.c_ssize_t
+)
+
+
+def pipe() -> tuple[int, int]:
+    """A pipe, as large as the kernel grants (up to :data:`PIPE_SIZE`)."""
+    r, w = os.pipe()
+    for size in (PIPE_SIZE, 1 << 20):
+        try:
+            import fcntl
+
+            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+            break
+        except (ImportError, OSError):
+            continue
+    return r, w
+
+
+def pipe_size(fd: int) -> int:
+    """The capacity of pipe ``fd``, in bytes."""
+    try:
+        import fcntl
+
+        return fcntl.fcntl(fd, _F_GETPIPE_SZ)
+    except (ImportError, OSError):
+        return 1 << 16
+
+
+def tee(src: int, dst: int, n: int, nonblock: bool = False) -> int:
+    """Duplicate up to ``n`` bytes from the start of pipe ``src`` into pipe ``dst``
+    (``src`` keeps them); 0 when ``nonblock`` and ``dst`` is full."""
+    assert _TEE is not None
+    flags = _SPLICE_F_NONBLOCK if nonblock else 0
+    while True:
+        k = _TEE(src, dst, n, flags)
+        if k >= 0:
+            return k
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN and nonblock:
+            return 0
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+
+
+def tee_available() -> bool:
+    """Whether this platform has ``splice`` and ``tee``."""
+    return _TEE is not None and hasattr(os, "splice")
+
+
+class Backlog:
+    """A queue of pipes between the forwarding and a :class:`Recorder`.
+
+    The forwarding tees what it forwards into the last pipe; when
+    that one is full, it closes the pipe's writing end and starts another, so
+    the recorder thread, which splices each pipe into the file until its end,
+    may fall up to ``limit`` bytes behind before the forwarding waits for it.
+    One pipe would hold the forwarding whenever the recorder is held for
+    longer than a pipe takes to fill (a millisecond at loopback speed: the
+    recorder thread not scheduled on a busy host, a page cache allocation or
+    writeback being slow), which measured up to half a migration's time.
+    The pipes hold references to the pages the socket received, no copies.
+    """
+
+    def __init__(self, recorder: Recorder, limit: int = BACKLOG) -> None:
+        self._recorder = recorder
+        r, self._w = pipe()
+        depth = max(1, limit // pipe_size(self._w) - 1)
+        self._pipes: queue.Queue[int | None] = queue.Queue(depth)
+        self._pipes.put(r)
+        self._thread = threading.Thread(target=self._drain, name="tap-record", daemon=True)
+        self._thread.start()
+
+    def tee(self, src: int, n: int) -> int:
+        """Duplicate the first ``n`` (at least 1) bytes of pipe ``src`` into the backlog;
+        how many were (the caller consumes them from ``src`` before the next call)."""
+        k = tee(src, self._w, n, nonblock=True)
+        if k:
+            return k
+        os.close(self._w)  # the recorder reads this pipe to its end, then the next
+        r, self._w = pipe()
+        self._pipes.put(r)  # waits while the backlog is full
+        return tee(src, self._w, n)
+
+    def close(self) -> None:
+        """No more bytes: wait until the recorder has written them all."""
+        os.close(self._w)
+        self._pipes.put(None)
+        self._thread.join()
+
+    def _drain(self) -> None:
+        while (r := self._pipes.get()) is not None:
+            try:
+                self._recorder.drain(r)
+            finally:
+                os.close(r)
 
 
 class Recorder:
