@@ -28,6 +28,7 @@ import pytest
 
 from qevm.tap.follow import FollowSource
 from qevm.tap.record import Backlog, Recorder, pipe, pipe_size
+from qevm.wire import Reader
 
 MiB = 1 << 20
 
@@ -43,8 +44,28 @@ def _feed(w: int, data: bytes, seed: int) -> None:
     os.close(w)
 
 
+def _read_by_reader(src: FollowSource, got: bytearray, seed: int) -> int:
+    """The way the decoder reads: a :class:`Reader` over the source's mapped windows,
+    items of any size, and marks that keep bytes across windows; how many windows."""
+    rnd = random.Random(seed)
+    r = Reader(src)
+    windows = set()
+    while not r.at_end():
+        if isinstance(r.buf, memoryview):
+            windows.add(id(r.buf.obj))
+        n = min(rnd.choice([1, 9, 4096, 4105, MiB, 5 * MiB]), r.available() or 1)
+        if rnd.random() < 0.1:
+            r.mark()
+            r.skip(min(n, r.available()))
+            got.extend(r.since_mark())
+        else:
+            got.extend(r.bytes(min(n, r.available())))
+    return len(windows)
+
+
+@pytest.mark.parametrize("by_reader", [False, True], ids=["read", "windows"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_recording_read_while_it_grows(tmp_path, seed):
+def test_recording_read_while_it_grows(tmp_path, seed, by_reader):
     data = random.Random(seed).randbytes(12 * MiB + 12345)
     path = tmp_path / "rec.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -56,9 +77,12 @@ def test_recording_read_while_it_grows(tmp_path, seed):
     src = FollowSource(path)
     got = bytearray()
     reader_error: list[BaseException] = []
+    windows = []
 
     def read() -> None:
         try:
+            if by_reader:
+                windows.append(_read_by_reader(src, got, seed))
             while chunk := src.read_some(MiB):
                 got.extend(chunk)
         except BaseException as e:  # noqa: BLE001 - reported below
@@ -79,6 +103,7 @@ def test_recording_read_while_it_grows(tmp_path, seed):
     assert not reader_error
     assert path.read_bytes() == data
     assert bytes(got) == data
+    assert not by_reader or windows[0] > 1  # the file was mapped, as it grew
 
 
 def _cached_bytes(path, start: int, end: int) -> int:

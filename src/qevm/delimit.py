@@ -158,7 +158,7 @@ class DeviceSections:
         except TruncatedError:
             # The rest of the input is in the reader's window: search it in place.
             self._lookahead_after = END
-            desc = locate_description(MemorySource(r.buf, r.base, name=r.source.name))  # type: ignore[arg-type]
+            desc = locate_description(MemorySource(r.buf, r.base, name=r.source.name))
             if desc is not None:
                 p.own_desc = desc
                 self.known(desc)

@@ -144,6 +144,13 @@ class Reader:
             more = bytes(src.read_at(end, want)) if want else b""
             self.buf = bytes(keep) + more if keep else more
             return
+        if not self._eof:
+            view = src.window(self.base, len(keep) + need)
+            if view is not None:
+                # the bytes kept are in the mapping too: nothing is copied
+                self._eof = len(view) < len(keep) + need
+                self.buf = view
+                return
         if self._eof:
             self.buf = bytearray(keep)
             if self._error is not None:

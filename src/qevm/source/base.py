@@ -96,6 +96,16 @@ class Source:
         """A file descriptor whose offsets equal this source's, when one exists."""
         return None
 
+    def window(self, start: int, need: int) -> memoryview | None:
+        """Bytes from ``start`` as a view of memory the source maps, without a copy.
+
+        For streaming sources over a file that grows: ``start`` is at or before
+        the position (bytes a reader still keeps), the view holds at least
+        ``need`` bytes (fewer only at the end) and what else is there, and the
+        position moves to its end.  None when the source has no such view.
+        """
+        return None
+
     def release(self, start: int, end: int) -> None:
         """Hint that bytes ``[start, end)`` are not needed in memory any more."""
 

@@ -15,10 +15,13 @@ class MemorySource(Source):
 
     seekable = True
 
-    def __init__(self, data: bytes, base: int = 0, name: str = "<memory>") -> None:
+    def __init__(
+        self, data: bytes | bytearray | memoryview, base: int = 0, name: str = "<memory>"
+    ) -> None:
         super().__init__()
         self.name = name
-        self._data = data
+        # a view (of a mapped file, say) is copied once: find/rfind need bytes
+        self._data = bytes(data) if isinstance(data, memoryview) else data
         self._base = base
         self.start = base
         self.size = base + len(data)
