@@ -2,10 +2,10 @@
 
 On Linux the forwarded bytes never enter the process: ``splice`` moves them
 from the receiving socket into a pipe, ``tee`` duplicates the pipe's pages
-into a second pipe, ``splice`` moves the first pipe into the sending socket,
-and a recorder thread splices the second pipe into the recording file
-(:mod:`.record`: written behind, the forwarding waits for the recording only
-when a whole pipe of it is pending).  Elsewhere, or when the kernel refuses,
+into a backlog of pipes, ``splice`` moves the first pipe into the sending
+socket, and a recorder thread splices the backlog's pipes into the recording
+file (:mod:`.record`: written behind, the forwarding waits for the recording
+only when the whole backlog is pending).  Elsewhere, or when the kernel refuses,
 the bytes are read into memory, sent, and queued for a recorder thread.
 
 A pump ends at the end of its input (the peer shut down its sending side,
