@@ -158,7 +158,10 @@ def test_tap_between_two_qemus(qemu, kind, tmp_path, capsys):
             name = c["s2d"]["file"]
             assert (rec / name).stat().st_size == c["s2d"]["bytes"] == c["s2d"]["delivered"]
 
-    # RAM: the destination's equals the source's and the recording's
+    # RAM: the destination's equals the source's and the recording's.  (QEMU 7.2's
+    # multifd under TCG about once in 40 runs through the tap never sends the guest's
+    # last rewrite of a page of its rep-stosw region: then the destination holds what
+    # the recording holds, and the source's final page is in no packet or record.)
     dst = _ram(tmp_path / "dst.pmem")
     assert dst == _ram(tmp_path / "src.pmem")
     out = tmp_path / "extract"
