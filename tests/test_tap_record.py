@@ -214,3 +214,27 @@ def test_backlog_lets_the_forwarding_run_ahead_of_a_held_recorder(tmp_path):
     assert forwarded == len(data)
     assert recorder.error is None and recorder.recorded == len(data)
     assert (tmp_path / "rec.bin").read_bytes() == data
+
+
+def test_abandoned_recording_ends_where_the_reader_is(tmp_path):
+    """Stopping the decoder: a reader over windows sees the end of what it was
+    handed, not the 40 MiB the file holds; a finished one reads them all."""
+    path = tmp_path / "rec.bin"
+    data = random.Random(9).randbytes(40 * MiB)
+    path.write_bytes(data)
+    for abandon in (True, False):
+        src = FollowSource(path)
+        r = Reader(src)
+        assert r.bytes(MiB) == data[:MiB]
+        if abandon:
+            src.abandon()
+        else:
+            src.finish(len(data))
+        got = MiB
+        while not r.at_end():
+            got += len(r.bytes(min(MiB, r.available())))
+        src.close()
+        if abandon:
+            assert got < 20 * MiB  # the first window (16 MiB and what a refill asked for)
+        else:
+            assert got == len(data)

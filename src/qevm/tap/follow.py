@@ -67,7 +67,8 @@ class FollowSource(Source):
                 want = min(want, self._final - self._pos)
                 if want <= 0:
                     return 0
-            n = os.readv(self._fd, [view[:want]])
+            # at the position (not the descriptor's offset): windows do not move that
+            n = os.preadv(self._fd, [view[:want]], self._pos)
             if n:
                 self._pos += n
                 return n
@@ -76,7 +77,8 @@ class FollowSource(Source):
 
     def window(self, start: int, need: int) -> memoryview | None:
         """A read-only mapping of the recording from ``start``: ``need`` bytes once
-        it holds them (fewer at its end), up to :data:`MAX_WINDOW`."""
+        it holds them (fewer at its end), up to :data:`MAX_WINDOW`; after
+        :meth:`abandon`, nothing past what was handed out before."""
         while True:
             end = self._final if self._final is not None else os.fstat(self._fd).st_size
             if self._closed or self._final is not None or end - start >= need:
@@ -84,6 +86,8 @@ class FollowSource(Source):
             self._grown.wait(POLL_INTERVAL)
             self._grown.clear()
         end = min(end, start + max(need, MAX_WINDOW))
+        if self._closed:
+            end = min(end, self._pos)  # the end now: only what the reader already had
         if end <= start:
             self._pos = max(self._pos, start)
             return memoryview(b"")
