@@ -14,24 +14,48 @@ from collections.abc import Callable
 from typing import Any
 
 
-class Qmp:
-    """A minimal QMP client over a unix socket."""
+class QmpError(RuntimeError):
+    """A command QEMU refused, or a monitor QEMU closed."""
 
-    def __init__(self, path: str, timeout: float = 30) -> None:
-        self.sock = connect_unix(path, timeout)
+
+class Qmp:
+    """A minimal QMP client over a unix socket; the events QEMU sends are kept in ``events``.
+
+    ``timeout`` bounds the wait for the socket to appear (and ``alive``, when
+    given, ends it early once QEMU has exited); ``io_timeout`` each reply.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        timeout: float = 30,
+        alive: Callable[[], bool] | None = None,
+        io_timeout: float = 120,
+    ) -> None:
+        self.sock = connect_unix(path, timeout, alive)
+        self.sock.settimeout(io_timeout)
         self.f = self.sock.makefile("rw")
-        json.loads(self.f.readline())  # greeting
+        self.events: list[dict[str, Any]] = []
+        self._read()  # greeting
         self.cmd("qmp_capabilities")
+
+    def _read(self) -> dict[str, Any]:
+        line = self.f.readline()
+        if not line:
+            raise QmpError("QEMU closed the monitor")
+        return json.loads(line)
 
     def cmd(self, command: str, /, **args: Any) -> Any:
         self.f.write(json.dumps({"execute": command, "arguments": args}) + "\n")
         self.f.flush()
         while True:
-            msg = json.loads(self.f.readline())
+            msg = self._read()
             if "return" in msg:
                 return msg["return"]
             if "error" in msg:
-                raise RuntimeError(f"{command}: {msg['error']}")
+                raise QmpError(f"{command}: {msg['error']}")
+            if "event" in msg:
+                self.events.append(msg)
 
     def hmp(self, line: str) -> str:
         return self.cmd("human-monitor-command", **{"command-line": line})
@@ -95,9 +119,12 @@ class Qemu:
         self.close()
 
 
-def connect_unix(path: str | os.PathLike[str], timeout: float = 30) -> socket.socket:
+def connect_unix(
+    path: str | os.PathLike[str], timeout: float = 30, alive: Callable[[], bool] | None = None
+) -> socket.socket:
     """A connection to the unix socket QEMU is about to listen on (QMP, gdbstub), waiting
-    up to ``timeout`` seconds for it to appear; the socket times out after as long."""
+    up to ``timeout`` seconds for it to appear, or until ``alive()`` says QEMU has
+    exited; the socket times out after as long."""
     deadline = time.monotonic() + timeout
     while True:
         sock = socket.socket(socket.AF_UNIX)
@@ -105,7 +132,7 @@ def connect_unix(path: str | os.PathLike[str], timeout: float = 30) -> socket.so
             sock.connect(os.fspath(path))
         except OSError:
             sock.close()
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or (alive is not None and not alive()):
                 raise
             time.sleep(0.05)
             continue

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shlex
-import socket
 import subprocess
 import time
 from typing import Any
 
-
-class QmpError(RuntimeError):
-    pass
+from qemu_util import Qmp, QmpError
 
 
 class Vm:
@@ -30,59 +26,30 @@ class Vm:
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        self.sock: socket.socket | None = None
-        self._buf = b""
-        self.events: list[dict[str, Any]] = []
-        self._connect()
-
-    def _connect(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        try:
+            self.qmp = Qmp(str(self.sock_path), alive=lambda: self.proc.poll() is None)
+        except (OSError, QmpError):
             if self.proc.poll() is not None:
-                raise QmpError(f"QEMU exited ({self.proc.returncode}): {self.log()}")
-            try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(str(self.sock_path))
-                break
-            except OSError:
-                s.close()
-                if time.monotonic() > deadline:
-                    raise QmpError(f"no QMP socket: {self.log()}") from None
-                time.sleep(0.05)
-        s.settimeout(120)
-        self.sock = s
-        self._read()  # greeting
-        self.cmd("qmp_capabilities")
+                raise QmpError(f"QEMU exited ({self.proc.returncode}): {self.log()}") from None
+            self.proc.kill()
+            self.proc.wait()
+            raise QmpError(f"no QMP monitor: {self.log()}") from None
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The QMP events QEMU sent so far."""
+        return self.qmp.events
 
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-2000:]
 
-    def _read(self) -> dict[str, Any]:
-        assert self.sock is not None
-        while b"\n" not in self._buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise QmpError(f"QEMU closed the monitor: {self.log()}")
-            self._buf += data
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
     def cmd(self, name: str, **arguments: Any) -> Any:
         """Run a QMP command; its ``return`` value."""
-        assert self.sock is not None
-        msg: dict[str, Any] = {"execute": name}
-        if arguments:
-            msg["arguments"] = arguments
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            reply = self._read()
-            if "event" in reply:
-                self.events.append(reply)
-                continue
-            if "error" in reply:
-                raise QmpError(f"{name}: {reply['error']}")
-            return reply["return"]
+        try:
+            return self.qmp.cmd(name, **arguments)
+        except QmpError as e:
+            raise QmpError(f"{e}: {self.log()}") from None
 
     def hmp(self, line: str) -> str:
         return self.cmd("human-monitor-command", **{"command-line": line})
@@ -149,8 +116,7 @@ class Vm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.sock is not None:
-            self.sock.close()
+        self.qmp.close()
         self._log.close()
         if self.sock_path.exists():
             os.unlink(self.sock_path)
