@@ -34,7 +34,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import QEMU, REPO, WORK, MiB, compile_qevm, qevm_env, warn_if_busy, write_random
+from benchlib import (
+    QEMU,
+    REPO,
+    WORK,
+    MiB,
+    compile_qevm,
+    qevm_env,
+    warn_if_busy,
+    warn_if_memory_full,
+    write_random,
+)
 
 sys.path.insert(0, str(REPO / "tests"))
 from qemuvm import Vm  # noqa: E402  (the tests' QMP driver)
@@ -211,6 +221,7 @@ def main() -> int:
     a = ap.parse_args()
     compile_qevm()
     warn_if_busy()
+    warn_if_memory_full()
     t0 = time.time()
     bandwidth = a.bandwidth * 1000 * 1000
     results = [(c, run(a.qemu, a.size, c, a.rounds, bandwidth)) for c in sorted({0, a.channels})]
