@@ -295,17 +295,16 @@ def warn_if_memory_full(share: float = 0.25) -> None:
     """Say so when less than ``share`` of the memory is free: what a run writes through
     the page cache then takes pages from others', and its times vary widely."""
     try:
-        info = {
-            k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open("/proc/meminfo"))
-        }
-    except (OSError, ValueError):
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        info = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)}
+    except (OSError, ValueError, IndexError):
         return
     free, total = info.get("MemFree", 0), info.get("MemTotal", 0)
     if total and free < share * total:
         print(
             f"warning: {free >> 10} of {total >> 10} MiB free (the page cache holds the rest); "
             "pages written through the cache are reclaimed from it as the run goes, which "
-            "can double its times (bench/README.md)",
+            "made the tap's times 1.6x as long here (bench/README.md)",
             file=sys.stderr,
         )
 

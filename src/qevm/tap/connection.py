@@ -19,8 +19,6 @@ from typing import Any
 
 from .pump import Pump
 
-#: Errors that mean the peer reset the connection (or closed it with unread data).
-
 
 def _nodelay(sock: socket.socket) -> None:
     try:

@@ -38,9 +38,7 @@ PIPE_SIZE = 4 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-_F_SETPIPE_SZ = 1031
-_F_GETPIPE_SZ = 1032
-_SPLICE_F_NONBLOCK = 2
+_SPLICE_F_NONBLOCK = 2  # <linux/splice.h>
 
 _SYNC_FILE_RANGE = libc.function(
     "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
@@ -59,9 +57,9 @@ def pipe() -> tuple[int, int]:
         try:
             import fcntl
 
-            fcntl.fcntl(w, _F_SETPIPE_SZ, size)
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
             break
-        except (ImportError, OSError):
+        except (ImportError, AttributeError, OSError):
             continue
     return r, w
 
@@ -71,8 +69,8 @@ def pipe_size(fd: int) -> int:
     try:
         import fcntl
 
-        return fcntl.fcntl(fd, _F_GETPIPE_SZ)
-    except (ImportError, OSError):
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (ImportError, AttributeError, OSError):
         return 1 << 16
 
 
